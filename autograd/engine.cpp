@@ -1,0 +1,164 @@
+// The reverse-mode engine: topological walk from the root, gradient accumulation into
+// nodes and leaves, graph release. Also GradMode and graph recording (node.h).
+#include <unordered_map>
+
+#include "vidgrad/autograd/grad_mode.h"
+#include "vidgrad/autograd/node.h"
+#include "vidgrad/core/strided.h"
+
+namespace vidgrad::autograd {
+
+namespace {
+
+thread_local bool grad_mode_enabled = true;
+
+// dst += src (same shape and dtype, dst owned by the engine or a leaf's .grad).
+void add_into(const Tensor& dst, const Tensor& src) {
+  dispatch_floating(dst.dtype(), "backward", [&]<typename T>() {
+    T* d = dst.data<T>();
+    const T* s = src.data<T>();
+    for_each_run<2>(dst.shape(), {&dst.strides(), &src.strides()},
+                    [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
+                        const std::array<std::int64_t, 2>& step) {
+                      for (std::int64_t i = 0; i < n; ++i) d[off[0] + i * step[0]] += s[off[1] + i * step[1]];
+                    });
+  });
+}
+
+Tensor fresh_copy(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype()).copy_(t); }
+
+void check_grad(const Tensor& g, const Shape& shape, DType dtype, const std::string& producer,
+                const std::string& target) {
+  VG_CHECK(g.defined(), "backward: " << producer << " returned no gradient for " << target);
+  VG_CHECK(g.shape() == shape, "backward: " << producer << " returned a gradient of shape " << shape_str(g.shape())
+                                            << " for " << target << " of shape " << shape_str(shape));
+  VG_CHECK(g.dtype() == dtype, "backward: " << producer << " returned a " << dtype_name(g.dtype())
+                                            << " gradient for " << target << " of dtype " << dtype_name(dtype));
+}
+
+void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
+  if (!leaf.grad.defined()) {
+    leaf.grad = fresh_copy(g);  // never alias a gradient that another node may still hold
+  } else {
+    add_into(leaf.grad, g);
+  }
+}
+
+}  // namespace
+
+bool GradMode::enabled() { return grad_mode_enabled; }
+void GradMode::set_enabled(bool enabled) { grad_mode_enabled = enabled; }
+
+bool needs_graph(std::initializer_list<const Tensor*> inputs) {
+  if (!GradMode::enabled()) return false;
+  for (const Tensor* t : inputs)
+    if (t->requires_grad()) return true;
+  return false;
+}
+
+bool needs_graph(const std::vector<Tensor>& inputs) {
+  if (!GradMode::enabled()) return false;
+  for (const Tensor& t : inputs)
+    if (t.requires_grad()) return true;
+  return false;
+}
+
+void attach(const Tensor& output, const char* name, const std::vector<Tensor>& inputs, Node::BackwardFn fn) {
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->edges.resize(inputs.size());
+  node->needs.resize(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& in = inputs[i];
+    if (in.defined() && in.requires_grad()) {
+      if (in.grad_fn()) {
+        node->edges[i].node = in.grad_fn();
+      } else {
+        // A leaf: hold its impl so the gradient lands in the user's tensor.
+        node->edges[i].leaf = in.shared_impl();
+      }
+    }
+    node->needs[i] = node->edges[i].needed();
+  }
+  node->output_shape = output.shape();
+  node->output_dtype = output.dtype();
+  node->backward = std::move(fn);
+  output.set_grad_fn(std::move(node));
+}
+
+}  // namespace vidgrad::autograd
+
+namespace vidgrad {
+
+void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
+  using autograd::Node;
+  VG_CHECK(requires_grad(), "backward: the tensor does not require grad (no input of the graph that made it "
+                            "requires grad, or it was computed under NoGradGuard)");
+  Tensor grad = grad_in;
+  if (!grad.defined()) {
+    VG_CHECK(numel() == 1, "backward: a gradient can only be implied for a one-element output, got shape "
+                               << shape_str(shape()) << "; pass the gradient explicitly");
+    grad = Tensor::ones(shape(), dtype());
+  }
+  autograd::NoGradGuard no_grad;  // closures must not record graphs of their own
+
+  if (!grad_fn()) {  // backward on a leaf: its gradient is the incoming one
+    autograd::check_grad(grad, shape(), dtype(), "backward", "the root");
+    autograd::accumulate_leaf(*impl(), grad);
+    return;
+  }
+
+  // Count, for every node reachable from the root, how many edges point at it.
+  std::unordered_map<Node*, int> deps;
+  std::vector<Node*> stack{grad_fn().get()};
+  deps[grad_fn().get()] = 0;
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (const autograd::Edge& e : n->edges) {
+      if (!e.node) continue;
+      auto [it, inserted] = deps.try_emplace(e.node.get(), 0);
+      ++it->second;
+      if (inserted) stack.push_back(e.node.get());
+    }
+  }
+
+  autograd::check_grad(grad, shape(), dtype(), "backward", "the root");
+  std::unordered_map<Node*, Tensor> pending{{grad_fn().get(), grad}};
+  std::vector<Node*> ready{grad_fn().get()};
+  while (!ready.empty()) {
+    Node* n = ready.back();
+    ready.pop_back();
+    VG_CHECK(n->backward != nullptr, "backward: the graph through " << n->name
+                                         << " was already freed by an earlier backward(); pass retain_graph=true "
+                                            "to the first call to backward through it twice");
+    Tensor g = std::move(pending[n]);
+    pending.erase(n);
+    std::vector<Tensor> grads = n->backward(g, n->needs);
+    VG_CHECK(grads.size() == n->edges.size(), "backward: " << n->name << " returned " << grads.size()
+                                                          << " gradients for " << n->edges.size() << " inputs");
+    for (std::size_t i = 0; i < n->edges.size(); ++i) {
+      const autograd::Edge& e = n->edges[i];
+      if (!e.needed()) continue;
+      const std::string target = "input " + std::to_string(i);
+      if (e.node) {
+        autograd::check_grad(grads[i], e.node->output_shape, e.node->output_dtype, n->name, target);
+        Tensor& slot = pending[e.node.get()];
+        if (!slot.defined()) {
+          slot = grads[i];
+        } else {
+          Tensor sum = autograd::fresh_copy(slot);
+          autograd::add_into(sum, grads[i]);
+          slot = sum;
+        }
+        if (--deps[e.node.get()] == 0) ready.push_back(e.node.get());
+      } else {
+        autograd::check_grad(grads[i], e.leaf->shape, e.leaf->dtype, n->name, target);
+        autograd::accumulate_leaf(*e.leaf, grads[i]);
+      }
+    }
+    if (!retain_graph) n->backward = nullptr;  // frees the tensors the closure saved
+  }
+}
+
+}  // namespace vidgrad

@@ -1,0 +1,50 @@
+// A node of the backward graph: one op application, its inputs' edges and a closure
+// that maps the gradient of the op's output to gradients of its inputs.
+//
+// Gradient rule (as in llm.c): closures *return* fresh input gradients; the engine
+// accumulates them (+=) into other nodes' pending gradients and into leaves' .grad.
+#pragma once
+
+#include <functional>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vidgrad/core/tensor.h"
+
+namespace vidgrad::autograd {
+
+struct Node;
+
+// Where an input's gradient goes: into another node (the input was produced by an op)
+// or into a leaf's .grad. Neither is set when the input needs no gradient.
+struct Edge {
+  std::shared_ptr<Node> node;
+  std::shared_ptr<TensorImpl> leaf;
+  bool needed() const { return node != nullptr || leaf != nullptr; }
+};
+
+struct Node {
+  // Returns one gradient per input, in input order. Entries for inputs with
+  // needs[i] == false may be left undefined; the closure should skip computing them.
+  using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs)>;
+
+  std::string name;          // the op, for error messages and graph dumps
+  std::vector<Edge> edges;   // one per input
+  std::vector<bool> needs;   // edges[i].needed(), cached
+  Shape output_shape;        // shape of the output: incoming gradients are checked against it
+  DType output_dtype = DType::kFloat32;
+  BackwardFn backward;       // released after backward() unless the graph is retained
+};
+
+// True when an op applied to `inputs` must record a node: grad mode is on and at least
+// one input requires a gradient.
+bool needs_graph(std::initializer_list<const Tensor*> inputs);
+bool needs_graph(const std::vector<Tensor>& inputs);
+
+// Records `fn` as the producer of `output`, with one edge per input (undefined inputs,
+// e.g. a missing bias, get an empty edge). Call only when needs_graph(...) is true.
+void attach(const Tensor& output, const char* name, const std::vector<Tensor>& inputs, Node::BackwardFn fn);
+
+}  // namespace vidgrad::autograd

@@ -1,0 +1,204 @@
+// Tensor factories, metadata, raw copies and printing. Differentiable views live in
+// ops/shape.cpp and backward() in autograd/engine.cpp.
+#include "vidgrad/core/tensor.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "vidgrad/core/strided.h"
+
+namespace vidgrad {
+
+namespace {
+
+std::shared_ptr<TensorImpl> new_impl(const Shape& shape, DType dtype, Device device) {
+  auto impl = std::make_shared<TensorImpl>();
+  const std::int64_t n = shape_numel(shape);
+  impl->storage = std::make_shared<Storage>(static_cast<std::size_t>(n) * dtype_size(dtype), device);
+  impl->shape = shape;
+  impl->strides = contiguous_strides(shape);
+  impl->dtype = dtype;
+  return impl;
+}
+
+template <typename Dst, typename Src>
+void strided_copy(const Shape& shape, Dst* dst, const Shape& dst_strides, const Src* src,
+                  const Shape& src_strides) {
+  for_each_run<2>(shape, {&dst_strides, &src_strides},
+                  [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
+                      const std::array<std::int64_t, 2>& step) {
+                    Dst* d = dst + off[0];
+                    const Src* s = src + off[1];
+                    if (step[0] == 1 && step[1] == 1) {
+                      for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<Dst>(s[i]);
+                    } else {
+                      for (std::int64_t i = 0; i < n; ++i) d[i * step[0]] = static_cast<Dst>(s[i * step[1]]);
+                    }
+                  });
+}
+
+// Calls f.template operator()<T>() for any dtype, int64 included.
+template <typename F>
+void dispatch_all(DType t, F&& f) {
+  switch (t) {
+    case DType::kFloat32: f.template operator()<float>(); return;
+    case DType::kFloat64: f.template operator()<double>(); return;
+    case DType::kInt64: f.template operator()<std::int64_t>(); return;
+  }
+}
+
+}  // namespace
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  return Tensor(new_impl(shape, dtype, device));
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.storage()->data(), 0, t.storage()->nbytes());  // all-zero bits are 0 for every dtype
+  return t;
+}
+
+Tensor Tensor::ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
+
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  t.fill_(value);
+  return t;
+}
+
+Tensor Tensor::scalar(double value, DType dtype) { return full({}, value, dtype); }
+
+Tensor Tensor::randn(const Shape& shape, Generator& gen, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  dispatch_floating(dtype, "randn", [&]<typename T>() {
+    T* p = t.data<T>();
+    for (std::int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = static_cast<T>(gen.normal());
+  });
+  return t;
+}
+
+Tensor Tensor::rand(const Shape& shape, Generator& gen, double lo, double hi, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  dispatch_floating(dtype, "rand", [&]<typename T>() {
+    T* p = t.data<T>();
+    for (std::int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = static_cast<T>(lo + (hi - lo) * gen.uniform());
+  });
+  return t;
+}
+
+void Tensor::check_defined(const char* what) const {
+  VG_CHECK(impl_ != nullptr, "Tensor::" << what << ": called on an undefined tensor");
+}
+
+const Shape& Tensor::shape() const { check_defined("shape"); return impl_->shape; }
+const Shape& Tensor::strides() const { check_defined("strides"); return impl_->strides; }
+std::int64_t Tensor::offset() const { check_defined("offset"); return impl_->offset; }
+DType Tensor::dtype() const { check_defined("dtype"); return impl_->dtype; }
+Device Tensor::device() const { check_defined("device"); return impl_->storage->device(); }
+const std::shared_ptr<Storage>& Tensor::storage() const { check_defined("storage"); return impl_->storage; }
+std::int64_t Tensor::numel() const { return shape_numel(shape()); }
+
+std::int64_t Tensor::size(std::int64_t dim) const {
+  return shape()[normalize_dim(dim, this->dim(), "Tensor::size")];
+}
+
+bool Tensor::is_contiguous() const {
+  const Shape& sh = shape();
+  std::int64_t expected = 1;
+  for (int i = dim() - 1; i >= 0; --i) {
+    if (sh[i] == 1) continue;  // the stride of a size-1 dim never matters
+    if (impl_->strides[i] != expected) return false;
+    expected *= sh[i];
+  }
+  return true;
+}
+
+double Tensor::item() const {
+  VG_CHECK(numel() == 1, "Tensor::item: needs a one-element tensor, got shape " << shape_str(shape()));
+  double v = 0.0;
+  dispatch_all(dtype(), [&]<typename T>() { v = static_cast<double>(*data<T>()); });
+  return v;
+}
+
+Tensor& Tensor::fill_(double value) {
+  check_defined("fill_");
+  dispatch_all(dtype(), [&]<typename T>() {
+    const T v = static_cast<T>(value);
+    T* base = data<T>();
+    const Shape& st = impl_->strides;
+    for_each_run<1>(shape(), {&st}, [&](const std::array<std::int64_t, 1>& off, std::int64_t n,
+                                        const std::array<std::int64_t, 1>& step) {
+      for (std::int64_t i = 0; i < n; ++i) base[off[0] + i * step[0]] = v;
+    });
+  });
+  return *this;
+}
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  check_defined("copy_");
+  VG_CHECK(src.defined(), "Tensor::copy_: source tensor is undefined");
+  VG_CHECK(src.shape() == shape(), "Tensor::copy_: source shape " << shape_str(src.shape())
+                                       << " differs from destination shape " << shape_str(shape()));
+  dispatch_all(dtype(), [&]<typename D>() {
+    dispatch_all(src.dtype(), [&]<typename S>() {
+      strided_copy(shape(), data<D>(), strides(), src.data<S>(), src.strides());
+    });
+  });
+  return *this;
+}
+
+Tensor Tensor::detach() const {
+  check_defined("detach");
+  return make_view(*this, shape(), strides(), offset());
+}
+
+bool Tensor::requires_grad() const { return impl_ != nullptr && impl_->requires_grad; }
+
+Tensor& Tensor::set_requires_grad(bool value) {
+  check_defined("set_requires_grad");
+  VG_CHECK(impl_->grad_fn == nullptr,
+           "Tensor::set_requires_grad: only leaf tensors can be marked; this one was produced by an op "
+           "(use detach() first)");
+  VG_CHECK(!value || is_floating(impl_->dtype),
+           "Tensor::set_requires_grad: only float tensors can require gradients, got " << dtype_name(impl_->dtype));
+  impl_->requires_grad = value;
+  return *this;
+}
+
+bool Tensor::is_leaf() const { return impl_ == nullptr || impl_->grad_fn == nullptr; }
+Tensor Tensor::grad() const { check_defined("grad"); return impl_->grad; }
+void Tensor::set_grad(const Tensor& grad) const { check_defined("set_grad"); impl_->grad = grad; }
+const std::shared_ptr<autograd::Node>& Tensor::grad_fn() const { check_defined("grad_fn"); return impl_->grad_fn; }
+
+void Tensor::set_grad_fn(std::shared_ptr<autograd::Node> fn) const {
+  check_defined("set_grad_fn");
+  impl_->grad_fn = std::move(fn);
+  impl_->requires_grad = impl_->grad_fn != nullptr;
+}
+
+Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, std::int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = base.storage();
+  impl->shape = shape;
+  impl->strides = strides;
+  impl->offset = offset;
+  impl->dtype = base.dtype();
+  return Tensor(std::move(impl));
+}
+
+std::ostream& operator<<(std::ostream& os, const Tensor& t) {
+  if (!t.defined()) return os << "Tensor(undefined)";
+  os << "Tensor(shape=" << shape_str(t.shape()) << ", dtype=" << dtype_name(t.dtype()) << ", device=" << t.device();
+  if (t.device().is_cpu()) {
+    const std::vector<double> v = t.to_vector<double>();
+    os << ", values=[";
+    const std::size_t shown = std::min<std::size_t>(v.size(), 8);
+    for (std::size_t i = 0; i < shown; ++i) os << (i ? ", " : "") << v[i];
+    if (v.size() > shown) os << ", ...";
+    os << ']';
+  }
+  return os << ')';
+}
+
+}  // namespace vidgrad

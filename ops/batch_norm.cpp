@@ -1,0 +1,103 @@
+// batch_norm: checks, statistics, running-stat update, dispatch and backward node.
+#include "vidgrad/ops/batch_norm.h"
+
+#include <cmath>
+#include <vector>
+
+#include "vidgrad/autograd/node.h"
+#include "vidgrad/ops/common.h"
+#include "vidgrad/ops/cpu/batch_norm_cpu.h"
+
+namespace vidgrad {
+
+namespace {
+
+void check_channel_vector(const char* arg, const Tensor& t, std::int64_t C) {
+  if (!t.defined()) return;
+  VG_CHECK(t.dim() == 1 && t.shape()[0] == C,
+           "batch_norm: " << arg << " must have shape [" << C << "], got " << shape_str(t.shape()));
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                  const Tensor& running_var, const BatchNormOptions& opts) {
+  ops_detail::check_floating("batch_norm", "input", x_in);
+  VG_CHECK(x_in.dim() >= 2, "batch_norm: input must have rank >= 2 (N, C, ...), got shape " << shape_str(x_in.shape()));
+  ops_detail::check_same("batch_norm", {{"input", &x_in}, {"weight", &weight}, {"bias", &bias},
+                                        {"running_mean", &running_mean}, {"running_var", &running_var}});
+  const std::int64_t N = x_in.shape()[0], C = x_in.shape()[1], S = x_in.numel() / std::max<std::int64_t>(N * C, 1);
+  check_channel_vector("weight", weight, C);
+  check_channel_vector("bias", bias, C);
+  check_channel_vector("running_mean", running_mean, C);
+  check_channel_vector("running_var", running_var, C);
+  VG_CHECK(running_mean.defined() == running_var.defined(),
+           "batch_norm: running_mean and running_var must be given together");
+  // Running statistics are updated in place, so they must be plain arrays.
+  VG_CHECK(!running_mean.defined() || (running_mean.is_contiguous() && running_var.is_contiguous()),
+           "batch_norm: running_mean and running_var must be contiguous (they are updated in place)");
+  VG_CHECK(opts.training || running_mean.defined(), "batch_norm: eval mode needs running_mean and running_var");
+  VG_CHECK(opts.eps > 0, "batch_norm: eps must be > 0, got " << opts.eps);
+  VG_CHECK(opts.momentum >= 0 && opts.momentum <= 1, "batch_norm: momentum must be in [0, 1], got " << opts.momentum);
+  VG_CHECK(!opts.training || N * S > 1, "batch_norm: training needs more than one value per channel, got input shape "
+                                            << shape_str(x_in.shape()));
+
+  const Tensor x = x_in.contiguous();
+  const Tensor weight_c = weight.defined() ? weight.contiguous() : Tensor();
+  const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  auto mean = std::make_shared<std::vector<double>>(C);
+  auto invstd = std::make_shared<std::vector<double>>(C);
+  switch (x.device().type) {
+    case DeviceType::kCPU:
+      dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
+        if (opts.training) {
+          std::vector<double> var(C);
+          cpu::batch_norm_stats<T>(x.data<T>(), N, C, S, mean->data(), var.data());
+          for (std::int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + opts.eps);
+          if (running_mean.defined()) {
+            T* rm = running_mean.data<T>();
+            T* rv = running_var.data<T>();
+            const double unbias = static_cast<double>(N * S) / static_cast<double>(N * S - 1);
+            for (std::int64_t c = 0; c < C; ++c) {
+              rm[c] = static_cast<T>((1 - opts.momentum) * rm[c] + opts.momentum * (*mean)[c]);
+              rv[c] = static_cast<T>((1 - opts.momentum) * rv[c] + opts.momentum * var[c] * unbias);
+            }
+          }
+        } else {
+          const T* rm = running_mean.data<T>();
+          const T* rv = running_var.data<T>();
+          for (std::int64_t c = 0; c < C; ++c) {
+            (*mean)[c] = rm[c];
+            (*invstd)[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + opts.eps);
+          }
+        }
+        cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(),
+                                 weight_c.defined() ? weight_c.data<T>() : nullptr,
+                                 bias_c.defined() ? bias_c.data<T>() : nullptr, y.data<T>());
+      });
+      break;
+    default: ops_detail::no_kernel("batch_norm", x.device());
+  }
+  if (autograd::needs_graph({&x_in, &weight, &bias})) {
+    autograd::attach(y, "batch_norm", {x_in, weight, bias},
+                     [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), mean, invstd, N, C, S,
+                      training = opts.training](const Tensor& gy_in, const std::vector<bool>& needs) {
+                       const Tensor gy = gy_in.contiguous();
+                       std::vector<Tensor> grads(3);
+                       if (needs[0]) grads[0] = Tensor::empty(x.shape(), x.dtype());
+                       if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype());
+                       if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype());
+                       dispatch_floating(x.dtype(), "batch_norm backward", [&]<typename T>() {
+                         auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+                         cpu::batch_norm_backward<T>(x.data<T>(), gy.data<T>(), N, C, S, mean->data(),
+                                                     invstd->data(), ptr(w), training, ptr(grads[0]),
+                                                     ptr(grads[1]), ptr(grads[2]));
+                       });
+                       return grads;
+                     });
+  }
+  return y;
+}
+
+}  // namespace vidgrad

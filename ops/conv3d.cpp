@@ -1,0 +1,101 @@
+// conv3d: argument checks, output geometry, device dispatch and the backward node.
+#include "vidgrad/ops/conv3d.h"
+
+#include "vidgrad/autograd/node.h"
+#include "vidgrad/ops/common.h"
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
+
+namespace vidgrad {
+
+namespace {
+
+cpu::Conv3dGeometry geometry(const Tensor& x, const Tensor& w, const Tensor& b, const Conv3dOptions& o) {
+  using ops_detail::triple_str;
+  ops_detail::check_rank("conv3d", "input", x, 5, "(N,C,T,H,W)");
+  ops_detail::check_rank("conv3d", "weight", w, 5, "(O,C/groups,kT,kH,kW)");
+  ops_detail::check_floating("conv3d", "input", x);
+  ops_detail::check_same("conv3d", {{"input", &x}, {"weight", &w}, {"bias", &b}});
+  for (int i = 0; i < 3; ++i) {
+    VG_CHECK(o.stride[i] >= 1, "conv3d: stride must be >= 1 on every axis, got " << triple_str(o.stride));
+    VG_CHECK(o.dilation[i] >= 1, "conv3d: dilation must be >= 1 on every axis, got " << triple_str(o.dilation));
+    VG_CHECK(o.padding[i] >= 0, "conv3d: padding must be >= 0 on every axis, got " << triple_str(o.padding));
+  }
+  const Shape& xs = x.shape();
+  const Shape& ws = w.shape();
+  const std::int64_t C = xs[1], O = ws[0];
+  VG_CHECK(o.groups >= 1, "conv3d: groups must be >= 1, got " << o.groups);
+  VG_CHECK(C % o.groups == 0, "conv3d: groups " << o.groups << " does not divide the " << C << " input channels");
+  VG_CHECK(O % o.groups == 0, "conv3d: groups " << o.groups << " does not divide the " << O << " output channels");
+  VG_CHECK(ws[1] == C / o.groups, "conv3d: weight " << shape_str(ws) << " expects " << ws[1] * o.groups
+                                                    << " input channels with groups=" << o.groups << ", input "
+                                                    << shape_str(xs) << " has " << C);
+  if (b.defined()) {
+    VG_CHECK(b.dim() == 1 && b.shape()[0] == O,
+             "conv3d: bias must have shape [" << O << "], got " << shape_str(b.shape()));
+  }
+  cpu::Conv3dGeometry g{};
+  g.N = xs[0]; g.C = C; g.T = xs[2]; g.H = xs[3]; g.W = xs[4];
+  g.O = O; g.kT = ws[2]; g.kH = ws[3]; g.kW = ws[4];
+  g.sT = o.stride[0]; g.sH = o.stride[1]; g.sW = o.stride[2];
+  g.pT = o.padding[0]; g.pH = o.padding[1]; g.pW = o.padding[2];
+  g.dT = o.dilation[0]; g.dH = o.dilation[1]; g.dW = o.dilation[2];
+  g.groups = o.groups;
+  const std::int64_t in[3] = {g.T, g.H, g.W}, k[3] = {g.kT, g.kH, g.kW};
+  std::int64_t out[3];
+  for (int i = 0; i < 3; ++i) {
+    VG_CHECK(k[i] >= 1, "conv3d: kernel sizes must be >= 1, got weight " << shape_str(ws));
+    const std::int64_t span = o.dilation[i] * (k[i] - 1) + 1;
+    VG_CHECK(in[i] + 2 * o.padding[i] >= span,
+             "conv3d: input " << shape_str(xs) << " padded by " << triple_str(o.padding) << " is smaller than the "
+                              << "dilated kernel (" << k[0] << ", " << k[1] << ", " << k[2] << ") with dilation "
+                              << triple_str(o.dilation));
+    out[i] = (in[i] + 2 * o.padding[i] - span) / o.stride[i] + 1;
+  }
+  g.To = out[0]; g.Ho = out[1]; g.Wo = out[2];
+  return g;
+}
+
+}  // namespace
+
+Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts) {
+  const cpu::Conv3dGeometry g = geometry(input, weight, bias, opts);
+  const Tensor x = input.contiguous(), w = weight.contiguous();
+  const Tensor b = bias.defined() ? bias.contiguous() : Tensor();
+  Tensor y = Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
+  switch (x.device().type) {
+    case DeviceType::kCPU:
+      dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
+        cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), b.defined() ? b.data<T>() : nullptr, y.data<T>());
+      });
+      break;
+    default: ops_detail::no_kernel("conv3d", x.device());
+  }
+  if (autograd::needs_graph({&input, &weight, &bias})) {
+    // The input is saved only for the weight gradient, the weight only for the input gradient.
+    autograd::attach(
+        y, "conv3d", {input, weight, bias},
+        [g, x = weight.requires_grad() ? x.detach() : Tensor(), w = input.requires_grad() ? w.detach() : Tensor()](
+            const Tensor& gy_in, const std::vector<bool>& needs) {
+          const Tensor gy = gy_in.contiguous();
+          std::vector<Tensor> grads(3);
+          dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
+            if (needs[0]) {
+              grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype());
+              cpu::conv3d_backward_input<T>(g, gy.data<T>(), w.data<T>(), grads[0].data<T>());
+            }
+            if (needs[1]) {
+              grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype());
+              cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x.data<T>(), grads[1].data<T>());
+            }
+            if (needs[2]) {
+              grads[2] = Tensor::empty({g.O}, gy.dtype());
+              cpu::conv3d_backward_bias<T>(g, gy.data<T>(), grads[2].data<T>());
+            }
+          });
+          return grads;
+        });
+  }
+  return y;
+}
+
+}  // namespace vidgrad

@@ -1,0 +1,26 @@
+// CPU batch-norm kernels. x and y are contiguous (N, C, S) with S the product of the
+// trailing dims; per-channel arrays have C entries.
+#pragma once
+
+#include <cstdint>
+
+namespace vidgrad::cpu {
+
+// mean[c] and biased var[c] over N*S elements, accumulated in double.
+template <typename T>
+void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean, double* var);
+
+// y = (x - mean[c]) * invstd[c] * w[c] + b[c]; w and b may be null (1 and 0).
+template <typename T>
+void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
+                      const double* invstd, const T* w, const T* b, T* y);
+
+// Gradients given gy. With `batch_stats`, mean/invstd came from this batch and the input
+// gradient includes their dependence on x; otherwise they are constants (eval).
+// Any of gx, gw, gb may be null to skip it; all are written, not accumulated.
+template <typename T>
+void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
+                         const double* mean, const double* invstd, const T* w, bool batch_stats, T* gx, T* gw,
+                         T* gb);
+
+}  // namespace vidgrad::cpu

@@ -1,0 +1,222 @@
+// conv3d on the CPU as GEMMs. For sample n and group g:
+//   forward      Y[Og, L]  = W_g[Og, K] * col(X_ng)[K, L]
+//   input grad   col[K, L] = W_g^T * GY_ng, then col2im adds it back into GX_ng
+//   weight grad  GW_g     += GY_ng * col(X_ng)^T
+// with K = C/groups * kT*kH*kW and L = To*Ho*Wo. Work is spread over (n, g) pairs when
+// there are enough of them to feed every thread (grouped and depthwise convs, batches);
+// otherwise (n, g) runs in order and Eigen's GEMM and im2col use the threads.
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
+
+#include <Eigen/Core>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace vidgrad::cpu {
+
+namespace {
+
+template <typename T>
+using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using Map = Eigen::Map<RowMat<T>>;
+template <typename T>
+using ConstMap = Eigen::Map<const RowMat<T>>;
+
+// Output positions o in [lo, hi) read input index o * stride + off inside [0, size).
+inline void valid_range(std::int64_t off, std::int64_t stride, std::int64_t size, std::int64_t out,
+                        std::int64_t& lo, std::int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  hi = size - 1 - off < 0 ? 0 : (size - 1 - off) / stride + 1;
+  hi = std::min(hi, out);
+  lo = std::min(lo, hi);
+}
+
+// col[K, L] from one sample-group of x (Cg, T, H, W). Rows are (c, kt, kh, kw).
+template <typename T>
+void im2col(const Conv3dGeometry& g, const T* x, T* col) {
+  const std::int64_t rows = g.K(), L = g.L();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t kw = r % g.kW, kh = (r / g.kW) % g.kH, kt = (r / (g.kW * g.kH)) % g.kT;
+    const std::int64_t c = r / (g.kW * g.kH * g.kT);
+    const std::int64_t offw = kw * g.dW - g.pW;
+    std::int64_t wlo, whi;
+    valid_range(offw, g.sW, g.W, g.Wo, wlo, whi);
+    T* dst_row = col + r * L;
+    for (std::int64_t to = 0; to < g.To; ++to) {
+      const std::int64_t ti = to * g.sT + kt * g.dT - g.pT;
+      for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+        const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
+        T* dst = dst_row + (to * g.Ho + ho) * g.Wo;
+        if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) {
+          std::fill(dst, dst + g.Wo, T(0));
+          continue;
+        }
+        const T* src = x + ((c * g.T + ti) * g.H + hi) * g.W + offw;
+        std::fill(dst, dst + wlo, T(0));
+        if (g.sW == 1) {
+          std::memcpy(dst + wlo, src + wlo, static_cast<std::size_t>(whi - wlo) * sizeof(T));
+        } else {
+          for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo] = src[wo * g.sW];
+        }
+        std::fill(dst + whi, dst + g.Wo, T(0));
+      }
+    }
+  }
+}
+
+// gx (Cg, T, H, W) += col2im(col). Parallel over input channels: rows of one channel
+// touch only that channel's slab, so threads never write the same element.
+template <typename T>
+void col2im_add(const Conv3dGeometry& g, const T* col, T* gx) {
+  const std::int64_t L = g.L(), per_c = g.kT * g.kH * g.kW;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t c = 0; c < g.Cg(); ++c) {
+    for (std::int64_t k = 0; k < per_c; ++k) {
+      const std::int64_t r = c * per_c + k;
+      const std::int64_t kw = k % g.kW, kh = (k / g.kW) % g.kH, kt = k / (g.kW * g.kH);
+      const std::int64_t offw = kw * g.dW - g.pW;
+      std::int64_t wlo, whi;
+      valid_range(offw, g.sW, g.W, g.Wo, wlo, whi);
+      const T* src_row = col + r * L;
+      for (std::int64_t to = 0; to < g.To; ++to) {
+        const std::int64_t ti = to * g.sT + kt * g.dT - g.pT;
+        if (ti < 0 || ti >= g.T) continue;
+        for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+          const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
+          if (hi < 0 || hi >= g.H) continue;
+          const T* src = src_row + (to * g.Ho + ho) * g.Wo;
+          T* dst = gx + ((c * g.T + ti) * g.H + hi) * g.W + offw;
+          for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo * g.sW] += src[wo];
+        }
+      }
+    }
+  }
+}
+
+// Parallelise over (n, g) items when there are enough for every thread.
+bool items_parallel(std::int64_t items) { return items >= 2 * omp_get_max_threads() && omp_get_max_threads() > 1; }
+
+}  // namespace
+
+template <typename T>
+void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
+  const bool outer = items_parallel(items);
+  auto run_item = [&](std::int64_t item, std::vector<T>& buf) {
+    const std::int64_t n = item / g.groups, gr = item % g.groups;
+    const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
+    const T* col = xg;
+    if (!g.pointwise()) {
+      buf.resize(static_cast<std::size_t>(K * L));
+      im2col(g, xg, buf.data());
+      col = buf.data();
+    }
+    Map<T> yg(y + (n * g.O + gr * Og) * L, Og, L);
+    yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(col, K, L);
+    if (b) {
+      for (std::int64_t o = 0; o < Og; ++o) yg.row(o).array() += b[gr * Og + o];
+    }
+  };
+  if (outer) {
+#pragma omp parallel
+    {
+      std::vector<T> buf;
+#pragma omp for schedule(dynamic)
+      for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
+    }
+  } else {
+    std::vector<T> buf;
+    for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
+  }
+}
+
+template <typename T>
+void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
+  const bool outer = items_parallel(items);
+  auto run_item = [&](std::int64_t item, std::vector<T>& buf) {
+    const std::int64_t n = item / g.groups, gr = item % g.groups;
+    T* gxg = gx + (n * g.C + gr * Cg) * g.in_volume();
+    ConstMap<T> wg(w + gr * Og * K, Og, K);
+    ConstMap<T> gyg(gy + (n * g.O + gr * Og) * L, Og, L);
+    if (g.pointwise()) {
+      Map<T>(gxg, K, L).noalias() = wg.transpose() * gyg;
+      return;
+    }
+    buf.resize(static_cast<std::size_t>(K * L));
+    Map<T>(buf.data(), K, L).noalias() = wg.transpose() * gyg;
+    std::fill(gxg, gxg + Cg * g.in_volume(), T(0));
+    col2im_add(g, buf.data(), gxg);
+  };
+  if (outer) {
+#pragma omp parallel
+    {
+      std::vector<T> buf;
+#pragma omp for schedule(dynamic)
+      for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
+    }
+  } else {
+    std::vector<T> buf;
+    for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
+  }
+}
+
+template <typename T>
+void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L();
+  // Each group owns its slice of gw, so groups can run in parallel with samples in order.
+  auto run_group = [&](std::int64_t gr, std::vector<T>& buf) {
+    Map<T> gwg(gw + gr * Og * K, Og, K);
+    gwg.setZero();
+    for (std::int64_t n = 0; n < g.N; ++n) {
+      const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
+      const T* col = xg;
+      if (!g.pointwise()) {
+        buf.resize(static_cast<std::size_t>(K * L));
+        im2col(g, xg, buf.data());
+        col = buf.data();
+      }
+      gwg.noalias() += ConstMap<T>(gy + (n * g.O + gr * Og) * L, Og, L) * ConstMap<T>(col, K, L).transpose();
+    }
+  };
+  if (items_parallel(g.groups)) {
+#pragma omp parallel
+    {
+      std::vector<T> buf;
+#pragma omp for schedule(dynamic)
+      for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr, buf);
+    }
+  } else {
+    std::vector<T> buf;
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr, buf);
+  }
+}
+
+template <typename T>
+void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb) {
+  const std::int64_t L = g.L();
+#pragma omp parallel for schedule(static)
+  for (std::int64_t o = 0; o < g.O; ++o) {
+    T acc = 0;
+    for (std::int64_t n = 0; n < g.N; ++n) {
+      const T* row = gy + (n * g.O + o) * L;
+      for (std::int64_t i = 0; i < L; ++i) acc += row[i];
+    }
+    gb[o] = acc;
+  }
+}
+
+#define VIDGRAD_INSTANTIATE(T)                                                              \
+  template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, const T*, T*); \
+  template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*);   \
+  template void conv3d_backward_weight<T>(const Conv3dGeometry&, const T*, const T*, T*);  \
+  template void conv3d_backward_bias<T>(const Conv3dGeometry&, const T*, T*);
+VIDGRAD_INSTANTIATE(float)
+VIDGRAD_INSTANTIATE(double)
+#undef VIDGRAD_INSTANTIATE
+
+}  // namespace vidgrad::cpu

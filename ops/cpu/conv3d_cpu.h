@@ -1,0 +1,43 @@
+// CPU conv3d kernels: im2col + Eigen GEMM per (sample, group), with the 1x1x1 case
+// reading the input directly as the GEMM operand. All pointers are contiguous NCTHW data.
+#pragma once
+
+#include <cstdint>
+
+namespace vidgrad::cpu {
+
+struct Conv3dGeometry {
+  std::int64_t N, C, T, H, W;       // input
+  std::int64_t O, kT, kH, kW;       // weight (O, C/groups, kT, kH, kW)
+  std::int64_t To, Ho, Wo;          // output
+  std::int64_t sT, sH, sW, pT, pH, pW, dT, dH, dW;
+  std::int64_t groups;
+
+  std::int64_t Cg() const { return C / groups; }
+  std::int64_t Og() const { return O / groups; }
+  std::int64_t K() const { return Cg() * kT * kH * kW; }  // GEMM depth: one column of im2col
+  std::int64_t L() const { return To * Ho * Wo; }         // output positions per sample
+  std::int64_t in_volume() const { return T * H * W; }
+  // 1x1x1, unit stride, no padding: the input already is the im2col matrix.
+  bool pointwise() const {
+    return kT == 1 && kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pT == 0 && pH == 0 && pW == 0;
+  }
+};
+
+// y (N, O, To, Ho, Wo) = conv(x, w) + b. b may be null.
+template <typename T>
+void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y);
+
+// gx (N, C, T, H, W) = input gradient given gy (N, O, To, Ho, Wo). Written, not accumulated.
+template <typename T>
+void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
+
+// gw (O, C/groups, kT, kH, kW) = weight gradient. Written, not accumulated.
+template <typename T>
+void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
+
+// gb (O) = sum of gy over N, To, Ho, Wo. Written.
+template <typename T>
+void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb);
+
+}  // namespace vidgrad::cpu

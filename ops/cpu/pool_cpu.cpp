@@ -1,0 +1,136 @@
+// Pooling on the CPU, one input plane per thread at a time, so backward scatters never
+// collide across threads.
+#include "vidgrad/ops/cpu/pool_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace vidgrad::cpu {
+
+namespace {
+
+// Window of output o along one axis: [lo, hi) clipped to the input, and the padded size.
+struct Window {
+  std::int64_t lo, hi, padded;
+};
+
+inline Window window(std::int64_t o, std::int64_t stride, std::int64_t pad, std::int64_t k, std::int64_t size) {
+  std::int64_t lo = o * stride - pad;
+  std::int64_t hi = std::min(lo + k, size + pad);
+  const std::int64_t padded = hi - lo;
+  return {std::max<std::int64_t>(lo, 0), std::min(hi, size), padded};
+}
+
+// Calls f(out_index, wt, wh, ww) for every output of one plane.
+template <typename F>
+void for_each_window(const Pool3dGeometry& g, F&& f) {
+  for (std::int64_t to = 0; to < g.To; ++to) {
+    const Window wt = window(to, g.sT, g.pT, g.kT, g.T);
+    for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+      const Window wh = window(ho, g.sH, g.pH, g.kH, g.H);
+      for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+        const Window ww = window(wo, g.sW, g.pW, g.kW, g.W);
+        f((to * g.Ho + ho) * g.Wo + wo, wt, wh, ww);
+      }
+    }
+  }
+}
+
+inline std::int64_t divisor(const Pool3dGeometry& g, const Window& wt, const Window& wh, const Window& ww) {
+  if (g.count_include_pad) return wt.padded * wh.padded * ww.padded;
+  return (wt.hi - wt.lo) * (wh.hi - wh.lo) * (ww.hi - ww.lo);
+}
+
+}  // namespace
+
+template <typename T>
+void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
+  const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t p = 0; p < g.planes; ++p) {
+    const T* xp = x + p * in_plane;
+    T* yp = y + p * out_plane;
+    for_each_window(g, [&](std::int64_t o, const Window& wt, const Window& wh, const Window& ww) {
+      T acc = 0;
+      for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+        for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
+          const T* row = xp + (t * g.H + h) * g.W;
+          for (std::int64_t w = ww.lo; w < ww.hi; ++w) acc += row[w];
+        }
+      const std::int64_t d = divisor(g, wt, wh, ww);
+      yp[o] = d > 0 ? acc / static_cast<T>(d) : T(0);
+    });
+  }
+}
+
+template <typename T>
+void avg_pool3d_backward(const Pool3dGeometry& g, const T* gy, T* gx) {
+  const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t p = 0; p < g.planes; ++p) {
+    T* gxp = gx + p * in_plane;
+    const T* gyp = gy + p * out_plane;
+    std::fill(gxp, gxp + in_plane, T(0));
+    for_each_window(g, [&](std::int64_t o, const Window& wt, const Window& wh, const Window& ww) {
+      const std::int64_t d = divisor(g, wt, wh, ww);
+      if (d == 0) return;
+      const T share = gyp[o] / static_cast<T>(d);
+      for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+        for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
+          T* row = gxp + (t * g.H + h) * g.W;
+          for (std::int64_t w = ww.lo; w < ww.hi; ++w) row[w] += share;
+        }
+    });
+  }
+}
+
+template <typename T>
+void max_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y, std::int64_t* argmax) {
+  const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t p = 0; p < g.planes; ++p) {
+    const T* xp = x + p * in_plane;
+    for_each_window(g, [&](std::int64_t o, const Window& wt, const Window& wh, const Window& ww) {
+      T best = -std::numeric_limits<T>::infinity();
+      std::int64_t at = -1;
+      for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+        for (std::int64_t h = wh.lo; h < wh.hi; ++h)
+          for (std::int64_t w = ww.lo; w < ww.hi; ++w) {
+            const std::int64_t i = (t * g.H + h) * g.W + w;
+            // Once best is NaN nothing compares greater, so a NaN propagates as in PyTorch.
+            if (at < 0 || xp[i] > best || std::isnan(xp[i])) {
+              best = xp[i];
+              at = i;
+            }
+          }
+      y[p * out_plane + o] = best;
+      argmax[p * out_plane + o] = at;
+    });
+  }
+}
+
+template <typename T>
+void max_pool3d_backward(const Pool3dGeometry& g, const T* gy, const std::int64_t* argmax, T* gx) {
+  const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t p = 0; p < g.planes; ++p) {
+    T* gxp = gx + p * in_plane;
+    std::fill(gxp, gxp + in_plane, T(0));
+    for (std::int64_t o = 0; o < out_plane; ++o) {
+      const std::int64_t i = argmax[p * out_plane + o];
+      if (i >= 0) gxp[i] += gy[p * out_plane + o];
+    }
+  }
+}
+
+#define VIDGRAD_INSTANTIATE(T)                                                                       \
+  template void avg_pool3d_forward<T>(const Pool3dGeometry&, const T*, T*);                          \
+  template void avg_pool3d_backward<T>(const Pool3dGeometry&, const T*, T*);                         \
+  template void max_pool3d_forward<T>(const Pool3dGeometry&, const T*, T*, std::int64_t*);           \
+  template void max_pool3d_backward<T>(const Pool3dGeometry&, const T*, const std::int64_t*, T*);
+VIDGRAD_INSTANTIATE(float)
+VIDGRAD_INSTANTIATE(double)
+#undef VIDGRAD_INSTANTIATE
+
+}  // namespace vidgrad::cpu

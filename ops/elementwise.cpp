@@ -1,0 +1,141 @@
+// relu, sigmoid and broadcasting add/sub/mul. Backward of a broadcast input sums the
+// gradient over the broadcast dims (sum_to).
+#include "vidgrad/ops/elementwise.h"
+
+#include "vidgrad/autograd/node.h"
+#include "vidgrad/ops/common.h"
+#include "vidgrad/ops/cpu/elementwise_cpu.h"
+#include "vidgrad/ops/shape.h"
+
+namespace vidgrad {
+
+using autograd::attach;
+using autograd::needs_graph;
+
+namespace {
+
+enum class BinaryOp { kAdd, kSub, kMul };
+
+// out = a op b; same shapes and contiguous take the flat path.
+Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
+  ops_detail::check_floating(name, "a", a);
+  ops_detail::check_floating(name, "b", b);
+  ops_detail::check_same(name, {{"a", &a}, {"b", &b}});
+  const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
+  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  switch (a.device().type) {
+    case DeviceType::kCPU:
+      dispatch_floating(a.dtype(), name, [&]<typename T>() {
+        auto run = [&](auto f) {
+          if (a.shape() == b.shape() && a.is_contiguous() && b.is_contiguous())
+            cpu::binary_map<T>(a.data<T>(), b.data<T>(), out.data<T>(), out.numel(), f);
+          else
+            cpu::broadcast_binary<T>(a, b, out, f);
+        };
+        switch (op) {
+          case BinaryOp::kAdd: run([](T x, T y) { return x + y; }); break;
+          case BinaryOp::kSub: run([](T x, T y) { return x - y; }); break;
+          case BinaryOp::kMul: run([](T x, T y) { return x * y; }); break;
+        }
+      });
+      break;
+    default: ops_detail::no_kernel(name, a.device());
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor relu(const Tensor& x_in) {
+  ops_detail::check_floating("relu", "x", x_in);
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  switch (x.device().type) {
+    case DeviceType::kCPU:
+      dispatch_floating(x.dtype(), "relu", [&]<typename T>() {
+        cpu::unary_map<T>(x.data<T>(), y.data<T>(), x.numel(), [](T v) { return v > T(0) ? v : T(0); });
+      });
+      break;
+    default: ops_detail::no_kernel("relu", x.device());
+  }
+  if (needs_graph({&x_in})) {
+    // Saves the output, not the input: y > 0 exactly where x > 0.
+    attach(y, "relu", {x_in}, [y = y.detach()](const Tensor& g_in, const std::vector<bool>&) {
+      const Tensor g = g_in.contiguous();
+      Tensor gx = Tensor::empty(g.shape(), g.dtype());
+      dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
+        cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
+                           [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
+      });
+      return std::vector<Tensor>{gx};
+    });
+  }
+  return y;
+}
+
+Tensor sigmoid(const Tensor& x_in) {
+  ops_detail::check_floating("sigmoid", "x", x_in);
+  const Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  switch (x.device().type) {
+    case DeviceType::kCPU:
+      dispatch_floating(x.dtype(), "sigmoid", [&]<typename T>() {
+        cpu::unary_map<T>(x.data<T>(), y.data<T>(), x.numel(), [](T v) { return T(1) / (T(1) + std::exp(-v)); });
+      });
+      break;
+    default: ops_detail::no_kernel("sigmoid", x.device());
+  }
+  if (needs_graph({&x_in})) {
+    attach(y, "sigmoid", {x_in}, [y = y.detach()](const Tensor& g_in, const std::vector<bool>&) {
+      const Tensor g = g_in.contiguous();
+      Tensor gx = Tensor::empty(g.shape(), g.dtype());
+      dispatch_floating(g.dtype(), "sigmoid backward", [&]<typename T>() {
+        cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
+                           [](T gv, T yv) { return gv * yv * (T(1) - yv); });
+      });
+      return std::vector<Tensor>{gx};
+    });
+  }
+  return y;
+}
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("add", BinaryOp::kAdd, a, b);
+  if (needs_graph({&a, &b})) {
+    attach(out, "add", {a, b}, [sa = a.shape(), sb = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
+      return std::vector<Tensor>{needs[0] ? sum_to(g, sa) : Tensor(), needs[1] ? sum_to(g, sb) : Tensor()};
+    });
+  }
+  return out;
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("sub", BinaryOp::kSub, a, b);
+  if (needs_graph({&a, &b})) {
+    attach(out, "sub", {a, b}, [sa = a.shape(), sb = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
+      return std::vector<Tensor>{needs[0] ? sum_to(g, sa) : Tensor(), needs[1] ? sum_to(mul(g, -1.0), sb) : Tensor()};
+    });
+  }
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("mul", BinaryOp::kMul, a, b);
+  if (needs_graph({&a, &b})) {
+    // Each side's gradient needs the other side's value, saved only when it is used.
+    attach(out, "mul", {a, b},
+           [a_saved = b.requires_grad() ? a.detach() : Tensor(), b_saved = a.requires_grad() ? b.detach() : Tensor(),
+            sa = a.shape(), sb = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
+             return std::vector<Tensor>{needs[0] ? sum_to(mul(g, b_saved), sa) : Tensor(),
+                                        needs[1] ? sum_to(mul(g, a_saved), sb) : Tensor()};
+           });
+  }
+  return out;
+}
+
+Tensor mul(const Tensor& a, double s) {
+  ops_detail::check_floating("mul", "a", a);
+  return mul(a, Tensor::scalar(s, a.dtype()));
+}
+
+}  // namespace vidgrad

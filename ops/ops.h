@@ -1,0 +1,17 @@
+// Every op in one include: #include "vidgrad/ops/ops.h"
+#pragma once
+
+#include "vidgrad/autograd/grad_mode.h"
+#include "vidgrad/autograd/gradcheck.h"
+#include "vidgrad/core/parallel.h"
+#include "vidgrad/core/tensor.h"
+#include "vidgrad/ops/batch_norm.h"
+#include "vidgrad/ops/conv3d.h"
+#include "vidgrad/ops/dropout.h"
+#include "vidgrad/ops/elementwise.h"
+#include "vidgrad/ops/linear.h"
+#include "vidgrad/ops/loss.h"
+#include "vidgrad/ops/pool.h"
+#include "vidgrad/ops/reduce.h"
+#include "vidgrad/ops/shape.h"
+#include "vidgrad/ops/temporal_shift.h"

@@ -1,0 +1,119 @@
+// batch_norm: training and eval forward against reference loops, running-statistics
+// updates (unbiased variance, momentum), gradients of input, weight and bias.
+#include "test_util.h"
+
+namespace vidgrad {
+namespace {
+
+using testing::all_close;
+using testing::param;
+using testing::randn;
+
+struct Stats {
+  std::vector<double> mean, var;  // biased var
+};
+
+Stats reference_stats(const Tensor& x) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / (N * C);
+  const std::vector<double> v = x.to_vector<double>();
+  Stats s{std::vector<double>(C, 0.0), std::vector<double>(C, 0.0)};
+  for (std::int64_t c = 0; c < C; ++c) {
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) s.mean[c] += v[(n * C + c) * S + i];
+    s.mean[c] /= N * S;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) s.var[c] += std::pow(v[(n * C + c) * S + i] - s.mean[c], 2);
+    s.var[c] /= N * S;
+  }
+  return s;
+}
+
+Tensor reference_apply(const Tensor& x, const std::vector<double>& mean, const std::vector<double>& var,
+                       const Tensor& w, const Tensor& b, double eps) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / (N * C);
+  std::vector<double> v = x.to_vector<double>();
+  const std::vector<double> wv = w.to_vector<double>(), bv = b.to_vector<double>();
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t i = 0; i < S; ++i) {
+        double& e = v[(n * C + c) * S + i];
+        e = (e - mean[c]) / std::sqrt(var[c] + eps) * wv[c] + bv[c];
+      }
+  return Tensor::from_vector(v, x.shape());
+}
+
+class BatchNormShapes : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(BatchNormShapes, TrainingForwardAndRunningStatsMatchReference) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1], M = shape_numel(shape) / C;
+  Tensor x = add(mul(randn(shape, 1, DType::kFloat32), 3.0), Tensor::scalar(5.0));
+  Tensor w = randn({C}, 2, DType::kFloat32), b = randn({C}, 3, DType::kFloat32);
+  Tensor rm = Tensor::zeros({C}), rv = Tensor::ones({C});
+  Tensor y = batch_norm(x, w, b, rm, rv, {.training = true, .momentum = 0.1, .eps = 1e-5});
+  const Stats s = reference_stats(x);
+  EXPECT_TRUE(all_close(y, reference_apply(x, s.mean, s.var, w, b, 1e-5), 1e-4, 1e-4));
+  std::vector<double> em(C), ev(C);
+  for (std::int64_t c = 0; c < C; ++c) {
+    em[c] = 0.1 * s.mean[c];
+    ev[c] = 0.9 + 0.1 * s.var[c] * M / (M - 1);  // unbiased, as PyTorch
+  }
+  EXPECT_TRUE(all_close(rm, Tensor::from_vector(em, {C}), 1e-5, 1e-5));
+  EXPECT_TRUE(all_close(rv, Tensor::from_vector(ev, {C}), 1e-5, 1e-5));
+}
+
+TEST_P(BatchNormShapes, EvalUsesRunningStats) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1];
+  Tensor x = randn(shape, 4, DType::kFloat32);
+  Tensor w = randn({C}, 5, DType::kFloat32), b = randn({C}, 6, DType::kFloat32);
+  Tensor rm = randn({C}, 7, DType::kFloat32), rv = add(mul(relu(randn({C}, 8, DType::kFloat32)), 1.0), Tensor::scalar(0.5));
+  const std::vector<float> rm_before = rm.to_vector<float>();
+  Tensor y = batch_norm(x, w, b, rm, rv, {.training = false});
+  EXPECT_TRUE(all_close(y, reference_apply(x, rm.to_vector<double>(), rv.to_vector<double>(), w, b, 1e-5), 1e-4, 1e-4));
+  EXPECT_EQ(rm.to_vector<float>(), rm_before);
+}
+
+TEST_P(BatchNormShapes, TrainingGradMatchesFiniteDifference) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1];
+  Tensor rm = Tensor::zeros({C}, DType::kFloat64), rv = Tensor::ones({C}, DType::kFloat64);
+  EXPECT_GRADCHECK(
+      [&](const std::vector<Tensor>& t) { return batch_norm(t[0], t[1], t[2], rm, rv, {.training = true}); },
+      (std::vector<Tensor>{param(shape, 9), param({C}, 10), param({C}, 11)}));
+}
+
+TEST_P(BatchNormShapes, EvalGradMatchesFiniteDifference) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1];
+  Tensor rm = randn({C}, 12), rv = Tensor::full({C}, 1.7, DType::kFloat64);
+  EXPECT_GRADCHECK(
+      [&](const std::vector<Tensor>& t) { return batch_norm(t[0], t[1], t[2], rm, rv, {.training = false}); },
+      (std::vector<Tensor>{param(shape, 13), param({C}, 14), param({C}, 15)}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormShapes,
+                         ::testing::Values(Shape{2, 3, 3, 5, 3}, Shape{1, 4, 2, 3, 3}, Shape{5, 3}, Shape{3, 2, 7}));
+
+TEST(BatchNorm, WithoutAffineOrRunningStats) {
+  Tensor x = randn({2, 3, 2, 2, 2}, 16, DType::kFloat32);
+  Tensor y = batch_norm(x, {}, {}, {}, {}, {.training = true});
+  const Stats s = reference_stats(x);
+  EXPECT_TRUE(all_close(y, reference_apply(x, s.mean, s.var, Tensor::ones({3}), Tensor::zeros({3}), 1e-5), 1e-4, 1e-4));
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& t) { return batch_norm(t[0], {}, {}, {}, {}, {.training = true}); },
+                   {param({2, 3, 2, 2, 1}, 17)});
+}
+
+TEST(BatchNorm, BadArgumentsThrowWithValues) {
+  Tensor x = Tensor::zeros({2, 3, 2, 2, 2});
+  EXPECT_THROW_MSG(batch_norm(x, Tensor::ones({4}), {}, {}, {}), "batch_norm", "weight", "[3]", "[4]");
+  EXPECT_THROW_MSG(batch_norm(x, {}, {}, {}, {}, {.training = false}), "batch_norm", "eval", "running_mean");
+  EXPECT_THROW_MSG(batch_norm(Tensor::zeros({1, 3}), {}, {}, {}, {}, {.training = true}), "batch_norm",
+                   "more than one value per channel", "[1, 3]");
+  EXPECT_THROW_MSG(batch_norm(Tensor::zeros({3}), {}, {}, {}, {}), "batch_norm", "rank >= 2", "[3]");
+  EXPECT_THROW_MSG(batch_norm(x, {}, {}, Tensor::zeros({3}), {}), "batch_norm", "together");
+  EXPECT_THROW_MSG(batch_norm(x, {}, {}, {}, {}, {.momentum = 1.5}), "batch_norm", "momentum", "1.5");
+}
+
+}  // namespace
+}  // namespace vidgrad

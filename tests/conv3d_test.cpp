@@ -1,0 +1,138 @@
+// conv3d: float32 forward against a naive 8-deep loop, float64 gradients (input, weight,
+// bias) against finite differences, over shapes covering odd sizes, stride 2, padding,
+// dilation and groups in {1, 2, C/8, C}; and the error messages.
+#include "test_util.h"
+
+namespace vidgrad {
+namespace {
+
+using testing::all_close;
+using testing::param;
+using testing::randn;
+
+// The reference: every output element as an explicit sum, in double.
+Tensor conv3d_reference(const Tensor& x, const Tensor& w, const Tensor& b, const Conv3dOptions& o) {
+  const Shape& xs = x.shape();
+  const Shape& ws = w.shape();
+  const std::int64_t N = xs[0], C = xs[1], T = xs[2], H = xs[3], W = xs[4];
+  const std::int64_t O = ws[0], Cg = ws[1], kT = ws[2], kH = ws[3], kW = ws[4], G = o.groups, Og = O / G;
+  auto out = [&](int i, std::int64_t in, std::int64_t k) {
+    return (in + 2 * o.padding[i] - o.dilation[i] * (k - 1) - 1) / o.stride[i] + 1;
+  };
+  const std::int64_t To = out(0, T, kT), Ho = out(1, H, kH), Wo = out(2, W, kW);
+  const std::vector<double> xv = x.to_vector<double>(), wv = w.to_vector<double>();
+  const std::vector<double> bv = b.defined() ? b.to_vector<double>() : std::vector<double>(O, 0.0);
+  std::vector<double> y(N * O * To * Ho * Wo);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t oc = 0; oc < O; ++oc)
+      for (std::int64_t to = 0; to < To; ++to)
+        for (std::int64_t ho = 0; ho < Ho; ++ho)
+          for (std::int64_t wo = 0; wo < Wo; ++wo) {
+            double acc = bv[oc];
+            const std::int64_t g = oc / Og;
+            for (std::int64_t c = 0; c < Cg; ++c)
+              for (std::int64_t kt = 0; kt < kT; ++kt)
+                for (std::int64_t kh = 0; kh < kH; ++kh)
+                  for (std::int64_t kw = 0; kw < kW; ++kw) {
+                    const std::int64_t t = to * o.stride[0] - o.padding[0] + kt * o.dilation[0];
+                    const std::int64_t h = ho * o.stride[1] - o.padding[1] + kh * o.dilation[1];
+                    const std::int64_t ww = wo * o.stride[2] - o.padding[2] + kw * o.dilation[2];
+                    if (t < 0 || t >= T || h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                    const std::int64_t ci = g * Cg + c;
+                    acc += xv[(((n * C + ci) * T + t) * H + h) * W + ww] *
+                           wv[(((oc * Cg + c) * kT + kt) * kH + kh) * kW + kw];
+                  }
+            y[(((n * O + oc) * To + to) * Ho + ho) * Wo + wo] = acc;
+          }
+  return Tensor::from_vector(y, {N, O, To, Ho, Wo});
+}
+
+struct ConvCase {
+  const char* name;
+  Shape input;  // (N, C, T, H, W)
+  std::int64_t out_channels;
+  std::array<std::int64_t, 3> kernel;
+  Conv3dOptions opts;
+  bool bias;
+};
+
+std::ostream& operator<<(std::ostream& os, const ConvCase& c) { return os << c.name; }
+
+class Conv3dShapes : public ::testing::TestWithParam<ConvCase> {
+ protected:
+  Shape weight_shape() const {
+    const auto& c = GetParam();
+    return {c.out_channels, c.input[1] / c.opts.groups, c.kernel[0], c.kernel[1], c.kernel[2]};
+  }
+};
+
+TEST_P(Conv3dShapes, ForwardMatchesNaiveLoopInFloat32) {
+  const auto& c = GetParam();
+  Tensor x = randn(c.input, 1, DType::kFloat32), w = randn(weight_shape(), 2, DType::kFloat32);
+  Tensor b = c.bias ? randn({c.out_channels}, 3, DType::kFloat32) : Tensor();
+  Tensor y = conv3d(x, w, b, c.opts);
+  EXPECT_TRUE(all_close(y, conv3d_reference(x, w, b, c.opts), 1e-4, 1e-4));
+  // Non-contiguous input gives the same result.
+  Tensor xt = x.permute({0, 1, 2, 4, 3}).contiguous().permute({0, 1, 2, 4, 3});
+  ASSERT_FALSE(xt.is_contiguous());
+  EXPECT_TRUE(all_close(conv3d(xt, w, b, c.opts), y, 0, 0));
+}
+
+TEST_P(Conv3dShapes, GradMatchesFiniteDifference) {
+  const auto& c = GetParam();
+  std::vector<Tensor> in{param(c.input, 4), param(weight_shape(), 5)};
+  if (c.bias) in.push_back(param({c.out_channels}, 6));
+  const Conv3dOptions opts = c.opts;
+  EXPECT_GRADCHECK(
+      [opts](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), opts); }, in);
+}
+
+Conv3dOptions opt(std::array<std::int64_t, 3> stride, std::array<std::int64_t, 3> pad,
+                  std::array<std::int64_t, 3> dil, std::int64_t groups) {
+  return Conv3dOptions{stride, pad, dil, groups};
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, Conv3dShapes,
+    ::testing::Values(
+        ConvCase{"Pointwise1x1x1", {2, 8, 3, 5, 7}, 8, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1), true},
+        ConvCase{"Spatial1x3x3Stride2Groups2", {1, 8, 2, 7, 5}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
+        ConvCase{"Temporal3x1x1", {2, 6, 5, 3, 4}, 6, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), false},
+        ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
+        ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},
+        ConvCase{"Depthwise3x3x3", {2, 4, 4, 5, 5}, 4, {3, 3, 3}, opt({1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 4), true},
+        ConvCase{"DepthwiseMultiplier2", {1, 3, 3, 4, 5}, 6, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 3), true},
+        ConvCase{"Dilated", {1, 2, 5, 7, 7}, 3, {2, 3, 3}, opt({1, 1, 1}, {1, 2, 2}, {2, 2, 2}, 1), true},
+        ConvCase{"Stride2AllAxesOddSizes", {1, 3, 5, 7, 9}, 4, {3, 3, 3}, opt({2, 2, 2}, {1, 0, 1}, {1, 1, 1}, 1),
+                 true},
+        ConvCase{"StemLike1x7x7", {1, 3, 2, 9, 9}, 4, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1), false},
+        ConvCase{"PointwiseStride2", {1, 4, 3, 5, 5}, 2, {1, 1, 1}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 2), true}),
+    [](const ::testing::TestParamInfo<ConvCase>& info) { return std::string(info.param.name); });
+
+TEST(Conv3d, FloatAndDoubleAgree) {
+  Tensor x = randn({1, 8, 4, 9, 9}, 7), w = randn({8, 1, 1, 3, 3}, 8);
+  const Conv3dOptions o = opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 8);
+  EXPECT_TRUE(all_close(conv3d(x.to(DType::kFloat32), w.to(DType::kFloat32), {}, o), conv3d(x, w, {}, o), 1e-5, 1e-5));
+}
+
+TEST(Conv3d, BadArgumentsThrowWithValues) {
+  Tensor x = Tensor::zeros({1, 8, 3, 5, 5});
+  Tensor w = Tensor::zeros({8, 8, 1, 3, 3});
+  EXPECT_THROW_MSG(conv3d(Tensor::zeros({8, 3, 5, 5}), w), "conv3d", "input", "rank 5", "rank 4", "[8, 3, 5, 5]");
+  EXPECT_THROW_MSG(conv3d(x, Tensor::zeros({8, 8, 3, 3})), "conv3d", "weight", "rank 4");
+  EXPECT_THROW_MSG(conv3d(x, Tensor::zeros({6, 3, 1, 3, 3}), {}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 3)), "conv3d",
+                   "groups 3", "8 input channels");
+  EXPECT_THROW_MSG(conv3d(x, Tensor::zeros({6, 4, 1, 3, 3}), {}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 4)), "conv3d",
+                   "groups 4", "6 output channels");
+  EXPECT_THROW_MSG(conv3d(x, Tensor::zeros({8, 4, 1, 3, 3})), "conv3d", "[8, 4, 1, 3, 3]", "has 8");
+  EXPECT_THROW_MSG(conv3d(x, w, Tensor::zeros({7})), "conv3d", "bias", "[8]", "[7]");
+  EXPECT_THROW_MSG(conv3d(x, Tensor::zeros({8, 8, 5, 3, 3})), "conv3d", "smaller than the dilated kernel");
+  EXPECT_THROW_MSG(conv3d(x, w, {}, opt({0, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1)), "conv3d", "stride", "(0, 1, 1)");
+  EXPECT_THROW_MSG(conv3d(x, w, {}, opt({1, 1, 1}, {0, -1, 0}, {1, 1, 1}, 1)), "conv3d", "padding", "(0, -1, 0)");
+  EXPECT_THROW_MSG(conv3d(x, w.to(DType::kFloat64)), "conv3d", "weight", "float64", "float32");
+  EXPECT_THROW_MSG(conv3d(x, w, {}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 0)), "conv3d", "groups must be >= 1");
+}
+
+}  // namespace
+}  // namespace vidgrad

@@ -1,0 +1,143 @@
+// Tensor storage, views, copies, the random generator, and the shape ops' gradients.
+#include "test_util.h"
+
+namespace vidgrad {
+namespace {
+
+using testing::param;
+using testing::randn;
+
+TEST(Tensor, FactoriesFillShapeAndDtype) {
+  Tensor z = Tensor::zeros({2, 3, 4, 5, 6});
+  EXPECT_EQ(z.dim(), 5);
+  EXPECT_EQ(z.numel(), 720);
+  EXPECT_EQ(z.dtype(), DType::kFloat32);
+  EXPECT_EQ(z.strides(), (Shape{360, 120, 30, 6, 1}));
+  for (float v : z.to_vector<float>()) EXPECT_EQ(v, 0.0f);
+  Tensor f = Tensor::full({3}, 2.5, DType::kFloat64);
+  EXPECT_EQ(f.to_vector<double>(), (std::vector<double>{2.5, 2.5, 2.5}));
+  Tensor labels = Tensor::from_vector<std::int64_t>({3, 1, 4}, {3});
+  EXPECT_EQ(labels.dtype(), DType::kInt64);
+  EXPECT_EQ(Tensor::scalar(4.0).item(), 4.0);
+}
+
+TEST(Tensor, CpuStorageIs64ByteAligned) {
+  for (std::int64_t n : {1, 3, 17, 1000}) {
+    Tensor t = Tensor::empty({n});
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.data<float>()) % 64, 0u) << n;
+  }
+}
+
+TEST(Tensor, ReshapeOfContiguousIsAViewAndInfersMinusOne) {
+  Tensor x = Tensor::from_vector<float>({0, 1, 2, 3, 4, 5}, {2, 3});
+  Tensor y = x.reshape({3, -1});
+  EXPECT_EQ(y.shape(), (Shape{3, 2}));
+  EXPECT_EQ(y.storage(), x.storage());
+  y.fill_(7);
+  EXPECT_EQ(x.to_vector<float>()[5], 7.0f);
+}
+
+TEST(Tensor, PermuteNarrowAndContiguousMoveTheRightElements) {
+  std::vector<float> v(24);
+  for (int i = 0; i < 24; ++i) v[i] = static_cast<float>(i);
+  Tensor x = Tensor::from_vector(v, {2, 3, 4});
+  Tensor p = x.permute({2, 0, 1});
+  EXPECT_FALSE(p.is_contiguous());
+  EXPECT_EQ(p.shape(), (Shape{4, 2, 3}));
+  const std::vector<float> pv = p.contiguous().to_vector<float>();
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 2; ++b)
+      for (int c = 0; c < 3; ++c) EXPECT_EQ(pv[(a * 2 + b) * 3 + c], v[(b * 3 + c) * 4 + a]);
+  Tensor n = x.narrow(2, 1, 2);
+  EXPECT_EQ(n.shape(), (Shape{2, 3, 2}));
+  const std::vector<float> nv = n.to_vector<float>();
+  EXPECT_EQ(nv[0], 1.0f);
+  EXPECT_EQ(nv[1], 2.0f);
+  EXPECT_EQ(nv[2], 5.0f);
+  // Reshaping a non-contiguous view copies rather than reinterpreting memory.
+  EXPECT_EQ(p.reshape({24}).to_vector<float>(), p.contiguous().to_vector<float>());
+}
+
+TEST(Tensor, CopyConvertsDtypeAndHandlesStrides) {
+  Tensor src = Tensor::from_vector<double>({1.5, -2.5, 3.25, 4.0}, {2, 2});
+  Tensor dst = Tensor::zeros({2, 2}, DType::kFloat32);
+  dst.copy_(src.permute({1, 0}));
+  EXPECT_EQ(dst.to_vector<float>(), (std::vector<float>{1.5f, 3.25f, -2.5f, 4.0f}));
+  EXPECT_EQ(src.to(DType::kInt64).to_vector<std::int64_t>(), (std::vector<std::int64_t>{1, -2, 3, 4}));
+}
+
+TEST(Tensor, MisuseThrowsWithOpAndValues) {
+  Tensor x = Tensor::zeros({2, 3});
+  EXPECT_THROW_MSG(x.reshape({4, 2}), "reshape", "[2, 3]", "[4, 2]");
+  EXPECT_THROW_MSG(x.reshape({-1, -1}), "reshape", "only one dim may be -1");
+  EXPECT_THROW_MSG(x.narrow(1, 2, 2), "narrow", "[2, 4)", "size 3");
+  EXPECT_THROW_MSG(x.narrow(5, 0, 1), "narrow", "dim 5", "rank 2");
+  EXPECT_THROW_MSG(x.permute({0, 0}), "permute", "appears twice");
+  EXPECT_THROW_MSG(x.data<double>(), "data", "float32", "float64");
+  EXPECT_THROW_MSG(x.item(), "item", "[2, 3]");
+  EXPECT_THROW_MSG(Tensor::from_vector<float>({1, 2, 3}, {2, 2}), "from_vector", "3 values", "[2, 2]");
+  EXPECT_THROW_MSG(Tensor::zeros({2}, DType::kInt64).set_requires_grad(true), "int64");
+  EXPECT_THROW_MSG(Tensor::empty({2, -1}), "non-negative", "[2, -1]");
+  EXPECT_THROW_MSG(Tensor().shape(), "undefined");
+  EXPECT_THROW_MSG(Tensor::empty({2}, DType::kFloat32, Device::cuda()), "cuda:0", "no CUDA backend");
+}
+
+TEST(Generator, SameSeedSameStreamAndStateRoundTrips) {
+  Generator a(42), b(42);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(a.normal(), b.normal());
+  const std::string state = a.state();
+  const double next = a.normal();
+  const double after = a.uniform();
+  b.set_state(state);
+  EXPECT_EQ(b.normal(), next);
+  EXPECT_EQ(b.uniform(), after);
+  EXPECT_THROW_MSG(b.set_state("garbage"), "set_state");
+}
+
+// ---- gradients of the shape ops ----
+
+TEST(ShapeOps, ReshapeGradMatchesFiniteDifference) {
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& in) { return mul(in[0].reshape({3, -1}), in[1]); },
+                   (std::vector<Tensor>{param({2, 3, 2}, 1), param({3, 4}, 2)}));
+}
+
+TEST(ShapeOps, PermuteGradMatchesFiniteDifference) {
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& in) { return mul(in[0].permute({2, 0, 1}), in[1]); },
+                   (std::vector<Tensor>{param({2, 3, 4}, 3), param({4, 2, 3}, 4)}));
+}
+
+TEST(ShapeOps, NarrowGradMatchesFiniteDifference) {
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& in) { return mul(in[0].narrow(1, 1, 3), in[1]); },
+                   (std::vector<Tensor>{param({2, 5, 3}, 5), param({2, 3, 3}, 6)}));
+}
+
+TEST(ShapeOps, ContiguousAndCloneGradMatchesFiniteDifference) {
+  EXPECT_GRADCHECK(
+      [](const std::vector<Tensor>& in) { return mul(in[0].permute({1, 0}).contiguous(), in[0].permute({1, 0}).clone()); },
+      (std::vector<Tensor>{param({3, 4}, 7)}));
+}
+
+TEST(ShapeOps, ConcatGradMatchesFiniteDifference) {
+  for (int dim : {0, 1, 4}) {
+    Shape a{2, 3, 2, 3, 2}, b = a;
+    b[dim] = 1;
+    EXPECT_GRADCHECK([dim](const std::vector<Tensor>& in) { return mul(concat({in[0], in[1]}, dim), in[2]); },
+                     (std::vector<Tensor>{param(a, 8), param(b, 9), param([&] {
+                                            Shape c = a;
+                                            c[dim] += 1;
+                                            return c;
+                                          }(), 10)}));
+  }
+}
+
+TEST(ShapeOps, ConcatForwardPlacesInputsInOrderAndChecksShapes) {
+  Tensor a = Tensor::from_vector<float>({1, 2, 3, 4}, {2, 2});
+  Tensor b = Tensor::from_vector<float>({5, 6}, {2, 1});
+  EXPECT_EQ(concat({a, b}, 1).to_vector<float>(), (std::vector<float>{1, 2, 5, 3, 4, 6}));
+  EXPECT_THROW_MSG(concat({a, b}, 0), "concat", "tensors[1]", "[2, 1]");
+  EXPECT_THROW_MSG(concat({a, b.to(DType::kFloat64)}, 1), "concat", "float64");
+  EXPECT_THROW_MSG(concat({}, 0), "concat", "at least one");
+}
+
+}  // namespace
+}  // namespace vidgrad
