@@ -97,6 +97,95 @@ void col2im_add(const Conv3dGeometry& g, const T* col, T* gx) {
   }
 }
 
+// The im2col buffer of the calling thread. It grows to the largest size asked for and is
+// kept, so steady-state training touches no fresh pages (first-touch page faults on a
+// 100 MB buffer cost more than the GEMM at some layer shapes).
+template <typename T>
+T* col_buffer(std::int64_t elements) {
+  thread_local std::vector<T> buf;
+  if (static_cast<std::int64_t>(buf.size()) < elements) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(static_cast<std::size_t>(elements));
+  }
+  return buf.data();
+}
+
+// ---- kT x 1 x 1 convolutions as kT GEMMs over time-shifted column ranges (temporal_only) ----
+// With HW = H*W, tap kt reads input frame to + off (off = kt*dT - pT) for output frame
+// to; the frames where that is inside [0, T) form one contiguous column range of both
+// the (Cg, T*HW) input and the (Og, To*HW) output, so each tap is a single GEMM.
+
+template <typename T>
+using StridedMap = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>>;
+template <typename T>
+using ConstStridedMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
+
+struct TapRange {
+  std::int64_t lo, hi, off;  // output frames [lo, hi) read input frames [lo + off, hi + off)
+};
+
+inline TapRange tap_range(const Conv3dGeometry& g, std::int64_t kt) {
+  const std::int64_t off = kt * g.dT - g.pT;
+  const std::int64_t lo = std::max<std::int64_t>(0, -off);
+  const std::int64_t hi = std::max(lo, std::min(g.To, g.T - off));
+  return {lo, hi, off};
+}
+
+// Copies group gr's weight (Og, Cg, kT) into per-tap matrices taps[kt] = (Og, Cg).
+template <typename T>
+std::vector<T> split_taps(const Conv3dGeometry& g, const T* w, std::int64_t gr) {
+  const std::int64_t Og = g.Og(), Cg = g.Cg();
+  std::vector<T> taps(static_cast<std::size_t>(g.kT * Og * Cg));
+  const T* wg = w + gr * Og * Cg * g.kT;
+  for (std::int64_t o = 0; o < Og; ++o)
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t kt = 0; kt < g.kT; ++kt) taps[(kt * Og + o) * Cg + c] = wg[(o * Cg + c) * g.kT + kt];
+  return taps;
+}
+
+// yg (Og, To*HW) += sum over taps of W_kt * shifted xg (Cg, T*HW).
+template <typename T>
+void temporal_forward(const Conv3dGeometry& g, const T* xg, const T* taps, T* yg) {
+  const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg();
+  for (std::int64_t kt = 0; kt < g.kT; ++kt) {
+    const TapRange r = tap_range(g, kt);
+    if (r.hi <= r.lo) continue;
+    const std::int64_t cols = (r.hi - r.lo) * HW;
+    StridedMap<T> y(yg + r.lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
+    ConstStridedMap<T> x(xg + (r.lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
+    y.noalias() += ConstMap<T>(taps + kt * Og * Cg, Og, Cg) * x;
+  }
+}
+
+// gxg (Cg, T*HW) += sum over taps of W_kt^T * gyg (Og, To*HW), shifted back.
+template <typename T>
+void temporal_backward_input(const Conv3dGeometry& g, const T* gyg, const T* taps, T* gxg) {
+  const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg();
+  for (std::int64_t kt = 0; kt < g.kT; ++kt) {
+    const TapRange r = tap_range(g, kt);
+    if (r.hi <= r.lo) continue;
+    const std::int64_t cols = (r.hi - r.lo) * HW;
+    StridedMap<T> gx(gxg + (r.lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
+    ConstStridedMap<T> gy(gyg + r.lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
+    gx.noalias() += ConstMap<T>(taps + kt * Og * Cg, Og, Cg).transpose() * gy;
+  }
+}
+
+// gtaps[kt] (Og, Cg) += gyg (Og, cols) * shifted xg (Cg, cols)^T.
+template <typename T>
+void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps) {
+  const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg();
+  for (std::int64_t kt = 0; kt < g.kT; ++kt) {
+    const TapRange r = tap_range(g, kt);
+    if (r.hi <= r.lo) continue;
+    const std::int64_t cols = (r.hi - r.lo) * HW;
+    ConstStridedMap<T> gy(gyg + r.lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
+    ConstStridedMap<T> x(xg + (r.lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
+    Map<T>(gtaps + kt * Og * Cg, Og, Cg).noalias() += gy * x.transpose();
+  }
+}
+
 // Parallelise over (n, g) items when there are enough for every thread.
 bool items_parallel(std::int64_t items) { return items >= 2 * omp_get_max_threads() && omp_get_max_threads() > 1; }
 
@@ -106,31 +195,31 @@ template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   const bool outer = items_parallel(items);
-  auto run_item = [&](std::int64_t item, std::vector<T>& buf) {
+  auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
-    const T* col = xg;
-    if (!g.pointwise()) {
-      buf.resize(static_cast<std::size_t>(K * L));
-      im2col(g, xg, buf.data());
-      col = buf.data();
-    }
     Map<T> yg(y + (n * g.O + gr * Og) * L, Og, L);
-    yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(col, K, L);
+    if (g.temporal_only()) {
+      yg.setZero();
+      temporal_forward(g, xg, split_taps(g, w, gr).data(), yg.data());
+    } else {
+      const T* col = xg;
+      if (!g.pointwise()) {
+        T* buf = col_buffer<T>(K * L);
+        im2col(g, xg, buf);
+        col = buf;
+      }
+      yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(col, K, L);
+    }
     if (b) {
       for (std::int64_t o = 0; o < Og; ++o) yg.row(o).array() += b[gr * Og + o];
     }
   };
   if (outer) {
-#pragma omp parallel
-    {
-      std::vector<T> buf;
-#pragma omp for schedule(dynamic)
-      for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
-    }
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
   } else {
-    std::vector<T> buf;
-    for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
   }
 }
 
@@ -138,30 +227,30 @@ template <typename T>
 void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   const bool outer = items_parallel(items);
-  auto run_item = [&](std::int64_t item, std::vector<T>& buf) {
+  auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     T* gxg = gx + (n * g.C + gr * Cg) * g.in_volume();
     ConstMap<T> wg(w + gr * Og * K, Og, K);
     ConstMap<T> gyg(gy + (n * g.O + gr * Og) * L, Og, L);
+    if (g.temporal_only()) {
+      std::fill(gxg, gxg + Cg * g.in_volume(), T(0));
+      temporal_backward_input(g, gyg.data(), split_taps(g, w, gr).data(), gxg);
+      return;
+    }
     if (g.pointwise()) {
       Map<T>(gxg, K, L).noalias() = wg.transpose() * gyg;
       return;
     }
-    buf.resize(static_cast<std::size_t>(K * L));
-    Map<T>(buf.data(), K, L).noalias() = wg.transpose() * gyg;
+    T* buf = col_buffer<T>(K * L);
+    Map<T>(buf, K, L).noalias() = wg.transpose() * gyg;
     std::fill(gxg, gxg + Cg * g.in_volume(), T(0));
-    col2im_add(g, buf.data(), gxg);
+    col2im_add(g, buf, gxg);
   };
   if (outer) {
-#pragma omp parallel
-    {
-      std::vector<T> buf;
-#pragma omp for schedule(dynamic)
-      for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
-    }
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
   } else {
-    std::vector<T> buf;
-    for (std::int64_t item = 0; item < items; ++item) run_item(item, buf);
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
   }
 }
 
@@ -169,30 +258,35 @@ template <typename T>
 void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L();
   // Each group owns its slice of gw, so groups can run in parallel with samples in order.
-  auto run_group = [&](std::int64_t gr, std::vector<T>& buf) {
+  auto run_group = [&](std::int64_t gr) {
     Map<T> gwg(gw + gr * Og * K, Og, K);
+    if (g.temporal_only()) {
+      std::vector<T> gtaps(static_cast<std::size_t>(g.kT * Og * Cg), T(0));
+      for (std::int64_t n = 0; n < g.N; ++n)
+        temporal_backward_weight(g, gy + (n * g.O + gr * Og) * L, x + (n * g.C + gr * Cg) * g.in_volume(),
+                                 gtaps.data());
+      for (std::int64_t o = 0; o < Og; ++o)
+        for (std::int64_t c = 0; c < Cg; ++c)
+          for (std::int64_t kt = 0; kt < g.kT; ++kt) gwg(o, c * g.kT + kt) = gtaps[(kt * Og + o) * Cg + c];
+      return;
+    }
     gwg.setZero();
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
       const T* col = xg;
       if (!g.pointwise()) {
-        buf.resize(static_cast<std::size_t>(K * L));
-        im2col(g, xg, buf.data());
-        col = buf.data();
+        T* buf = col_buffer<T>(K * L);
+        im2col(g, xg, buf);
+        col = buf;
       }
       gwg.noalias() += ConstMap<T>(gy + (n * g.O + gr * Og) * L, Og, L) * ConstMap<T>(col, K, L).transpose();
     }
   };
   if (items_parallel(g.groups)) {
-#pragma omp parallel
-    {
-      std::vector<T> buf;
-#pragma omp for schedule(dynamic)
-      for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr, buf);
-    }
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr);
   } else {
-    std::vector<T> buf;
-    for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr, buf);
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr);
   }
 }
 

@@ -22,6 +22,11 @@ struct Conv3dGeometry {
   bool pointwise() const {
     return kT == 1 && kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pT == 0 && pH == 0 && pW == 0;
   }
+  // kT x 1 x 1 with unit time stride and no spatial stride/padding: one GEMM per temporal
+  // tap over time-shifted column ranges, no im2col (SEVNet's 3x1x1 convs).
+  bool temporal_only() const {
+    return kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pH == 0 && pW == 0 && !pointwise();
+  }
 };
 
 // y (N, O, To, Ho, Wo) = conv(x, w) + b. b may be null.

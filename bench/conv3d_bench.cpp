@@ -1,0 +1,114 @@
+// conv3d at the SEVNet-G8 layer shapes for one 16x224x224 clip (paper Table 1): the stem
+// and, per stage, the 1x1x1 C->C, the 1x3x3 with group width 8 and the 3x1x1 C->C convs.
+// Each shape is timed for the forward, the input gradient and the weight gradient and
+// reported in GFLOP/s (2 x multiply-accumulates per second; the counter prints as
+// "GFLOP=<n>/s").
+//
+//   build/bench/conv3d_bench [--benchmark_filter=stage2] [--threads=N]
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "vidgrad/ops/ops.h"
+
+namespace {
+
+using namespace vidgrad;
+
+struct LayerShape {
+  std::string name;
+  std::int64_t C, O, T, H, W;
+  std::array<std::int64_t, 3> kernel;
+  Conv3dOptions opts;
+};
+
+std::vector<LayerShape> sevnet_g8_layers() {
+  constexpr std::int64_t G = 8, T = 16;
+  std::vector<LayerShape> layers{
+      {"stem_1x7x7_3to32", 3, 4 * G, T, 224, 224, {1, 7, 7}, {.stride = {1, 2, 2}, .padding = {0, 3, 3}}},
+      {"stem_3x1x1_32", 4 * G, 4 * G, T, 112, 112, {3, 1, 1}, {.padding = {1, 0, 0}}},
+  };
+  const std::int64_t widths[4] = {8 * G, 16 * G, 32 * G, 64 * G};
+  const std::int64_t sizes[4] = {56, 28, 14, 7};
+  for (int s = 0; s < 4; ++s) {
+    const std::int64_t C = widths[s], S = sizes[s];
+    const std::string stage = "stage" + std::to_string(s + 2) + "_C" + std::to_string(C);
+    layers.push_back({stage + "_1x1x1", C, C, T, S, S, {1, 1, 1}, {}});
+    layers.push_back({stage + "_1x3x3_gw8", C, C, T, S, S, {1, 3, 3}, {.padding = {0, 1, 1}, .groups = C / G}});
+    layers.push_back({stage + "_3x1x1", C, C, T, S, S, {3, 1, 1}, {.padding = {1, 0, 0}}});
+  }
+  return layers;
+}
+
+double conv_flops(const LayerShape& l, const Tensor& y) {
+  const double k = static_cast<double>(l.C / l.opts.groups * l.kernel[0] * l.kernel[1] * l.kernel[2]);
+  return 2.0 * static_cast<double>(y.numel()) * k;
+}
+
+enum class Pass { kForward, kInputGrad, kWeightGrad };
+
+void run(benchmark::State& state, const LayerShape& l, Pass pass) {
+  Generator gen(1);
+  Tensor x = Tensor::randn({1, l.C, l.T, l.H, l.W}, gen);
+  Tensor w = Tensor::randn({l.O, l.C / l.opts.groups, l.kernel[0], l.kernel[1], l.kernel[2]}, gen);
+  if (pass == Pass::kInputGrad) x.set_requires_grad(true);
+  if (pass == Pass::kWeightGrad) w.set_requires_grad(true);
+  Tensor y;
+  {
+    autograd::NoGradGuard no_grad;
+    y = conv3d(x, w, {}, l.opts);
+  }
+  const Tensor gy = Tensor::randn(y.shape(), gen);
+  for (auto _ : state) {
+    if (pass == Pass::kForward) {
+      autograd::NoGradGuard no_grad;
+      benchmark::DoNotOptimize(conv3d(x, w, {}, l.opts).data<float>());
+    } else {
+      state.PauseTiming();
+      Tensor out = conv3d(x, w, {}, l.opts);  // forward not timed
+      state.ResumeTiming();
+      out.backward(gy);
+      benchmark::DoNotOptimize((pass == Pass::kInputGrad ? x : w).grad().data<float>());
+      state.PauseTiming();
+      x.set_grad(Tensor());
+      w.set_grad(Tensor());
+      state.ResumeTiming();
+    }
+  }
+  state.counters["GFLOP"] =
+      benchmark::Counter(conv_flops(l, y) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --threads=N sets vidgrad's thread count (default: OpenMP's, i.e. all cores).
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+      vidgrad::set_num_threads(std::atoi(argv[i] + 10));
+      continue;
+    }
+    args.push_back(argv[i]);
+  }
+  int n = static_cast<int>(args.size());
+  for (const LayerShape& l : sevnet_g8_layers()) {
+    const std::pair<const char*, Pass> passes[] = {
+        {"forward", Pass::kForward}, {"input_grad", Pass::kInputGrad}, {"weight_grad", Pass::kWeightGrad}};
+    for (auto [pname, pass] : passes) {
+      benchmark::RegisterBenchmark(("conv3d/" + l.name + "/" + pname).c_str(),
+                                   [l, pass = pass](benchmark::State& s) { run(s, l, pass); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.5);
+    }
+  }
+  benchmark::Initialize(&n, args.data());
+  benchmark::AddCustomContext("threads", std::to_string(vidgrad::get_num_threads()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
