@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/pool_cpu.h"
 
@@ -100,7 +101,7 @@ Tensor global_avg_pool3d(const Tensor& x_in) {
       dispatch_floating(x.dtype(), "global_avg_pool3d", [&]<typename T>() {
         const T* px = x.data<T>();
         T* py = y.data<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
         for (std::int64_t p = 0; p < N * C; ++p) {
           T acc = 0;
           for (std::int64_t i = 0; i < S; ++i) acc += px[p * S + i];
@@ -118,7 +119,7 @@ Tensor global_avg_pool3d(const Tensor& x_in) {
                        dispatch_floating(gy.dtype(), "global_avg_pool3d backward", [&]<typename T>() {
                          const T* g = gy.data<T>();
                          T* out = gx.data<T>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (gx.numel() >= kMinParallelWork)
                          for (std::int64_t p = 0; p < gy.numel(); ++p) std::fill(out + p * S, out + (p + 1) * S, g[p] / static_cast<T>(S));
                        });
                        return std::vector<Tensor>{gx};

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/common.h"
 
 namespace vidgrad {
@@ -16,7 +17,7 @@ namespace {
 template <typename T>
 void shift_kernel(const T* x, T* out, std::int64_t N, std::int64_t C, std::int64_t Tn, std::int64_t HW,
                   std::int64_t fold, int dir) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * Tn * HW >= kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n)
     for (std::int64_t c = 0; c < C; ++c) {
       const std::int64_t delta = c < fold ? dir : (c < 2 * fold ? -dir : 0);

@@ -2,12 +2,14 @@
 // for the backward (sums, then the input gradient). Channels are spread over threads.
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
 
+#include "vidgrad/core/parallel.h"
+
 namespace vidgrad::cpu {
 
 template <typename T>
 void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean, double* var) {
   const double M = static_cast<double>(N * S);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
     double s = 0.0;
     for (std::int64_t n = 0; n < N; ++n) {
@@ -31,7 +33,7 @@ void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
                       const double* invstd, const T* w, const T* b, T* y) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n) {
     for (std::int64_t c = 0; c < C; ++c) {
       const double scale = invstd[c] * (w ? static_cast<double>(w[c]) : 1.0);
@@ -49,7 +51,7 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
                          const double* mean, const double* invstd, const T* w, bool batch_stats, T* gx, T* gw,
                          T* gb) {
   const double M = static_cast<double>(N * S);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
     double sum_g = 0.0, sum_gxhat = 0.0;  // d bias, d weight
     for (std::int64_t n = 0; n < N; ++n) {

@@ -7,6 +7,8 @@
 // otherwise (n, g) runs in order and Eigen's GEMM and im2col use the threads.
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 
+#include "vidgrad/core/parallel.h"
+
 #include <Eigen/Core>
 #include <omp.h>
 
@@ -38,7 +40,7 @@ inline void valid_range(std::int64_t off, std::int64_t stride, std::int64_t size
 template <typename T>
 void im2col(const Conv3dGeometry& g, const T* x, T* col) {
   const std::int64_t rows = g.K(), L = g.L();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * L >= kMinParallelWork)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t kw = r % g.kW, kh = (r / g.kW) % g.kH, kt = (r / (g.kW * g.kH)) % g.kT;
     const std::int64_t c = r / (g.kW * g.kH * g.kT);
@@ -73,7 +75,7 @@ void im2col(const Conv3dGeometry& g, const T* x, T* col) {
 template <typename T>
 void col2im_add(const Conv3dGeometry& g, const T* col, T* gx) {
   const std::int64_t L = g.L(), per_c = g.kT * g.kH * g.kW;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.K() * L >= kMinParallelWork)
   for (std::int64_t c = 0; c < g.Cg(); ++c) {
     for (std::int64_t k = 0; k < per_c; ++k) {
       const std::int64_t r = c * per_c + k;
@@ -187,14 +189,16 @@ void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg
 }
 
 // Parallelise over (n, g) items when there are enough for every thread.
-bool items_parallel(std::int64_t items) { return items >= 2 * omp_get_max_threads() && omp_get_max_threads() > 1; }
+bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
+  return omp_get_max_threads() > 1 && items >= 2 * omp_get_max_threads() && items * work_per_item >= kMinParallelWork;
+}
 
 }  // namespace
 
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
-  const bool outer = items_parallel(items);
+  const bool outer = items_parallel(items, Og * K * L);
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
@@ -226,7 +230,7 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
 template <typename T>
 void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
-  const bool outer = items_parallel(items);
+  const bool outer = items_parallel(items, Og * K * L);
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     T* gxg = gx + (n * g.C + gr * Cg) * g.in_volume();
@@ -282,7 +286,7 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
       gwg.noalias() += ConstMap<T>(gy + (n * g.O + gr * Og) * L, Og, L) * ConstMap<T>(col, K, L).transpose();
     }
   };
-  if (items_parallel(g.groups)) {
+  if (items_parallel(g.groups, g.N * Og * K * L)) {
 #pragma omp parallel for schedule(dynamic)
     for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr);
   } else {
@@ -293,7 +297,7 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
 template <typename T>
 void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb) {
   const std::int64_t L = g.L();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
   for (std::int64_t o = 0; o < g.O; ++o) {
     T acc = 0;
     for (std::int64_t n = 0; n < g.N; ++n) {

@@ -5,12 +5,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/core/strided.h"
 #include "vidgrad/core/tensor.h"
 
 namespace vidgrad::cpu {
 
-inline constexpr std::int64_t kParallelGrain = 1 << 15;  // elements below which threads cost more than they give
+inline constexpr std::int64_t kParallelGrain = kMinParallelWork;
 
 // y[i] = f(x[i]) over n contiguous elements.
 template <typename T, typename F>

@@ -2,6 +2,8 @@
 // collide across threads.
 #include "vidgrad/ops/cpu/pool_cpu.h"
 
+#include "vidgrad/core/parallel.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -47,7 +49,7 @@ inline std::int64_t divisor(const Pool3dGeometry& g, const Window& wt, const Win
 template <typename T>
 void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * in_plane;
     T* yp = y + p * out_plane;
@@ -67,7 +69,7 @@ void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
 template <typename T>
 void avg_pool3d_backward(const Pool3dGeometry& g, const T* gy, T* gx) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     T* gxp = gx + p * in_plane;
     const T* gyp = gy + p * out_plane;
@@ -88,7 +90,7 @@ void avg_pool3d_backward(const Pool3dGeometry& g, const T* gy, T* gx) {
 template <typename T>
 void max_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y, std::int64_t* argmax) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * in_plane;
     for_each_window(g, [&](std::int64_t o, const Window& wt, const Window& wh, const Window& ww) {
@@ -113,7 +115,7 @@ void max_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y, std::int64_t*
 template <typename T>
 void max_pool3d_backward(const Pool3dGeometry& g, const T* gy, const std::int64_t* argmax, T* gx) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     T* gxp = gx + p * in_plane;
     std::fill(gxp, gxp + in_plane, T(0));
