@@ -97,26 +97,27 @@ Batch Loader::build(std::int64_t b) {
   const std::int64_t clip_elems = 3 * co.frames * co.crop * co.crop;
   Batch batch;
   batch.index = b;
-  std::vector<float> data;
-  data.reserve(static_cast<std::size_t>((end - begin) * views * clip_elems));
+  // Clips are written straight into the batch tensor; in evaluation a failed sample's
+  // slot is reused by the next one and the tensor is trimmed at the end.
+  batch.clips = Tensor::empty({(end - begin) * views, 3, co.frames, co.crop, co.crop});
+  float* data = batch.clips.data<float>();
   std::vector<std::int64_t> labels;
   for (std::int64_t pos = begin; pos < end; ++pos) {
     std::int64_t idx = order_[pos];
+    float* slot = data + static_cast<std::int64_t>(labels.size()) * views * clip_elems;
     for (int attempt = 0;; ++attempt) {
       Generator gen(seed_of(opts_.seed, epoch_, pos, attempt));
       if (attempt > 0) idx = static_cast<std::int64_t>(gen.next_u64() % static_cast<std::uint64_t>(n));
       const Sample& s = dataset_.samples[idx];
-      const std::size_t at = data.size();
-      data.resize(at + static_cast<std::size_t>(views * clip_elems));
       try {
         std::int64_t label = s.label;
         if (opts_.training) {
-          label = load_clip(s, co, true, gen, dataset_.flip_labels, data.data() + at);
+          label = load_clip(s, co, true, gen, dataset_.flip_labels, slot);
         } else {
           std::int64_t v = 0;
           for (std::int64_t k = 0; k < opts_.temporal_views; ++k)
             for (int c = 0; c < opts_.spatial_views; ++c, ++v)
-              load_clip(s, co, false, gen, dataset_.flip_labels, data.data() + at + v * clip_elems,
+              load_clip(s, co, false, gen, dataset_.flip_labels, slot + v * clip_elems,
                         ClipView{k, opts_.temporal_views, c, opts_.spatial_views});
         }
         labels.push_back(label);
@@ -125,7 +126,6 @@ Batch Loader::build(std::int64_t b) {
         ++attempts_;
         break;
       } catch (const Error& e) {
-        data.resize(at);
         std::int64_t attempts = 0, failures = 0;
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -148,8 +148,7 @@ Batch Loader::build(std::int64_t b) {
     }
   }
   const auto clips = static_cast<std::int64_t>(labels.size()) * views;
-  batch.clips = Tensor::empty({clips, 3, co.frames, co.crop, co.crop});
-  std::copy(data.begin(), data.end(), batch.clips.data<float>());
+  if (clips < batch.clips.shape()[0]) batch.clips = batch.clips.narrow(0, 0, clips).clone();
   batch.labels = Tensor::from_vector(labels, {static_cast<std::int64_t>(labels.size())});
   return batch;
 }

@@ -40,6 +40,8 @@ struct FrameFreer {
 };
 using FramePtr = std::unique_ptr<AVFrame, FrameFreer>;
 
+constexpr std::size_t kSwsSlack = 256;
+
 // libavformat polls this during blocking I/O; returning 1 aborts the operation.
 int interrupt_cb(void* opaque) { return Clock::now() > *static_cast<Clock::time_point*>(opaque) ? 1 : 0; }
 
@@ -70,7 +72,10 @@ Image DecodedVideo::rgb(std::int64_t i) const {
   VG_CHECK(i >= 0 && i < num_frames(), "video '" << s_->path << "': frame " << i << " of " << num_frames()
                                                  << " requested");
   const AVFrame* f = s_->frames[static_cast<std::size_t>(i)].get();
-  Image img{f->height, f->width, std::vector<std::uint8_t>(static_cast<std::size_t>(f->width) * f->height * 3)};
+  // swscale's SIMD paths may write up to a vector width past the end of the last row, so
+  // the buffer gets slack that is dropped afterwards (shrinking keeps the allocation).
+  const std::size_t bytes = static_cast<std::size_t>(f->width) * f->height * 3;
+  Image img{f->height, f->width, std::vector<std::uint8_t>(bytes + kSwsSlack)};
   SwsContext* sws = sws_getContext(f->width, f->height, static_cast<AVPixelFormat>(f->format), f->width, f->height,
                                    AV_PIX_FMT_RGB24, SWS_BILINEAR, nullptr, nullptr, nullptr);
   VG_CHECK(sws != nullptr, "video '" << s_->path << "': no conversion from pixel format "
@@ -80,6 +85,7 @@ Image DecodedVideo::rgb(std::int64_t i) const {
   const int rows = sws_scale(sws, f->data, f->linesize, 0, f->height, dst, dst_stride);
   sws_freeContext(sws);
   VG_CHECK(rows == f->height, "video '" << s_->path << "': colour conversion of frame " << i << " failed");
+  img.rgb.resize(bytes);
   return img;
 }
 

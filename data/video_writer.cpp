@@ -8,6 +8,7 @@ extern "C" {
 #include <libswscale/swscale.h>
 }
 
+#include <algorithm>
 #include <memory>
 
 #include "vidgrad/core/error.h"
@@ -119,10 +120,17 @@ void write_video(const std::string& path, const std::vector<Image>& frames, cons
       VG_CHECK(wr >= 0, where << "writing a packet failed: " << av_error(wr));
     }
   };
+  // swscale may read a vector width past the end of a row, so rows are staged in a
+  // padded buffer rather than read from the caller's tightly packed image.
+  const int stride = (3 * w + 63) / 64 * 64;
+  std::vector<std::uint8_t> staged(static_cast<std::size_t>(stride) * (h + 1));
   for (std::size_t i = 0; i < frames.size(); ++i) {
     VG_CHECK(av_frame_make_writable(frame.get()) >= 0, where << "out of memory");
-    const uint8_t* src[4] = {frames[i].rgb.data(), nullptr, nullptr, nullptr};
-    const int src_stride[4] = {3 * w, 0, 0, 0};
+    for (int y = 0; y < h; ++y)
+      std::copy_n(frames[i].rgb.data() + static_cast<std::size_t>(y) * w * 3, 3 * w,
+                  staged.data() + static_cast<std::size_t>(y) * stride);
+    const uint8_t* src[4] = {staged.data(), nullptr, nullptr, nullptr};
+    const int src_stride[4] = {stride, 0, 0, 0};
     sws_scale(sws.get(), src, src_stride, 0, h, frame->data, frame->linesize);
     frame->pts = static_cast<std::int64_t>(i);
     r = avcodec_send_frame(cc.get(), frame.get());
