@@ -70,9 +70,9 @@ std::int64_t load_clip(const Sample& sample, const ClipOptions& o, bool training
            "load_clip: test_resize " << o.test_resize << " is smaller than the crop " << o.crop);
   const auto source = open_frames(sample.path, o.limits);
   const std::int64_t n = source->num_frames();
-  const std::vector<std::int64_t> idx =
-      training ? train_frame_indices(n, o.frames, gen)
-               : multi_view_frame_indices(n, o.frames, view.temporal_clips, view.temporal_clip);
+  std::vector<std::int64_t> idx = training ? train_frame_indices(n, o.frames, gen)
+                                           : multi_view_frame_indices(n, o.frames, view.temporal_clips, view.temporal_clip);
+  if (o.reverse_time) std::reverse(idx.begin(), idx.end());
 
   // The geometry comes from the first sampled frame; later frames of another size (rare
   // resolution changes) are resized to it.

@@ -30,6 +30,7 @@ struct ClipOptions {
   std::array<float, 3> mean{0.485f, 0.456f, 0.406f};
   std::array<float, 3> std{0.229f, 0.224f, 0.225f};
   bool flip = false;  // training only; mirrored clips take the dataset's flip label
+  bool reverse_time = false;  // play the sampled frames backwards (tests of temporal reasoning)
   DecodeLimits limits;
 };
 

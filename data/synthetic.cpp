@@ -65,22 +65,27 @@ Scene make_scene(std::int64_t base_class, Generator& g, int W, int H) {
   if (base_class == 6) s.shape = Shape::kBar;  // rotation needs a shape without rotational symmetry
   s.bg = random_colour(g);
   s.bg2 = random_colour(g);
+  for (Rgb* c : {&s.bg, &s.bg2}) *c = {c->r * 0.55f, c->g * 0.55f, c->b * 0.55f};  // darker than objects
+  // The object is brighter than its background: random colours of either polarity make
+  // motion direction much slower to learn without adding anything the demo needs.
+  auto luma = [](const Rgb& c) { return 0.299f * c.r + 0.587f * c.g + 0.114f * c.b; };
   do s.fg = random_colour(g);
-  while (distance(s.fg, s.bg) < 0.9);
+  while (distance(s.fg, s.bg) < 0.6 || luma(s.fg) < luma(s.bg) + 0.25f);
   s.fg2 = random_colour(g);
   s.tip = {1.0f - s.fg.r, 1.0f - s.fg.g, 1.0f - s.fg.b};
   s.tex_fx = 0.05 + 0.25 * g.uniform();
   s.tex_fy = 0.05 + 0.25 * g.uniform();
   s.tex_phase = 6.28 * g.uniform();
   s.stripes = g.uniform() < 0.5 ? 0.0 : 2.0 + 4.0 * g.uniform();
-  s.noise = 0.02 + 0.06 * g.uniform();
+  s.noise = 0.01 + 0.04 * g.uniform();
   const double m = std::min(W, H);
-  const double size = m * (0.10 + 0.08 * g.uniform());
+  const double size = m * (0.12 + 0.08 * g.uniform());
   s.s0 = s.s1 = size;
   s.a0 = s.a1 = 6.28 * g.uniform();
   s.alpha0 = s.alpha1 = 1.0;
-  const double travel = 0.45 + 0.35 * g.uniform();  // fraction of the frame crossed
-  const double cx = W / 2.0 + (g.uniform() - 0.5) * W * 0.2, cy = H / 2.0 + (g.uniform() - 0.5) * H * 0.2;
+  // Paths stay inside the central part of the frame, so random crops keep the object.
+  const double travel = 0.35 + 0.25 * g.uniform();  // fraction of the frame crossed
+  const double cx = W / 2.0 + (g.uniform() - 0.5) * W * 0.1, cy = H / 2.0 + (g.uniform() - 0.5) * H * 0.1;
   s.x0 = s.x1 = cx;
   s.y0 = s.y1 = cy;
   switch (base_class) {
@@ -124,9 +129,9 @@ Image render(const Scene& s, double t, int W, int H, Generator& noise) {
   for (int y = 0; y < H; ++y) {
     for (int x = 0; x < W; ++x) {
       const double tex = 0.5 + 0.5 * std::sin(x * s.tex_fx + s.tex_phase) * std::cos(y * s.tex_fy);
-      float c[3] = {static_cast<float>(s.bg.r + (s.bg2.r - s.bg.r) * tex * 0.5),
-                    static_cast<float>(s.bg.g + (s.bg2.g - s.bg.g) * tex * 0.5),
-                    static_cast<float>(s.bg.b + (s.bg2.b - s.bg.b) * tex * 0.5)};
+      float c[3] = {static_cast<float>(s.bg.r + (s.bg2.r - s.bg.r) * tex * 0.3),
+                    static_cast<float>(s.bg.g + (s.bg2.g - s.bg.g) * tex * 0.3),
+                    static_cast<float>(s.bg.b + (s.bg2.b - s.bg.b) * tex * 0.3)};
       const double dx = (x + 0.5 - cx) / size, dy = (y + 0.5 - cy) / size;
       const double u = ca * dx + sa * dy, v = -sa * dx + ca * dy;  // rotate into the object's frame
       bool tip = false;

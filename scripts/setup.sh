@@ -2,7 +2,8 @@
 # The one entry point on a fresh Debian 12 machine: installs what vidgrad needs with
 # apt-get, configures and builds, then runs the demo, the tests or the benchmarks.
 #
-#   scripts/setup.sh run     install, build, run the example training (the main job)
+#   scripts/setup.sh run     install, build, run the demo: synthetic dataset -> train SEVNet-G8
+#                            -> evaluate (also time-reversed) -> predict (scripts/demo.sh)
 #   scripts/setup.sh test    install, build, run the whole test suite with ctest
 #   scripts/setup.sh bench   install, build, run the conv3d benchmark
 #   scripts/setup.sh build   install and build only
@@ -15,7 +16,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
 JOBS="${JOBS:-2}"
 PACKAGES=(build-essential cmake libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-  pkg-config libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libturbojpeg0-dev ffmpeg)
+  pkg-config libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libturbojpeg0-dev ffmpeg
+  libcli11-dev gnuplot-nox)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -38,11 +40,11 @@ install_deps() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-build() {
+build() {  # build [target]: everything, or one target
   log "configuring in $BUILD_DIR"
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  log "building with $JOBS jobs"
-  cmake --build "$BUILD_DIR" -j "$JOBS"
+  log "building ${1:-everything} with $JOBS jobs"
+  cmake --build "$BUILD_DIR" -j "$JOBS" ${1:+--target "$1"}
 }
 
 mode="${1:-run}"
@@ -57,9 +59,9 @@ case "$mode" in
     ;;
   run)
     install_deps
-    build
-    log "training a small network on synthetic motion clips"
-    "$BUILD_DIR/examples/train_tiny"
+    build vidgrad_cli
+    log "running the demo"
+    VIDGRAD="$BUILD_DIR/tools/vidgrad" bash "$ROOT/scripts/demo.sh"
     ;;
   bench)
     install_deps

@@ -99,6 +99,19 @@ TEST_F(DataTest, DecodesVp9Vp8AndH264WithTheRightFrameCount) {
   }
 }
 
+TEST_F(DataTest, OddRowWidthsDoNotOverrunBuffers) {
+  // 426 x 3 bytes per row is not a multiple of swscale's vector width.
+  const auto frames = pattern_video(3, 240, 426);
+  write_video(path("odd.webm"), frames);
+  const DecodedVideo v = decode_video(path("odd.webm"));
+  ASSERT_EQ(v.num_frames(), 3);
+  for (int t = 0; t < 3; ++t) {
+    const Image img = v.rgb(t);
+    EXPECT_EQ(img.rgb.size(), 426u * 240 * 3);
+    EXPECT_LT(mean_abs_diff(img, frames[t]), 12.0);
+  }
+}
+
 TEST_F(DataTest, WriterIsBitExact) {
   write_video(path("a.webm"), pattern_video(6));
   write_video(path("b.webm"), pattern_video(6));
