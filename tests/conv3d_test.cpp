@@ -3,6 +3,8 @@
 // dilation and groups in {1, 2, C/8, C}; and the error messages.
 #include "test_util.h"
 
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
+
 namespace vidgrad {
 namespace {
 
@@ -85,6 +87,32 @@ TEST_P(Conv3dShapes, GradMatchesFiniteDifference) {
   const Conv3dOptions opts = c.opts;
   EXPECT_GRADCHECK(
       [opts](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), opts); }, in);
+}
+
+// With one output row per im2col tile (Note [im2col tiles]), every tile boundary is
+// exercised: the forward and all gradients must match the default tiling and finite
+// differences.
+TEST_P(Conv3dShapes, TiledIm2colMatchesUntiled) {
+  const auto& c = GetParam();
+  std::vector<Tensor> in{param(c.input, 7), param(weight_shape(), 8)};
+  if (c.bias) in.push_back(param({c.out_channels}, 9));
+  const Conv3dOptions opts = c.opts;
+  auto f = [opts](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), opts); };
+  auto run = [&] {
+    for (const Tensor& t : in) t.set_grad(Tensor());
+    Tensor y = f(in);
+    y.backward(testing::randn(y.shape(), 10));
+    std::vector<Tensor> out{y.detach()};
+    for (const Tensor& t : in) out.push_back(t.grad());
+    return out;
+  };
+  const auto reference = run();
+  cpu::set_conv_tile_elements(1);
+  const auto tiled = run();
+  EXPECT_GRADCHECK(f, in);
+  cpu::set_conv_tile_elements(std::int64_t{1} << 21);
+  for (std::size_t i = 0; i < reference.size(); ++i)
+    EXPECT_TRUE(all_close(tiled[i], reference[i], 1e-12, 1e-10)) << "output/gradient " << i;
 }
 
 Conv3dOptions opt(std::array<std::int64_t, 3> stride, std::array<std::int64_t, 3> pad,

@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -36,10 +37,11 @@ inline void valid_range(std::int64_t off, std::int64_t stride, std::int64_t size
   lo = std::min(lo, hi);
 }
 
-// col[K, L] from one sample-group of x (Cg, T, H, W). Rows are (c, kt, kh, kw).
+// col[K, cols] from one sample-group of x (Cg, T, H, W) for output rows (to, ho) with
+// to * Ho + ho in [p0, p1); cols = (p1 - p0) * Wo. Rows of col are (c, kt, kh, kw).
 template <typename T>
-void im2col(const Conv3dGeometry& g, const T* x, T* col) {
-  const std::int64_t rows = g.K(), L = g.L();
+void im2col(const Conv3dGeometry& g, const T* x, T* col, std::int64_t p0, std::int64_t p1) {
+  const std::int64_t rows = g.K(), L = (p1 - p0) * g.Wo;
 #pragma omp parallel for schedule(static) if (rows * L >= kMinParallelWork)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t kw = r % g.kW, kh = (r / g.kW) % g.kH, kt = (r / (g.kW * g.kH)) % g.kT;
@@ -48,11 +50,12 @@ void im2col(const Conv3dGeometry& g, const T* x, T* col) {
     std::int64_t wlo, whi;
     valid_range(offw, g.sW, g.W, g.Wo, wlo, whi);
     T* dst_row = col + r * L;
-    for (std::int64_t to = 0; to < g.To; ++to) {
+    for (std::int64_t p = p0; p < p1; ++p) {
+      const std::int64_t to = p / g.Ho, ho = p % g.Ho;
       const std::int64_t ti = to * g.sT + kt * g.dT - g.pT;
-      for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
-        const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
-        T* dst = dst_row + (to * g.Ho + ho) * g.Wo;
+      const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
+      {
+        T* dst = dst_row + (p - p0) * g.Wo;
         if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) {
           std::fill(dst, dst + g.Wo, T(0));
           continue;
@@ -70,11 +73,12 @@ void im2col(const Conv3dGeometry& g, const T* x, T* col) {
   }
 }
 
-// gx (Cg, T, H, W) += col2im(col). Parallel over input channels: rows of one channel
-// touch only that channel's slab, so threads never write the same element.
+// gx (Cg, T, H, W) += col2im(col) for the output rows [p0, p1) that col covers. Parallel
+// over input channels: rows of one channel touch only that channel's slab, so threads
+// never write the same element.
 template <typename T>
-void col2im_add(const Conv3dGeometry& g, const T* col, T* gx) {
-  const std::int64_t L = g.L(), per_c = g.kT * g.kH * g.kW;
+void col2im_add(const Conv3dGeometry& g, const T* col, T* gx, std::int64_t p0, std::int64_t p1) {
+  const std::int64_t L = (p1 - p0) * g.Wo, per_c = g.kT * g.kH * g.kW;
 #pragma omp parallel for schedule(static) if (g.K() * L >= kMinParallelWork)
   for (std::int64_t c = 0; c < g.Cg(); ++c) {
     for (std::int64_t k = 0; k < per_c; ++k) {
@@ -84,13 +88,14 @@ void col2im_add(const Conv3dGeometry& g, const T* col, T* gx) {
       std::int64_t wlo, whi;
       valid_range(offw, g.sW, g.W, g.Wo, wlo, whi);
       const T* src_row = col + r * L;
-      for (std::int64_t to = 0; to < g.To; ++to) {
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::int64_t to = p / g.Ho, ho = p % g.Ho;
         const std::int64_t ti = to * g.sT + kt * g.dT - g.pT;
         if (ti < 0 || ti >= g.T) continue;
-        for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+        {
           const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
           if (hi < 0 || hi >= g.H) continue;
-          const T* src = src_row + (to * g.Ho + ho) * g.Wo;
+          const T* src = src_row + (p - p0) * g.Wo;
           T* dst = gx + ((c * g.T + ti) * g.H + hi) * g.W + offw;
           for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo * g.sW] += src[wo];
         }
@@ -188,6 +193,17 @@ void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg
   }
 }
 
+// Note [im2col tiles]: im2col runs over tiles of whole output rows so that one tile of
+// the column matrix (about kTileElements values) stays in cache between being written
+// and being read by the GEMM; the stem's 1x7x7 conv at 224 px otherwise streams a 118 MB
+// matrix through memory twice.
+std::atomic<std::int64_t> tile_elements{std::int64_t{1} << 21};
+
+std::int64_t tile_rows(const Conv3dGeometry& g) {
+  const std::int64_t cols = std::max<std::int64_t>(1, tile_elements.load(std::memory_order_relaxed) / g.K());
+  return std::max<std::int64_t>(1, cols / g.Wo);
+}
+
 // Parallelise over (n, g) items when there are enough for every thread.
 bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
   return omp_get_max_threads() > 1 && items >= 2 * omp_get_max_threads() && items * work_per_item >= kMinParallelWork;
@@ -206,14 +222,17 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
     if (g.temporal_only()) {
       yg.setZero();
       temporal_forward(g, xg, split_taps(g, w, gr).data(), yg.data());
+    } else if (g.pointwise()) {
+      yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(xg, K, L);
     } else {
-      const T* col = xg;
-      if (!g.pointwise()) {
-        T* buf = col_buffer<T>(K * L);
-        im2col(g, xg, buf);
-        col = buf;
+      const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
+      for (std::int64_t p0 = 0; p0 < rows; p0 += step) {
+        const std::int64_t p1 = std::min(rows, p0 + step), cols = (p1 - p0) * g.Wo;
+        T* buf = col_buffer<T>(K * cols);
+        im2col(g, xg, buf, p0, p1);
+        StridedMap<T>(yg.data() + p0 * g.Wo, Og, cols, Eigen::OuterStride<>(L)).noalias() =
+            ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(buf, K, cols);
       }
-      yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(col, K, L);
     }
     if (b) {
       for (std::int64_t o = 0; o < Og; ++o) yg.row(o).array() += b[gr * Og + o];
@@ -245,10 +264,15 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
       Map<T>(gxg, K, L).noalias() = wg.transpose() * gyg;
       return;
     }
-    T* buf = col_buffer<T>(K * L);
-    Map<T>(buf, K, L).noalias() = wg.transpose() * gyg;
     std::fill(gxg, gxg + Cg * g.in_volume(), T(0));
-    col2im_add(g, buf, gxg);
+    const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
+    for (std::int64_t p0 = 0; p0 < rows; p0 += step) {
+      const std::int64_t p1 = std::min(rows, p0 + step), cols = (p1 - p0) * g.Wo;
+      T* buf = col_buffer<T>(K * cols);
+      Map<T>(buf, K, cols).noalias() =
+          wg.transpose() * ConstStridedMap<T>(gyg.data() + p0 * g.Wo, Og, cols, Eigen::OuterStride<>(L));
+      col2im_add(g, buf, gxg, p0, p1);
+    }
   };
   if (outer) {
 #pragma omp parallel for schedule(dynamic)
@@ -277,13 +301,19 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
     gwg.setZero();
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
-      const T* col = xg;
-      if (!g.pointwise()) {
-        T* buf = col_buffer<T>(K * L);
-        im2col(g, xg, buf);
-        col = buf;
+      const T* gyg = gy + (n * g.O + gr * Og) * L;
+      if (g.pointwise()) {
+        gwg.noalias() += ConstMap<T>(gyg, Og, L) * ConstMap<T>(xg, K, L).transpose();
+        continue;
       }
-      gwg.noalias() += ConstMap<T>(gy + (n * g.O + gr * Og) * L, Og, L) * ConstMap<T>(col, K, L).transpose();
+      const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
+      for (std::int64_t p0 = 0; p0 < rows; p0 += step) {
+        const std::int64_t p1 = std::min(rows, p0 + step), cols = (p1 - p0) * g.Wo;
+        T* buf = col_buffer<T>(K * cols);
+        im2col(g, xg, buf, p0, p1);
+        gwg.noalias() += ConstStridedMap<T>(gyg + p0 * g.Wo, Og, cols, Eigen::OuterStride<>(L)) *
+                         ConstMap<T>(buf, K, cols).transpose();
+      }
     }
   };
   if (items_parallel(g.groups, g.N * Og * K * L)) {
@@ -306,6 +336,10 @@ void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb) {
     }
     gb[o] = acc;
   }
+}
+
+void set_conv_tile_elements(std::int64_t elements) {
+  tile_elements.store(std::max<std::int64_t>(1, elements), std::memory_order_relaxed);
 }
 
 #define VIDGRAD_INSTANTIATE(T)                                                              \

@@ -29,6 +29,10 @@ struct Conv3dGeometry {
   }
 };
 
+// Size, in values, of the im2col tiles (Note [im2col tiles] in conv3d_cpu.cpp). Tests
+// shrink it to exercise tiling on small shapes; results do not depend on it.
+void set_conv_tile_elements(std::int64_t elements);
+
 // y (N, O, To, Ho, Wo) = conv(x, w) + b. b may be null.
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y);
