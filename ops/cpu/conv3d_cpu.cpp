@@ -1,4 +1,5 @@
-// conv3d on the CPU as GEMMs. For sample n and group g:
+// conv3d on the CPU as GEMMs (im2col built in cache-sized tiles; kT x 1 x 1 convs with no
+// im2col at all). For sample n and group g:
 //   forward      Y[Og, L]  = W_g[Og, K] * col(X_ng)[K, L]
 //   input grad   col[K, L] = W_g^T * GY_ng, then col2im adds it back into GX_ng
 //   weight grad  GW_g     += GY_ng * col(X_ng)^T
@@ -54,21 +55,19 @@ void im2col(const Conv3dGeometry& g, const T* x, T* col, std::int64_t p0, std::i
       const std::int64_t to = p / g.Ho, ho = p % g.Ho;
       const std::int64_t ti = to * g.sT + kt * g.dT - g.pT;
       const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
-      {
-        T* dst = dst_row + (p - p0) * g.Wo;
-        if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) {
-          std::fill(dst, dst + g.Wo, T(0));
-          continue;
-        }
-        const T* src = x + ((c * g.T + ti) * g.H + hi) * g.W + offw;
-        std::fill(dst, dst + wlo, T(0));
-        if (g.sW == 1) {
-          std::memcpy(dst + wlo, src + wlo, static_cast<std::size_t>(whi - wlo) * sizeof(T));
-        } else {
-          for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo] = src[wo * g.sW];
-        }
-        std::fill(dst + whi, dst + g.Wo, T(0));
+      T* dst = dst_row + (p - p0) * g.Wo;
+      if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) {
+        std::fill(dst, dst + g.Wo, T(0));
+        continue;
       }
+      const T* src = x + ((c * g.T + ti) * g.H + hi) * g.W + offw;
+      std::fill(dst, dst + wlo, T(0));
+      if (g.sW == 1) {
+        std::memcpy(dst + wlo, src + wlo, static_cast<std::size_t>(whi - wlo) * sizeof(T));
+      } else {
+        for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo] = src[wo * g.sW];
+      }
+      std::fill(dst + whi, dst + g.Wo, T(0));
     }
   }
 }
@@ -91,14 +90,11 @@ void col2im_add(const Conv3dGeometry& g, const T* col, T* gx, std::int64_t p0, s
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::int64_t to = p / g.Ho, ho = p % g.Ho;
         const std::int64_t ti = to * g.sT + kt * g.dT - g.pT;
-        if (ti < 0 || ti >= g.T) continue;
-        {
-          const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
-          if (hi < 0 || hi >= g.H) continue;
-          const T* src = src_row + (p - p0) * g.Wo;
-          T* dst = gx + ((c * g.T + ti) * g.H + hi) * g.W + offw;
-          for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo * g.sW] += src[wo];
-        }
+        const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
+        if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;
+        const T* src = src_row + (p - p0) * g.Wo;
+        T* dst = gx + ((c * g.T + ti) * g.H + hi) * g.W + offw;
+        for (std::int64_t wo = wlo; wo < whi; ++wo) dst[wo * g.sW] += src[wo];
       }
     }
   }
