@@ -13,6 +13,7 @@ extern "C" {
 #include <filesystem>
 
 #include "vidgrad/core/error.h"
+#include "vidgrad/data/ffmpeg_util.h"
 
 namespace vidgrad::data {
 
@@ -20,25 +21,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string av_error(int code) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(code, buf, sizeof buf);
-  return buf;
-}
+using ffmpeg::FramePtr;
+const auto av_error = ffmpeg::error_string;
 
 struct FormatCloser {
   void operator()(AVFormatContext* f) const { avformat_close_input(&f); }
 };
-struct CodecFreer {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct PacketFreer {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct FrameFreer {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-using FramePtr = std::unique_ptr<AVFrame, FrameFreer>;
 
 constexpr std::size_t kSwsSlack = 256;
 
@@ -117,7 +105,7 @@ DecodedVideo decode_video(const std::string& path, const DecodeLimits& limits) {
            where << "frame size " << par->width << "x" << par->height << " exceeds the limit of " << limits.max_pixels
                  << " pixels");
 
-  std::unique_ptr<AVCodecContext, CodecFreer> cc(avcodec_alloc_context3(codec));
+  ffmpeg::CodecPtr cc(avcodec_alloc_context3(codec));
   VG_CHECK(cc != nullptr, where << "out of memory");
   VG_CHECK(avcodec_parameters_to_context(cc.get(), par) >= 0, where << "bad codec parameters");
   cc->thread_count = 1;  // loader workers parallelise across videos, not inside one
@@ -126,7 +114,7 @@ DecodedVideo decode_video(const std::string& path, const DecodeLimits& limits) {
 
   DecodedVideo out;
   out.s_->path = path;
-  std::unique_ptr<AVPacket, PacketFreer> pkt(av_packet_alloc());
+  ffmpeg::PacketPtr pkt(av_packet_alloc());
   std::int64_t total_pixels = 0;
   auto drain = [&]() {
     while (true) {

@@ -12,35 +12,20 @@ extern "C" {
 #include <memory>
 
 #include "vidgrad/core/error.h"
+#include "vidgrad/data/ffmpeg_util.h"
 #include "vidgrad/data/video.h"
 
 namespace vidgrad::data {
 
 namespace {
 
-std::string av_error(int code) {
-  char buf[AV_ERROR_MAX_STRING_SIZE] = {0};
-  av_strerror(code, buf, sizeof buf);
-  return buf;
-}
+const auto av_error = ffmpeg::error_string;
 
 struct OutputCloser {
   void operator()(AVFormatContext* oc) const {
     if (oc->pb) avio_closep(&oc->pb);
     avformat_free_context(oc);
   }
-};
-struct CodecFreer {
-  void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
-};
-struct FrameFreer {
-  void operator()(AVFrame* f) const { av_frame_free(&f); }
-};
-struct PacketFreer {
-  void operator()(AVPacket* p) const { av_packet_free(&p); }
-};
-struct SwsFreer {
-  void operator()(SwsContext* s) const { sws_freeContext(s); }
 };
 
 }  // namespace
@@ -66,7 +51,7 @@ void write_video(const std::string& path, const std::vector<Image>& frames, cons
   VG_CHECK(codec != nullptr, where << "FFmpeg has no encoder '" << o.codec << "'");
   AVStream* st = avformat_new_stream(oc.get(), nullptr);
   VG_CHECK(st != nullptr, where << "out of memory");
-  std::unique_ptr<AVCodecContext, CodecFreer> cc(avcodec_alloc_context3(codec));
+  ffmpeg::CodecPtr cc(avcodec_alloc_context3(codec));
   cc->width = w;
   cc->height = h;
   cc->pix_fmt = AV_PIX_FMT_YUV420P;
@@ -95,16 +80,16 @@ void write_video(const std::string& path, const std::vector<Image>& frames, cons
   r = avformat_write_header(oc.get(), nullptr);
   VG_CHECK(r >= 0, where << "cannot write the container header: " << av_error(r));
 
-  std::unique_ptr<SwsContext, SwsFreer> sws(
+  ffmpeg::SwsPtr sws(
       sws_getContext(w, h, AV_PIX_FMT_RGB24, w, h, AV_PIX_FMT_YUV420P, SWS_BILINEAR | SWS_ACCURATE_RND | SWS_BITEXACT,
                      nullptr, nullptr, nullptr));
   VG_CHECK(sws != nullptr, where << "no RGB to YUV conversion");
-  std::unique_ptr<AVFrame, FrameFreer> frame(av_frame_alloc());
+  ffmpeg::FramePtr frame(av_frame_alloc());
   frame->format = AV_PIX_FMT_YUV420P;
   frame->width = w;
   frame->height = h;
   VG_CHECK(av_frame_get_buffer(frame.get(), 0) >= 0, where << "out of memory");
-  std::unique_ptr<AVPacket, PacketFreer> pkt(av_packet_alloc());
+  ffmpeg::PacketPtr pkt(av_packet_alloc());
 
   auto drain = [&]() {
     while (true) {

@@ -23,21 +23,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class DataTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("vidgrad_data_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-            std::to_string(::getpid()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  void write(const std::string& name, const std::string& bytes) const {
-    std::ofstream(path(name), std::ios::binary) << bytes;
-  }
-  fs::path dir_;
-};
+using DataTest = vidgrad::testing::TempDirTest;
 
 // A frame whose pixels encode (frame, y, x) smoothly, so lossy codecs keep it recognisable.
 Image pattern(int h, int w, int t) {
