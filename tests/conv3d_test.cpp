@@ -130,6 +130,13 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"Temporal3x1x1DilatedGrouped", {1, 4, 4, 3, 2}, 4, {3, 1, 1}, opt({1, 1, 1}, {2, 0, 0}, {2, 1, 1}, 2),
                  true},
         ConvCase{"Temporal2x1x1ShortClip", {2, 2, 1, 2, 3}, 3, {2, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), true},
+        // Groups of 8 output channels with unit width stride take the direct kernel
+        // (Note [direct grouped conv]): long rows, a partial last block, height stride,
+        // dilation, and 8-wide rows.
+        ConvCase{"Direct8WideGroups", {2, 16, 1, 2, 17}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
+        ConvCase{"DirectHeightStrideDilated", {1, 16, 1, 5, 16}, 16, {1, 3, 3}, opt({1, 2, 1}, {0, 2, 2}, {1, 2, 2}, 2),
+                 false},
+        ConvCase{"DirectShortRows", {1, 8, 2, 4, 9}, 8, {1, 3, 3}, opt({2, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1), true},
         ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},
         ConvCase{"Depthwise3x3x3", {2, 4, 4, 5, 5}, 4, {3, 3, 3}, opt({1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 4), true},

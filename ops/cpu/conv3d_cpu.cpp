@@ -189,6 +189,61 @@ void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg
   }
 }
 
+// ---- direct kernel for 8-channel groups with a 1 x kH x kW kernel ----
+// Note [direct grouped conv]: with 8 channels per group (SEVNet's 1x3x3 convs) im2col
+// writes kH*kW copies of the input for a GEMM only 8 rows tall. Instead, each output row
+// is computed directly: the kH input rows of each channel are copied once into a
+// zero-padded scratch row, and blocks of 16 output positions x 8 output channels are
+// accumulated in registers (acc[8][16]) over (c, kh, kw).
+constexpr std::int64_t kDirectOg = 8;
+constexpr std::int64_t kDirectBlock = 16;
+
+bool direct_forward(const Conv3dGeometry& g) {
+  return g.kT == 1 && g.sW == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && g.Wo >= kDirectBlock / 2 && !g.pointwise();
+}
+
+// Output rows [p0, p1) (p = to * Ho + ho) of one sample-group: y (8, To*Ho*Wo) from
+// x (Cg, T, H, W). wt is the group's weight reordered to (Cg, kH, kW, 8); scratch holds
+// Cg * kH * padded_width values.
+template <typename T>
+void direct_rows(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t p0, std::int64_t p1, T* scratch) {
+  const std::int64_t Cg = g.Cg(), Wo = g.Wo, L = g.L();
+  const std::int64_t blocks = (Wo + kDirectBlock - 1) / kDirectBlock;
+  const std::int64_t padded = blocks * kDirectBlock + (g.kW - 1) * g.dW;
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const std::int64_t to = p / g.Ho, ho = p % g.Ho;
+    const std::int64_t ti = to * g.sT - g.pT;
+    // scratch[c][kh][j] = x[c][ti][hi][j - pW], zero outside the input.
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t kh = 0; kh < g.kH; ++kh) {
+        T* dst = scratch + (c * g.kH + kh) * padded;
+        const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
+        std::fill(dst, dst + padded, T(0));
+        if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;
+        const T* src = x + ((c * g.T + ti) * g.H + hi) * g.W;
+        const std::int64_t lo = std::max<std::int64_t>(0, g.pW), hi_end = std::min(padded, g.pW + g.W);
+        for (std::int64_t j = lo; j < hi_end; ++j) dst[j] = src[j - g.pW];
+      }
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      T acc[kDirectOg][kDirectBlock] = {};
+      for (std::int64_t c = 0; c < Cg; ++c)
+        for (std::int64_t kh = 0; kh < g.kH; ++kh) {
+          const T* row = scratch + (c * g.kH + kh) * padded + b * kDirectBlock;
+          for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+            const T* s = row + kw * g.dW;
+            const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
+            for (std::int64_t o = 0; o < kDirectOg; ++o)
+#pragma omp simd
+              for (std::int64_t j = 0; j < kDirectBlock; ++j) acc[o][j] += wv[o] * s[j];
+          }
+        }
+      const std::int64_t n = std::min(kDirectBlock, Wo - b * kDirectBlock);
+      for (std::int64_t o = 0; o < kDirectOg; ++o)
+        std::copy(acc[o], acc[o] + n, y + o * L + p * Wo + b * kDirectBlock);
+    }
+  }
+}
+
 // Note [im2col tiles]: im2col runs over tiles of whole output rows so that one tile of
 // the column matrix (about kTileElements values) stays in cache between being written
 // and being read by the GEMM; the stem's 1x7x7 conv at 224 px otherwise streams a 118 MB
@@ -218,6 +273,23 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
     if (g.temporal_only()) {
       yg.setZero();
       temporal_forward(g, xg, split_taps(g, w, gr).data(), yg.data());
+    } else if (direct_forward(g)) {
+      const std::int64_t rows = g.To * g.Ho;
+      std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
+      for (std::int64_t o = 0; o < Og; ++o)
+        for (std::int64_t k = 0; k < K; ++k) wt[k * Og + o] = w[(gr * Og + o) * K + k];
+      const std::int64_t scratch =
+          Cg * g.kH * (((g.Wo + kDirectBlock - 1) / kDirectBlock) * kDirectBlock + (g.kW - 1) * g.dW);
+      if (outer) {  // this thread owns the item
+        direct_rows(g, xg, wt.data(), yg.data(), 0, rows, col_buffer<T>(scratch));
+      } else {
+#pragma omp parallel if (rows * Og * K * g.Wo >= kMinParallelWork)
+        {
+          T* buf = col_buffer<T>(scratch);
+#pragma omp for schedule(static)
+          for (std::int64_t p = 0; p < rows; ++p) direct_rows(g, xg, wt.data(), yg.data(), p, p + 1, buf);
+        }
+      }
     } else if (g.pointwise()) {
       yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(xg, K, L);
     } else {
