@@ -136,6 +136,8 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"Direct8WideGroups", {2, 16, 1, 2, 17}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"DirectHeightStrideDilated", {1, 16, 1, 5, 16}, 16, {1, 3, 3}, opt({1, 2, 1}, {0, 2, 2}, {1, 2, 2}, 2),
                  false},
+        ConvCase{"DirectDilatedUnitStride", {1, 16, 2, 4, 16}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 2, 1}, {1, 2, 1}, 2),
+                 false},
         ConvCase{"DirectShortRows", {1, 8, 2, 4, 9}, 8, {1, 3, 3}, opt({2, 1, 1}, {1, 1, 1}, {1, 1, 1}, 1), true},
         ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <cstring>
 #include <vector>
 
@@ -314,9 +315,39 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
   }
 }
 
+// With unit strides the input gradient is itself a convolution: of gy with the kernel
+// flipped in H and W and its in/out channels swapped, padded by d (k - 1) - p. When that
+// convolution qualifies for the direct kernel (Note [direct grouped conv]), use it.
+std::optional<Conv3dGeometry> transposed_geometry(const Conv3dGeometry& g) {
+  if (g.kT != 1 || g.sT != 1 || g.sH != 1 || g.sW != 1 || g.pT != 0 || g.pointwise()) return std::nullopt;
+  const std::int64_t pH = g.dH * (g.kH - 1) - g.pH, pW = g.dW * (g.kW - 1) - g.pW;
+  if (pH < 0 || pW < 0) return std::nullopt;
+  Conv3dGeometry t = g;
+  t.C = g.O;
+  t.O = g.C;
+  t.T = g.To; t.H = g.Ho; t.W = g.Wo;
+  t.To = g.T; t.Ho = g.H; t.Wo = g.W;
+  t.pH = pH;
+  t.pW = pW;
+  if (!direct_forward(t)) return std::nullopt;
+  return t;
+}
+
 template <typename T>
 void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
+  if (const auto t = transposed_geometry(g)) {
+    // w'[g][c][o][kh][kw] = w[g][o][c][kH-1-kh][kW-1-kw]: per group, (Cg, Og, 1, kH, kW).
+    std::vector<T> wt(static_cast<std::size_t>(g.O * K));
+    const std::int64_t taps = g.kH * g.kW;
+    for (std::int64_t gr = 0; gr < g.groups; ++gr)
+      for (std::int64_t o = 0; o < Og; ++o)
+        for (std::int64_t c = 0; c < Cg; ++c)
+          for (std::int64_t k = 0; k < taps; ++k)
+            wt[((gr * Cg + c) * Og + o) * taps + (taps - 1 - k)] = w[((gr * Og + o) * Cg + c) * taps + k];
+    conv3d_forward<T>(*t, gy, wt.data(), nullptr, gx);
+    return;
+  }
   const bool outer = items_parallel(items, Og * K * L);
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
