@@ -102,10 +102,7 @@ std::int64_t load_clip(const Sample& sample, const ClipOptions& o, bool training
         std::copy(dst - o.crop * o.crop + c * plane, dst + c * plane, dst + c * plane);
       continue;
     }
-    SpatialTransform ft = t;
-    ft.resized_height = rh;
-    ft.resized_width = rw;
-    transform_frame(frame, ft, o.mean, o.std, dst, plane);
+    transform_frame(frame, t, o.mean, o.std, dst, plane);
   }
   std::int64_t label = sample.label;
   if (t.flip && label >= 0 && label < static_cast<std::int64_t>(flip_labels.size())) label = flip_labels[label];

@@ -175,7 +175,7 @@ void Loader::worker_loop() {
 }
 
 std::optional<Batch> Loader::next() {
-  VG_CHECK(total_ > 0 || !order_.empty(), "Loader::next: call start_epoch first");
+  VG_CHECK(!order_.empty(), "Loader::next: call start_epoch first");
   if (consumed_ >= total_) return std::nullopt;
   if (opts_.workers == 0) return build(consumed_++);
   std::unique_lock<std::mutex> lock(mu_);

@@ -74,18 +74,19 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
     // The input is saved only for the weight gradient, the weight only for the input gradient.
     autograd::attach(
         y, "conv3d", {input, weight, bias},
-        [g, x = weight.requires_grad() ? x.detach() : Tensor(), w = input.requires_grad() ? w.detach() : Tensor()](
+        [g, x_saved = weight.requires_grad() ? x.detach() : Tensor(),
+         w_saved = input.requires_grad() ? w.detach() : Tensor()](
             const Tensor& gy_in, const std::vector<bool>& needs) {
           const Tensor gy = gy_in.contiguous();
           std::vector<Tensor> grads(3);
           dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
             if (needs[0]) {
               grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype());
-              cpu::conv3d_backward_input<T>(g, gy.data<T>(), w.data<T>(), grads[0].data<T>());
+              cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>());
             }
             if (needs[1]) {
               grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype());
-              cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x.data<T>(), grads[1].data<T>());
+              cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x_saved.data<T>(), grads[1].data<T>());
             }
             if (needs[2]) {
               grads[2] = Tensor::empty({g.O}, gy.dtype());

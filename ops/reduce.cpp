@@ -80,6 +80,8 @@ Tensor reduce(const char* op, const Tensor& x, const std::vector<std::int64_t>& 
   out = make_view(out, r.out_shape, contiguous_strides(r.out_shape), 0);
   if (autograd::needs_graph({&x})) {
     autograd::attach(out, op, {x}, [r, in_shape = x.shape(), average](const Tensor& g, const std::vector<bool>&) {
+      // When averaging over more than one element the broadcast view has a stride-0 dim,
+      // so contiguous() copies and the in-place scaling below never touches g.
       Tensor gx = broadcast_to(g.reshape(r.keep_shape), in_shape).contiguous();
       if (average && r.count > 1) {
         dispatch_floating(gx.dtype(), "mean", [&]<typename T>() {

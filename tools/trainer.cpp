@@ -310,8 +310,11 @@ double train(const TrainConfig& c, bool resume, std::int64_t stop_after_steps) {
     const double train_loss = s.epoch_loss / std::max(s.epoch_clips, 1.0);
     const double train_acc = s.epoch_correct / std::max(s.epoch_clips, 1.0);
     progress.finish("train loss " + fmt("%.4f", train_loss) + "  train top-1 " + fmt("%.2f%%", 100 * train_acc));
-    EvalResult v = evaluate(*model, val_loader, classes,
-                            {.max_batches = c.max_val_batches, .log_every = c.log_every, .progress_label = "  validate"});
+    EvalOptions eval_opts;
+    eval_opts.max_batches = c.max_val_batches;
+    eval_opts.log_every = c.log_every;
+    eval_opts.progress_label = "  validate";
+    EvalResult v = evaluate(*model, val_loader, classes, eval_opts);
     const double seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
     epochs_out << s.epoch + 1 << ',' << train_loss << ',' << train_acc << ',' << v.top1 << ',' << v.top5 << ','
                << v.mean_class << ',' << sgd.lr() << ',' << seconds << '\n';

@@ -27,7 +27,6 @@ struct EvalResult {
 
 struct EvalOptions {
   std::int64_t max_batches = 0;         // 0: all
-  bool reverse_time = false;            // play every clip backwards
   std::vector<std::int64_t> label_map;  // compare predictions with label_map[label] (e.g. time-reversal twins)
   std::int64_t log_every = 10;
   std::string progress_label = "eval";

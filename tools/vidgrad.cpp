@@ -85,7 +85,6 @@ int run_eval(const EvalArgs& a) {
   data::Loader loader(ds, lo);
   EvalOptions eo;
   eo.max_batches = a.max_batches;
-  eo.reverse_time = a.reverse;
   eo.progress_label = "eval";
   if (!a.twin_map.empty()) {
     const json twins = json::parse(read_file(a.twin_map));
