@@ -12,28 +12,20 @@ namespace {
 
 thread_local bool grad_mode_enabled = true;
 
-// dst += src (same shape and dtype, dst owned by the engine or a leaf's .grad).
-void add_into(const Tensor& dst, const Tensor& src) {
-  dispatch_floating(dst.dtype(), "backward", [&]<typename T>() {
-    T* d = dst.data<T>();
-    const T* s = src.data<T>();
-    for_each_run<2>(dst.shape(), {&dst.strides(), &src.strides()},
-                    [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
-                        const std::array<std::int64_t, 2>& step) {
-                      for (std::int64_t i = 0; i < n; ++i) d[off[0] + i * step[0]] += s[off[1] + i * step[1]];
-                    });
-  });
-}
+// dst += src (same shape, dtype and device; dst owned by the engine or a leaf's .grad).
+void add_into(Tensor& dst, const Tensor& src) { dst.add_(src); }
 
-Tensor fresh_copy(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype()).copy_(t); }
+Tensor fresh_copy(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()).copy_(t); }
 
-void check_grad(const Tensor& g, const Shape& shape, DType dtype, const std::string& producer,
+void check_grad(const Tensor& g, const Shape& shape, DType dtype, Device device, const std::string& producer,
                 const std::string& target) {
   VG_CHECK(g.defined(), "backward: " << producer << " returned no gradient for " << target);
   VG_CHECK(g.shape() == shape, "backward: " << producer << " returned a gradient of shape " << shape_str(g.shape())
                                             << " for " << target << " of shape " << shape_str(shape));
   VG_CHECK(g.dtype() == dtype, "backward: " << producer << " returned a " << dtype_name(g.dtype())
                                             << " gradient for " << target << " of dtype " << dtype_name(dtype));
+  VG_CHECK(g.device() == device, "backward: " << producer << " returned a gradient on " << g.device() << " for "
+                                              << target << " on " << device);
 }
 
 void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
@@ -82,6 +74,7 @@ void attach(const Tensor& output, const char* name, const std::vector<Tensor>& i
   }
   node->output_shape = output.shape();
   node->output_dtype = output.dtype();
+  node->output_device = output.device();
   node->backward = std::move(fn);
   output.set_grad_fn(std::move(node));
 }
@@ -98,12 +91,12 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
   if (!grad.defined()) {
     VG_CHECK(numel() == 1, "backward: a gradient can only be implied for a one-element output, got shape "
                                << shape_str(shape()) << "; pass the gradient explicitly");
-    grad = Tensor::ones(shape(), dtype());
+    grad = Tensor::ones(shape(), dtype(), device());
   }
   autograd::NoGradGuard no_grad;  // closures must not record graphs of their own
 
   if (!grad_fn()) {  // backward on a leaf: its gradient is the incoming one
-    autograd::check_grad(grad, shape(), dtype(), "backward", "the root");
+    autograd::check_grad(grad, shape(), dtype(), device(), "backward", "the root");
     autograd::accumulate_leaf(*impl(), grad);
     return;
   }
@@ -123,7 +116,7 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
     }
   }
 
-  autograd::check_grad(grad, shape(), dtype(), "backward", "the root");
+  autograd::check_grad(grad, shape(), dtype(), device(), "backward", "the root");
   std::unordered_map<Node*, Tensor> pending{{grad_fn().get(), grad}};
   std::vector<Node*> ready{grad_fn().get()};
   while (!ready.empty()) {
@@ -142,7 +135,8 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
       if (!e.needed()) continue;
       const std::string target = "input " + std::to_string(i);
       if (e.node) {
-        autograd::check_grad(grads[i], e.node->output_shape, e.node->output_dtype, n->name, target);
+        autograd::check_grad(grads[i], e.node->output_shape, e.node->output_dtype, e.node->output_device, n->name,
+                             target);
         Tensor& slot = pending[e.node.get()];
         if (!slot.defined()) {
           slot = grads[i];
@@ -153,7 +147,7 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
         }
         if (--deps[e.node.get()] == 0) ready.push_back(e.node.get());
       } else {
-        autograd::check_grad(grads[i], e.leaf->shape, e.leaf->dtype, n->name, target);
+        autograd::check_grad(grads[i], e.leaf->shape, e.leaf->dtype, e.leaf->storage->device(), n->name, target);
         autograd::accumulate_leaf(*e.leaf, grads[i]);
       }
     }

@@ -35,6 +35,7 @@ struct Node {
   std::vector<bool> needs;   // edges[i].needed(), cached
   Shape output_shape;        // shape of the output: incoming gradients are checked against it
   DType output_dtype = DType::kFloat32;
+  Device output_device;
   BackwardFn backward;       // released after backward() unless the graph is retained
 };
 

@@ -102,12 +102,20 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--inference", action="store_true")
     ap.add_argument("--channels-last", action="store_true", help="channels_last_3d memory format")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN convolutions and GEMMs (CUDA)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    net = make(a.model, a.classes)
-    x = torch.randn(a.batch, 3, a.frames, a.size, a.size)
-    y = torch.randint(0, a.classes, (a.batch,))
+    cuda = a.device.startswith("cuda")
+    if cuda:
+        # The same search vidgrad makes per shape (Note [conv plans]); TF32 only when asked, as in vidgrad.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    net = make(a.model, a.classes).to(a.device)
+    x = torch.randn(a.batch, 3, a.frames, a.size, a.size).to(a.device)
+    y = torch.randint(0, a.classes, (a.batch,)).to(a.device)
     if a.channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
@@ -116,6 +124,10 @@ def main():
     if a.inference:
         net.eval()
     for i in range(a.warmup + a.steps):
+        if cuda:
+            if i == a.warmup:
+                torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
         t = time.perf_counter()
         if a.inference:
             with torch.no_grad():
@@ -125,11 +137,14 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{a.batch / med:.3f} clips/s, peak RSS {rss:.0f} MiB, median {med:.3f} s/step")
+    extra = f", peak device memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""
+    print(f"{a.batch / med:.3f} clips/s, peak RSS {rss:.0f} MiB, median {med:.4f} s/step{extra}")
 
 
 if __name__ == "__main__":

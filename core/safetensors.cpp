@@ -44,7 +44,7 @@ std::string encode_safetensors(const std::map<std::string, Tensor>& tensors,
   for (const auto& [name, t] : tensors) {
     VG_CHECK(name != "__metadata__", "safetensors: '__metadata__' cannot name a tensor");
     VG_CHECK(t.defined(), "safetensors: tensor '" << name << "' is undefined");
-    const Tensor c = t.detach().contiguous();
+    const Tensor c = t.detach().to(Device::cpu()).contiguous();  // device tensors are saved from the host
     const std::uint64_t nbytes = static_cast<std::uint64_t>(c.numel()) * dtype_size(c.dtype());
     header[name] = {{"dtype", st_dtype(c.dtype())}, {"shape", c.shape()}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;

@@ -1,9 +1,11 @@
-// Aligned CPU allocation; other devices are rejected until their backend is built.
+// Aligned CPU allocation, or a block from the CUDA caching allocator (core/cuda/memory.h;
+// a build without CUDA throws there).
 #include "vidgrad/core/storage.h"
 
 #include <cstdlib>
 #include <new>
 
+#include "vidgrad/core/cuda/memory.h"
 #include "vidgrad/core/error.h"
 
 namespace vidgrad {
@@ -18,13 +20,16 @@ Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(d
       break;
     }
     case DeviceType::kCUDA:
-      VG_THROW("storage: cannot allocate on " << device
-                                              << ": this build of vidgrad has no CUDA backend");
+      data_ = cuda::device_alloc(nbytes, device.index);
+      break;
   }
 }
 
 Storage::~Storage() {
-  if (device_.type == DeviceType::kCPU) std::free(data_);
+  switch (device_.type) {
+    case DeviceType::kCPU: std::free(data_); break;
+    case DeviceType::kCUDA: cuda::device_free(data_, device_.index); break;
+  }
 }
 
 }  // namespace vidgrad

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "vidgrad/core/cuda/memory.h"
+#include "vidgrad/core/cuda/tensor_kernels.h"
 #include "vidgrad/core/strided.h"
 
 namespace vidgrad {
@@ -47,6 +49,29 @@ void dispatch_all(DType t, F&& f) {
   }
 }
 
+// The collapsed layout of a two-operand walk for the CUDA kernels (at most kMaxDims dims).
+cuda::StridedPair cuda_layout(const char* op, const Shape& shape, const Shape& strides_a, const Shape& strides_b) {
+  Shape sh = shape;
+  std::array<Shape, 2> st{strides_a, strides_b};
+  collapse_dims<2>(sh, st);
+  VG_CHECK(static_cast<int>(sh.size()) <= cuda::kMaxDims,
+           "Tensor::" << op << ": a strided view of shape " << shape_str(shape) << " has more than "
+                      << cuda::kMaxDims << " non-mergeable dims on cuda; call contiguous() first");
+  cuda::StridedPair p;
+  p.rank = static_cast<int>(sh.size());
+  for (int d = 0; d < p.rank; ++d) {
+    p.size[d] = sh[d];
+    p.stride_a[d] = st[0][d];
+    p.stride_b[d] = st[1][d];
+  }
+  return p;
+}
+
+// The first element's address on any device (the view's offset applied).
+void* first_byte(const Tensor& t) {
+  return static_cast<char*>(t.storage()->data()) + t.offset() * static_cast<std::int64_t>(dtype_size(t.dtype()));
+}
+
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
@@ -55,7 +80,11 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t.storage()->data(), 0, t.storage()->nbytes());  // all-zero bits are 0 for every dtype
+  // All-zero bits are 0 for every dtype.
+  switch (device.type) {
+    case DeviceType::kCPU: std::memset(t.storage()->data(), 0, t.storage()->nbytes()); break;
+    case DeviceType::kCUDA: cuda::memset_zero(t.storage()->data(), t.storage()->nbytes(), device.index); break;
+  }
   return t;
 }
 
@@ -116,6 +145,7 @@ bool Tensor::is_contiguous() const {
 
 double Tensor::item() const {
   VG_CHECK(numel() == 1, "Tensor::item: needs a one-element tensor, got shape " << shape_str(shape()));
+  if (!device().is_cpu()) return detach().to(Device::cpu()).item();
   double v = 0.0;
   dispatch_all(dtype(), [&]<typename T>() { v = static_cast<double>(*data<T>()); });
   return v;
@@ -123,6 +153,11 @@ double Tensor::item() const {
 
 Tensor& Tensor::fill_(double value) {
   check_defined("fill_");
+  if (device().is_cuda()) {
+    const cuda::StridedPair layout = cuda_layout("fill_", shape(), strides(), strides());
+    cuda::fill_strided(first_byte(*this), dtype(), value, layout, numel(), device().index);
+    return *this;
+  }
   dispatch_all(dtype(), [&]<typename T>() {
     const T v = static_cast<T>(value);
     T* base = data<T>();
@@ -135,15 +170,63 @@ Tensor& Tensor::fill_(double value) {
   return *this;
 }
 
-Tensor& Tensor::copy_(const Tensor& src) {
+Tensor& Tensor::copy_(const Tensor& src, bool non_blocking) {
   check_defined("copy_");
   VG_CHECK(src.defined(), "Tensor::copy_: source tensor is undefined");
   VG_CHECK(src.shape() == shape(), "Tensor::copy_: source shape " << shape_str(src.shape())
                                        << " differs from destination shape " << shape_str(shape()));
+  if (numel() == 0) return *this;
+  if (device() != src.device()) {
+    // Across devices the bytes move contiguous and in the source dtype; conversion and
+    // the destination's strides are then handled on the destination device.
+    Tensor s = src.detach();
+    if (!s.is_contiguous()) s = Tensor::empty(shape(), src.dtype(), src.device()).copy_(src);
+    const bool direct = is_contiguous() && dtype() == src.dtype();
+    const Tensor staged = direct ? *this : Tensor::empty(shape(), src.dtype(), device());
+    void* dst_ptr = first_byte(staged);
+    const void* src_ptr = first_byte(s);
+    const std::size_t nbytes = static_cast<std::size_t>(numel()) * dtype_size(src.dtype());
+    if (s.device().is_cpu())
+      cuda::copy_to_device(dst_ptr, src_ptr, nbytes, device().index, non_blocking);
+    else if (device().is_cpu())
+      cuda::copy_to_host(dst_ptr, src_ptr, nbytes, s.device().index);
+    else
+      cuda::copy_device_to_device(dst_ptr, device().index, src_ptr, s.device().index, nbytes);
+    if (!direct) copy_(staged);
+    return *this;
+  }
+  if (device().is_cuda()) {
+    const cuda::StridedPair layout = cuda_layout("copy_", shape(), strides(), src.strides());
+    cuda::copy_strided(first_byte(*this), dtype(), first_byte(src), src.dtype(), layout, numel(), device().index);
+    return *this;
+  }
   dispatch_all(dtype(), [&]<typename D>() {
     dispatch_all(src.dtype(), [&]<typename S>() {
       strided_copy(shape(), data<D>(), strides(), src.data<S>(), src.strides());
     });
+  });
+  return *this;
+}
+
+Tensor& Tensor::add_(const Tensor& src) {
+  check_defined("add_");
+  VG_CHECK(src.defined() && src.shape() == shape() && src.dtype() == dtype() && src.device() == device(),
+           "Tensor::add_: source must match the destination's shape " << shape_str(shape()) << ", dtype "
+                                                                       << dtype_name(dtype()) << " and device "
+                                                                       << device());
+  if (device().is_cuda()) {
+    const cuda::StridedPair layout = cuda_layout("add_", shape(), strides(), src.strides());
+    cuda::add_strided(first_byte(*this), first_byte(src), dtype(), layout, numel(), device().index);
+    return *this;
+  }
+  dispatch_all(dtype(), [&]<typename T>() {
+    T* d = data<T>();
+    const T* s = src.data<T>();
+    for_each_run<2>(shape(), {&strides(), &src.strides()},
+                    [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
+                        const std::array<std::int64_t, 2>& step) {
+                      for (std::int64_t i = 0; i < n; ++i) d[off[0] + i * step[0]] += s[off[1] + i * step[1]];
+                    });
   });
   return *this;
 }
@@ -177,6 +260,15 @@ void Tensor::set_grad_fn(std::shared_ptr<autograd::Node> fn) const {
   impl_->requires_grad = impl_->grad_fn != nullptr;
 }
 
+Device parse_device(const std::string& text) {
+  if (text == "cpu") return Device::cpu();
+  if (text == "cuda") return Device::cuda(0);
+  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 &&
+      text.find_first_not_of("0123456789", 5) == std::string::npos && text.size() < 9)
+    return Device::cuda(std::stoi(text.substr(5)));
+  VG_THROW("device: '" << text << "' is not a device; expected cpu, cuda or cuda:N");
+}
+
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, std::int64_t offset) {
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = base.storage();
@@ -190,7 +282,7 @@ Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, s
 std::ostream& operator<<(std::ostream& os, const Tensor& t) {
   if (!t.defined()) return os << "Tensor(undefined)";
   os << "Tensor(shape=" << shape_str(t.shape()) << ", dtype=" << dtype_name(t.dtype()) << ", device=" << t.device();
-  if (t.device().is_cpu()) {
+  {  // values of a CUDA tensor are copied to the host for printing
     const std::vector<double> v = t.to_vector<double>();
     os << ", values=[";
     const std::size_t shown = std::min<std::size_t>(v.size(), 8);

@@ -56,11 +56,16 @@ class Tensor {
   bool is_contiguous() const;
   const std::shared_ptr<Storage>& storage() const;
 
-  // ---- element access (CPU) ----
-  // Pointer to the first element (offset applied). Throws if T does not match dtype().
+  // ---- element access ----
+  // Pointer to the first element (offset applied). Throws if T does not match dtype() or
+  // the tensor is not on the CPU.
   template <typename T>
   T* data() const;
-  // Value of a one-element tensor, converted to double.
+  // The same pointer on any device, for kernels (a CUDA pointer must not be dereferenced
+  // on the host). Throws if T does not match dtype().
+  template <typename T>
+  T* device_data() const;
+  // Value of a one-element tensor, converted to double (copied to the host if needed).
   double item() const;
   // Elements in logical row-major order, converted to T.
   template <typename T>
@@ -73,10 +78,15 @@ class Tensor {
   Tensor contiguous() const;  // itself if already contiguous
   Tensor clone() const;       // always a fresh contiguous copy
   Tensor to(DType dtype) const;
+  // A copy on `device` (itself if already there); gradients flow back to this device.
+  // non_blocking host -> CUDA copies go through pinned memory on the copy stream and
+  // return at once (see core/cuda/memory.h).
+  Tensor to(Device device, bool non_blocking = false) const;
 
   // ---- raw mutation, outside autograd (optimizers, initialisers, loaders) ----
   Tensor& fill_(double value);
-  Tensor& copy_(const Tensor& src);  // same shape; converts dtype
+  Tensor& copy_(const Tensor& src, bool non_blocking = false);  // same shape; any devices; converts dtype
+  Tensor& add_(const Tensor& src);  // same shape, dtype and device
   // A new handle on the same data with no autograd history.
   Tensor detach() const;
 
@@ -142,8 +152,17 @@ T* Tensor::data() const {
 }
 
 template <typename T>
+T* Tensor::device_data() const {
+  check_defined("device_data");
+  VG_CHECK(impl_->dtype == dtype_of<T>::value, "Tensor::device_data: tensor has dtype "
+                                                   << dtype_name(impl_->dtype) << ", asked for "
+                                                   << dtype_name(dtype_of<T>::value));
+  return static_cast<T*>(impl_->storage->data()) + impl_->offset;
+}
+
+template <typename T>
 std::vector<T> Tensor::to_vector() const {
-  const Tensor c = detach().contiguous();
+  const Tensor c = detach().to(Device::cpu()).contiguous();
   std::vector<T> out(static_cast<std::size_t>(c.numel()));
   switch (c.dtype()) {
     case DType::kFloat32: for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<T>(c.data<float>()[i]); break;

@@ -107,6 +107,21 @@ std::map<std::string, Tensor> Module::state_dict() const {
   return out;
 }
 
+void Module::to(Device device) {
+  auto move = [&](const Tensor& t) {
+    if (!t.defined() || t.device() == device || !is_floating(t.dtype())) return;
+    const Tensor moved = t.detach().to(device);  // a contiguous copy on `device`
+    TensorImpl* impl = t.impl();
+    impl->storage = moved.storage();
+    impl->strides = moved.strides();
+    impl->offset = 0;
+    impl->grad = Tensor();
+  };
+  for (auto& [name, t] : params_) move(t);
+  for (auto& [name, t] : buffers_) move(t);
+  for (auto& [name, child] : children_) child->to(device);
+}
+
 void Module::load_state_dict(const std::map<std::string, Tensor>& state, bool strict) {
   std::map<std::string, Tensor> mine = state_dict();
   std::vector<std::string> unexpected, missing;

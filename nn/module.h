@@ -40,6 +40,12 @@ class Module {
 
   void zero_grad();
 
+  // Moves every floating-point parameter and buffer (this module's and its descendants')
+  // to `device`, in place: tensor handles already taken (by an optimizer, say) stay valid
+  // and see the new device. Gradients are dropped. Integer buffers (num_batches_tracked)
+  // are host-side counters and stay on the CPU. Make the optimizer after moving the model.
+  void to(Device device);
+
   // Parameters and buffers by name (shared handles: writing into them changes the model).
   std::map<std::string, Tensor> state_dict() const;
   // Copies values into the model's tensors. Every name must exist with the same shape;

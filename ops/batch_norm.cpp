@@ -7,6 +7,9 @@
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -46,8 +49,11 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   const Tensor weight_c = weight.defined() ? weight.contiguous() : Tensor();
   const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  // Per-channel mean and 1/std for the backward: host vectors on the CPU, a (2, C) float64
+  // device tensor on CUDA.
   auto mean = std::make_shared<std::vector<double>>(C);
   auto invstd = std::make_shared<std::vector<double>>(C);
+  Tensor stats;
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
@@ -77,22 +83,59 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                                  bias_c.defined() ? bias_c.data<T>() : nullptr, y.data<T>());
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      stats = Tensor::empty({2, C}, DType::kFloat64, x.device());
+      dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
+        const int dev = x.device().index;
+        double* m = stats.device_data<double>();
+        double* is = m + C;
+        auto ptr = [](const Tensor& t) { return t.defined() ? t.device_data<T>() : nullptr; };
+        if (opts.training) {
+          cuda::batch_norm_stats<T>(x.device_data<T>(), N, C, S, m, is, dev);
+          const double unbias = static_cast<double>(N * S) / static_cast<double>(N * S - 1);
+          cuda::batch_norm_finalize<T>(m, is, ptr(running_mean), ptr(running_var), C, opts.eps, opts.momentum, unbias,
+                                       dev);
+        } else {
+          cuda::batch_norm_eval_stats<T>(running_mean.device_data<T>(), running_var.device_data<T>(), m, is, C,
+                                         opts.eps, dev);
+        }
+        cuda::batch_norm_apply<T>(x.device_data<T>(), N, C, S, m, is, ptr(weight_c), ptr(bias_c), y.device_data<T>(),
+                                  dev);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("batch_norm", x.device());
   }
   if (autograd::needs_graph({&x_in, &weight, &bias})) {
     autograd::attach(y, "batch_norm", {x_in, weight, bias},
-                     [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), mean, invstd, N, C, S,
-                      training = opts.training](const Tensor& gy_in, const std::vector<bool>& needs) {
+                     [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), mean, invstd, stats, N, C,
+                      S, training = opts.training](const Tensor& gy_in, const std::vector<bool>& needs) {
                        const Tensor gy = gy_in.contiguous();
                        std::vector<Tensor> grads(3);
-                       if (needs[0]) grads[0] = Tensor::empty(x.shape(), x.dtype());
-                       if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype());
-                       if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype());
+                       if (needs[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+                       if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
+                       if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype(), x.device());
                        dispatch_floating(x.dtype(), "batch_norm backward", [&]<typename T>() {
-                         auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
-                         cpu::batch_norm_backward<T>(x.data<T>(), gy.data<T>(), N, C, S, mean->data(),
-                                                     invstd->data(), ptr(w), training, ptr(grads[0]),
-                                                     ptr(grads[1]), ptr(grads[2]));
+                         auto ptr = [](const Tensor& t) { return t.defined() ? t.device_data<T>() : nullptr; };
+                         switch (x.device().type) {
+                           case DeviceType::kCPU:
+                             cpu::batch_norm_backward<T>(x.data<T>(), gy.data<T>(), N, C, S, mean->data(),
+                                                         invstd->data(), ptr(w), training, ptr(grads[0]),
+                                                         ptr(grads[1]), ptr(grads[2]));
+                             break;
+#ifdef VIDGRAD_WITH_CUDA
+                           case DeviceType::kCUDA: {
+                             const Tensor sums = Tensor::empty({2, C}, DType::kFloat64, x.device());
+                             const double* m = stats.device_data<double>();
+                             cuda::batch_norm_backward<T>(x.device_data<T>(), gy.device_data<T>(), N, C, S, m, m + C,
+                                                          ptr(w), training, ptr(grads[0]), ptr(grads[1]),
+                                                          ptr(grads[2]), sums.device_data<double>(), x.device().index);
+                             break;
+                           }
+#endif
+                           default: ops_detail::no_kernel("batch_norm backward", x.device());
+                         }
                        });
                        return grads;
                      });

@@ -4,6 +4,9 @@
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -68,6 +71,14 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
         cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), b.defined() ? b.data<T>() : nullptr, y.data<T>());
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
+        cuda::conv3d_forward<T>(g, x.device_data<T>(), w.device_data<T>(), b.defined() ? b.device_data<T>() : nullptr,
+                                y.device_data<T>(), x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("conv3d", x.device());
   }
   if (autograd::needs_graph({&input, &weight, &bias})) {
@@ -78,19 +89,30 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
          w_saved = input.requires_grad() ? w.detach() : Tensor()](
             const Tensor& gy_in, const std::vector<bool>& needs) {
           const Tensor gy = gy_in.contiguous();
+          const Device dev = gy.device();
           std::vector<Tensor> grads(3);
+          if (needs[0]) grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), dev);
+          if (needs[1]) grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype(), dev);
+          if (needs[2]) grads[2] = Tensor::empty({g.O}, gy.dtype(), dev);
           dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
-            if (needs[0]) {
-              grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype());
-              cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>());
-            }
-            if (needs[1]) {
-              grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype());
-              cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x_saved.data<T>(), grads[1].data<T>());
-            }
-            if (needs[2]) {
-              grads[2] = Tensor::empty({g.O}, gy.dtype());
-              cpu::conv3d_backward_bias<T>(g, gy.data<T>(), grads[2].data<T>());
+            switch (dev.type) {
+              case DeviceType::kCPU:
+                if (needs[0]) cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>());
+                if (needs[1]) cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x_saved.data<T>(), grads[1].data<T>());
+                if (needs[2]) cpu::conv3d_backward_bias<T>(g, gy.data<T>(), grads[2].data<T>());
+                break;
+#ifdef VIDGRAD_WITH_CUDA
+              case DeviceType::kCUDA:
+                if (needs[0])
+                  cuda::conv3d_backward_input<T>(g, gy.device_data<T>(), w_saved.device_data<T>(),
+                                                 grads[0].device_data<T>(), dev.index);
+                if (needs[1])
+                  cuda::conv3d_backward_weight<T>(g, gy.device_data<T>(), x_saved.device_data<T>(),
+                                                  grads[1].device_data<T>(), dev.index);
+                if (needs[2]) cuda::conv3d_backward_bias<T>(g, gy.device_data<T>(), grads[2].device_data<T>(), dev.index);
+                break;
+#endif
+              default: ops_detail::no_kernel("conv3d backward", dev);
             }
           });
           return grads;

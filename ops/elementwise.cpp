@@ -6,6 +6,9 @@
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/elementwise_cpu.h"
 #include "vidgrad/ops/shape.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -39,6 +42,19 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
         }
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA: {
+      const cuda::StridedPair layout = ops_detail::broadcast_layout(name, a, b, shape);
+      const cuda::Binary kind = op == BinaryOp::kAdd ? cuda::Binary::kAdd
+                                : op == BinaryOp::kSub ? cuda::Binary::kSub
+                                                       : cuda::Binary::kMul;
+      dispatch_floating(a.dtype(), name, [&]<typename T>() {
+        cuda::binary<T>(kind, a.device_data<T>(), b.device_data<T>(), out.device_data<T>(), layout, out.numel(),
+                        a.device().index);
+      });
+      break;
+    }
+#endif
     default: ops_detail::no_kernel(name, a.device());
   }
   return out;
@@ -56,16 +72,34 @@ Tensor relu(const Tensor& x_in) {
         cpu::unary_map<T>(x.data<T>(), y.data<T>(), x.numel(), [](T v) { return v > T(0) ? v : T(0); });
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "relu", [&]<typename T>() {
+        cuda::relu_forward<T>(x.device_data<T>(), y.device_data<T>(), x.numel(), x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("relu", x.device());
   }
   if (needs_graph({&x_in})) {
     // Saves the output, not the input: y > 0 exactly where x > 0.
     attach(y, "relu", {x_in}, [y = y.detach()](const Tensor& g_in, const std::vector<bool>&) {
       const Tensor g = g_in.contiguous();
-      Tensor gx = Tensor::empty(g.shape(), g.dtype());
+      Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
       dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
-        cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
-                           [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
+        switch (g.device().type) {
+          case DeviceType::kCPU:
+            cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
+                               [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
+            break;
+#ifdef VIDGRAD_WITH_CUDA
+          case DeviceType::kCUDA:
+            cuda::relu_backward<T>(g.device_data<T>(), y.device_data<T>(), gx.device_data<T>(), g.numel(),
+                                  g.device().index);
+            break;
+#endif
+          default: ops_detail::no_kernel("relu backward", g.device());
+        }
       });
       return std::vector<Tensor>{gx};
     });
@@ -83,15 +117,33 @@ Tensor sigmoid(const Tensor& x_in) {
         cpu::unary_map<T>(x.data<T>(), y.data<T>(), x.numel(), [](T v) { return T(1) / (T(1) + std::exp(-v)); });
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "sigmoid", [&]<typename T>() {
+        cuda::sigmoid_forward<T>(x.device_data<T>(), y.device_data<T>(), x.numel(), x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("sigmoid", x.device());
   }
   if (needs_graph({&x_in})) {
     attach(y, "sigmoid", {x_in}, [y = y.detach()](const Tensor& g_in, const std::vector<bool>&) {
       const Tensor g = g_in.contiguous();
-      Tensor gx = Tensor::empty(g.shape(), g.dtype());
+      Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
       dispatch_floating(g.dtype(), "sigmoid backward", [&]<typename T>() {
-        cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
-                           [](T gv, T yv) { return gv * yv * (T(1) - yv); });
+        switch (g.device().type) {
+          case DeviceType::kCPU:
+            cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
+                               [](T gv, T yv) { return gv * yv * (T(1) - yv); });
+            break;
+#ifdef VIDGRAD_WITH_CUDA
+          case DeviceType::kCUDA:
+            cuda::sigmoid_backward<T>(g.device_data<T>(), y.device_data<T>(), gx.device_data<T>(), g.numel(),
+                                  g.device().index);
+            break;
+#endif
+          default: ops_detail::no_kernel("sigmoid backward", g.device());
+        }
       });
       return std::vector<Tensor>{gx};
     });
@@ -135,7 +187,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 
 Tensor mul(const Tensor& a, double s) {
   ops_detail::check_floating("mul", "a", a);
-  return mul(a, Tensor::scalar(s, a.dtype()));
+  return mul(a, Tensor::full({}, s, a.dtype(), a.device()));
 }
 
 }  // namespace vidgrad

@@ -4,6 +4,9 @@
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/gemm.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -35,6 +38,16 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
         cpu::gemm<T>(false, true, M, out, in, x.data<T>(), w.data<T>(), py, b.defined());
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "linear", [&]<typename T>() {
+        const int dev = x.device().index;
+        if (b.defined()) cuda::broadcast_rows<T>(b.device_data<T>(), y.device_data<T>(), M, out, dev);
+        cuda::gemm<T>(false, true, M, out, in, x.device_data<T>(), w.device_data<T>(), y.device_data<T>(),
+                      b.defined(), dev);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("linear", x.device());
   }
   if (autograd::needs_graph({&x_in, &weight_in, &bias_in})) {
@@ -44,6 +57,28 @@ Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in
                       out](const Tensor& gy_in, const std::vector<bool>& needs) {
                        const Tensor gy = gy_in.contiguous();
                        std::vector<Tensor> grads(3);
+#ifdef VIDGRAD_WITH_CUDA
+                       if (gy.device().is_cuda()) {
+                         dispatch_floating(gy.dtype(), "linear backward", [&]<typename T>() {
+                           const int dev = gy.device().index;
+                           if (needs[0]) {
+                             grads[0] = Tensor::empty(in_shape, gy.dtype(), gy.device());
+                             cuda::gemm<T>(false, false, M, in, out, gy.device_data<T>(), w_saved.device_data<T>(),
+                                           grads[0].device_data<T>(), false, dev);
+                           }
+                           if (needs[1]) {
+                             grads[1] = Tensor::empty({out, in}, gy.dtype(), gy.device());
+                             cuda::gemm<T>(true, false, out, in, M, gy.device_data<T>(), x_saved.device_data<T>(),
+                                           grads[1].device_data<T>(), false, dev);
+                           }
+                           if (needs[2]) {
+                             grads[2] = Tensor::empty({out}, gy.dtype(), gy.device());
+                             cuda::col_sum<T>(gy.device_data<T>(), grads[2].device_data<T>(), M, out, dev);
+                           }
+                         });
+                         return grads;
+                       }
+#endif
                        dispatch_floating(gy.dtype(), "linear backward", [&]<typename T>() {
                          if (needs[0]) {  // gx[M, in] = gy[M, out] * W[out, in]
                            grads[0] = Tensor::empty(in_shape, gy.dtype());

@@ -7,6 +7,9 @@
 
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/ops/common.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -48,6 +51,13 @@ Tensor log_softmax(const Tensor& x_in, std::int64_t dim_in) {
       dispatch_floating(x.dtype(), "log_softmax",
                         [&]<typename T>() { log_softmax_kernel<T>(x.data<T>(), y.data<T>(), outer, K, inner); });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "log_softmax", [&]<typename T>() {
+        cuda::log_softmax_forward<T>(x.device_data<T>(), y.device_data<T>(), outer, K, inner, x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("log_softmax", x.device());
   }
   if (autograd::needs_graph({&x_in})) {
@@ -55,8 +65,15 @@ Tensor log_softmax(const Tensor& x_in, std::int64_t dim_in) {
     autograd::attach(y, "log_softmax", {x_in},
                      [y = y.detach(), outer, K, inner](const Tensor& g_in, const std::vector<bool>&) {
                        const Tensor g = g_in.contiguous();
-                       Tensor gx = Tensor::empty(g.shape(), g.dtype());
+                       Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
                        dispatch_floating(g.dtype(), "log_softmax backward", [&]<typename T>() {
+#ifdef VIDGRAD_WITH_CUDA
+                         if (g.device().is_cuda()) {
+                           cuda::log_softmax_backward<T>(g.device_data<T>(), y.device_data<T>(), gx.device_data<T>(),
+                                                         outer, K, inner, g.device().index);
+                           return;
+                         }
+#endif
                          const T* pg = g.data<T>();
                          const T* py = y.data<T>();
                          T* out = gx.data<T>();
@@ -87,15 +104,25 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, double l
   VG_CHECK(N > 0 && K > 0, "cross_entropy: logits " << shape_str(logits_in.shape()) << " are empty");
   VG_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
            "cross_entropy: label_smoothing must be in [0, 1], got " << label_smoothing);
-  const Tensor targets = targets_in.contiguous();
-  const std::int64_t* t = targets.data<std::int64_t>();
+  // Targets are checked on the host (copied there from a device: N values).
+  const Tensor targets_host = targets_in.detach().to(Device::cpu()).contiguous();
+  const std::int64_t* t = targets_host.data<std::int64_t>();
   for (std::int64_t n = 0; n < N; ++n)
     VG_CHECK(t[n] >= 0 && t[n] < K, "cross_entropy: target " << t[n] << " at row " << n
                                                              << " is outside the class range [0, " << K << ")");
+  const Device device = logits_in.device();
+  const Tensor targets = targets_host.to(device);
   const Tensor logp = log_softmax(logits_in.detach(), 1);
-  Tensor loss = Tensor::empty({}, logits_in.dtype());
+  Tensor loss = Tensor::empty({}, logits_in.dtype(), device);
   const double eps = label_smoothing;
   dispatch_floating(logp.dtype(), "cross_entropy", [&]<typename T>() {
+#ifdef VIDGRAD_WITH_CUDA
+    if (device.is_cuda()) {
+      cuda::cross_entropy_forward<T>(logp.device_data<T>(), targets.device_data<std::int64_t>(), loss.device_data<T>(),
+                                     N, K, eps, device.index);
+      return;
+    }
+#endif
     const T* lp = logp.data<T>();
     double total = 0.0;
     for (std::int64_t n = 0; n < N; ++n) {
@@ -112,8 +139,18 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, double l
   if (autograd::needs_graph({&logits_in})) {
     autograd::attach(loss, "cross_entropy", {logits_in},
                      [logp, targets, N, K, eps](const Tensor& g, const std::vector<bool>&) {
-                       Tensor gx = Tensor::empty({N, K}, logp.dtype());
+                       Tensor gx = Tensor::empty({N, K}, logp.dtype(), logp.device());
                        dispatch_floating(logp.dtype(), "cross_entropy backward", [&]<typename T>() {
+#ifdef VIDGRAD_WITH_CUDA
+                         if (logp.device().is_cuda()) {
+                           // g stays on the device: no host round trip in the training step.
+                           const Tensor gc = g.contiguous();
+                           cuda::cross_entropy_backward<T>(logp.device_data<T>(), targets.device_data<std::int64_t>(),
+                                                           gc.device_data<T>(), gx.device_data<T>(), N, K, eps,
+                                                           logp.device().index);
+                           return;
+                         }
+#endif
                          const T scale = static_cast<T>(g.item() / static_cast<double>(N));
                          const T* lp = logp.data<T>();
                          const std::int64_t* tg = targets.data<std::int64_t>();

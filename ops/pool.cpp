@@ -8,6 +8,9 @@
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/pool_cpu.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -46,14 +49,30 @@ Tensor avg_pool3d(const Tensor& x_in, const Pool3dOptions& opts) {
       dispatch_floating(x.dtype(), "avg_pool3d",
                         [&]<typename T>() { cpu::avg_pool3d_forward<T>(g, x.data<T>(), y.data<T>()); });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "avg_pool3d", [&]<typename T>() {
+        cuda::avg_pool3d_forward<T>(g, x.device_data<T>(), y.device_data<T>(), x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("avg_pool3d", x.device());
   }
   if (autograd::needs_graph({&x_in})) {
     autograd::attach(y, "avg_pool3d", {x_in}, [g, in_shape = x.shape()](const Tensor& gy_in, const std::vector<bool>&) {
       const Tensor gy = gy_in.contiguous();
-      Tensor gx = Tensor::empty(in_shape, gy.dtype());
-      dispatch_floating(gy.dtype(), "avg_pool3d backward",
-                        [&]<typename T>() { cpu::avg_pool3d_backward<T>(g, gy.data<T>(), gx.data<T>()); });
+      Tensor gx = Tensor::empty(in_shape, gy.dtype(), gy.device());
+      dispatch_floating(gy.dtype(), "avg_pool3d backward", [&]<typename T>() {
+        switch (gy.device().type) {
+          case DeviceType::kCPU: cpu::avg_pool3d_backward<T>(g, gy.data<T>(), gx.data<T>()); break;
+#ifdef VIDGRAD_WITH_CUDA
+          case DeviceType::kCUDA:
+            cuda::avg_pool3d_backward<T>(g, gy.device_data<T>(), gx.device_data<T>(), gy.device().index);
+            break;
+#endif
+          default: ops_detail::no_kernel("avg_pool3d backward", gy.device());
+        }
+      });
       return std::vector<Tensor>{gx};
     });
   }
@@ -66,22 +85,45 @@ Tensor max_pool3d(const Tensor& x_in, const Pool3dOptions& opts) {
   const cpu::Pool3dGeometry g = geometry("max_pool3d", x_in, o);
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty({x.shape()[0], x.shape()[1], g.To, g.Ho, g.Wo}, x.dtype(), x.device());
-  auto argmax = std::make_shared<std::vector<std::int64_t>>(static_cast<std::size_t>(y.numel()));
+  // Where each maximum came from, for the backward: host vector on the CPU, device tensor on CUDA.
+  auto argmax = std::make_shared<std::vector<std::int64_t>>(x.device().is_cpu() ? y.numel() : 0);
+  Tensor argmax_dev;
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "max_pool3d", [&]<typename T>() {
         cpu::max_pool3d_forward<T>(g, x.data<T>(), y.data<T>(), argmax->data());
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      argmax_dev = Tensor::empty(y.shape(), DType::kInt64, x.device());
+      dispatch_floating(x.dtype(), "max_pool3d", [&]<typename T>() {
+        cuda::max_pool3d_forward<T>(g, x.device_data<T>(), y.device_data<T>(), argmax_dev.device_data<std::int64_t>(),
+                                    x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("max_pool3d", x.device());
   }
   if (autograd::needs_graph({&x_in})) {
     autograd::attach(y, "max_pool3d", {x_in},
-                     [g, argmax, in_shape = x.shape()](const Tensor& gy_in, const std::vector<bool>&) {
+                     [g, argmax, argmax_dev, in_shape = x.shape()](const Tensor& gy_in, const std::vector<bool>&) {
                        const Tensor gy = gy_in.contiguous();
-                       Tensor gx = Tensor::empty(in_shape, gy.dtype());
+                       Tensor gx = Tensor::empty(in_shape, gy.dtype(), gy.device());
                        dispatch_floating(gy.dtype(), "max_pool3d backward", [&]<typename T>() {
-                         cpu::max_pool3d_backward<T>(g, gy.data<T>(), argmax->data(), gx.data<T>());
+                         switch (gy.device().type) {
+                           case DeviceType::kCPU:
+                             cpu::max_pool3d_backward<T>(g, gy.data<T>(), argmax->data(), gx.data<T>());
+                             break;
+#ifdef VIDGRAD_WITH_CUDA
+                           case DeviceType::kCUDA:
+                             cuda::max_pool3d_backward<T>(g, gy.device_data<T>(),
+                                                          argmax_dev.device_data<std::int64_t>(),
+                                                          gx.device_data<T>(), gy.device().index);
+                             break;
+#endif
+                           default: ops_detail::no_kernel("max_pool3d backward", gy.device());
+                         }
                        });
                        return std::vector<Tensor>{gx};
                      });
@@ -109,14 +151,29 @@ Tensor global_avg_pool3d(const Tensor& x_in) {
         }
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(x.dtype(), "global_avg_pool3d", [&]<typename T>() {
+        cuda::row_sum<T>(x.device_data<T>(), y.device_data<T>(), N * C, S, 1.0 / static_cast<double>(S),
+                         x.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("global_avg_pool3d", x.device());
   }
   if (autograd::needs_graph({&x_in})) {
     autograd::attach(y, "global_avg_pool3d", {x_in},
                      [in_shape = x.shape(), S](const Tensor& gy_in, const std::vector<bool>&) {
                        const Tensor gy = gy_in.contiguous();
-                       Tensor gx = Tensor::empty(in_shape, gy.dtype());
+                       Tensor gx = Tensor::empty(in_shape, gy.dtype(), gy.device());
                        dispatch_floating(gy.dtype(), "global_avg_pool3d backward", [&]<typename T>() {
+#ifdef VIDGRAD_WITH_CUDA
+                         if (gy.device().is_cuda()) {
+                           cuda::expand_rows<T>(gy.device_data<T>(), gx.device_data<T>(), gy.numel(), S,
+                                                1.0 / static_cast<double>(S), gy.device().index);
+                           return;
+                         }
+#endif
                          const T* g = gy.data<T>();
                          T* out = gx.data<T>();
 #pragma omp parallel for schedule(static) if (gx.numel() >= kMinParallelWork)

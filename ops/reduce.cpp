@@ -6,7 +6,11 @@
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/core/strided.h"
 #include "vidgrad/ops/common.h"
+#include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/shape.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -75,6 +79,23 @@ Tensor reduce(const char* op, const Tensor& x, const std::vector<std::int64_t>& 
         }
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA: {
+      // Kept dims first, reduced dims last, made contiguous: then one row per output.
+      std::vector<int> order;
+      for (int d = 0; d < x.dim(); ++d)
+        if (!r.reduced[d]) order.push_back(d);
+      for (int d = 0; d < x.dim(); ++d)
+        if (r.reduced[d]) order.push_back(d);
+      const Tensor rows = x.detach().permute(order).contiguous();
+      const std::int64_t n_rows = out.numel();
+      const double scale = average && r.count > 0 ? 1.0 / static_cast<double>(r.count) : 1.0;
+      dispatch_floating(x.dtype(), op, [&]<typename T>() {
+        cuda::row_sum<T>(rows.device_data<T>(), out.device_data<T>(), n_rows, r.count, scale, x.device().index);
+      });
+      break;
+    }
+#endif
     default: ops_detail::no_kernel(op, x.device());
   }
   out = make_view(out, r.out_shape, contiguous_strides(r.out_shape), 0);
@@ -83,6 +104,7 @@ Tensor reduce(const char* op, const Tensor& x, const std::vector<std::int64_t>& 
       // When averaging over more than one element the broadcast view has a stride-0 dim,
       // so contiguous() copies and the in-place scaling below never touches g.
       Tensor gx = broadcast_to(g.reshape(r.keep_shape), in_shape).contiguous();
+      if (average && r.count > 1 && !gx.device().is_cpu()) return std::vector<Tensor>{mul(gx, 1.0 / r.count)};
       if (average && r.count > 1) {
         dispatch_floating(gx.dtype(), "mean", [&]<typename T>() {
           T* p = gx.data<T>();

@@ -94,7 +94,7 @@ Tensor Tensor::narrow(std::int64_t dim_in, std::int64_t start, std::int64_t leng
   if (needs_graph({this})) {
     attach(out, "narrow", {*this},
            [in_shape = shape(), dtype = dtype(), d, start, length](const Tensor& g, const std::vector<bool>&) {
-             Tensor gx = Tensor::zeros(in_shape, dtype);
+             Tensor gx = Tensor::zeros(in_shape, dtype, g.device());
              narrow_view(gx, d, start, length).copy_(g);
              return std::vector<Tensor>{gx};
            });
@@ -124,6 +124,19 @@ Tensor Tensor::to(DType target) const {
   out.copy_(*this);
   if (needs_graph({this}) && is_floating(target)) {
     attach(out, "to", {*this}, [src = dtype()](const Tensor& g, const std::vector<bool>&) {
+      return std::vector<Tensor>{g.to(src)};
+    });
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device target, bool non_blocking) const {
+  check_defined("to");
+  if (target == device()) return *this;
+  Tensor out = Tensor::empty(shape(), dtype(), target);
+  out.copy_(*this, non_blocking);
+  if (needs_graph({this})) {
+    attach(out, "to(device)", {*this}, [src = device()](const Tensor& g, const std::vector<bool>&) {
       return std::vector<Tensor>{g.to(src)};
     });
   }

@@ -7,6 +7,9 @@
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/common.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/ops/cuda/kernels.h"
+#endif
 
 namespace vidgrad {
 
@@ -43,6 +46,14 @@ Tensor shift(const Tensor& x, std::int64_t fold, int dir) {
         shift_kernel<T>(xc.data<T>(), out.data<T>(), s[0], s[1], s[2], s[3] * s[4], fold, dir);
       });
       break;
+#ifdef VIDGRAD_WITH_CUDA
+    case DeviceType::kCUDA:
+      dispatch_floating(xc.dtype(), "temporal_shift", [&]<typename T>() {
+        cuda::temporal_shift<T>(xc.device_data<T>(), out.device_data<T>(), s[0], s[1], s[2], s[3] * s[4], fold, dir,
+                                xc.device().index);
+      });
+      break;
+#endif
     default: ops_detail::no_kernel("temporal_shift", xc.device());
   }
   return out;

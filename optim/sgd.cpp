@@ -2,6 +2,9 @@
 #include "vidgrad/optim/sgd.h"
 
 #include "vidgrad/core/parallel.h"
+#ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/optim/cuda/sgd_cuda.h"
+#endif
 
 namespace vidgrad::optim {
 
@@ -30,12 +33,29 @@ void Sgd::step() {
     const Tensor g_c = g_t.contiguous();
     const float wd = s.decay ? static_cast<float>(opts_.weight_decay) : 0.0f;
     const bool first = !s.momentum.defined();
-    if (mom != 0.0f && first) s.momentum = Tensor::empty(s.param.shape());
+    if (mom != 0.0f && first) s.momentum = Tensor::empty(s.param.shape(), DType::kFloat32, s.param.device());
+    VG_CHECK(!s.momentum.defined() || s.momentum.device() == s.param.device(),
+             "Sgd: momentum of '" << s.name << "' is on " << s.momentum.device() << ", the parameter on "
+                                  << s.param.device() << " (make the optimizer after moving the model)");
+    VG_CHECK(g_c.device() == s.param.device(), "Sgd: gradient of '" << s.name << "' is on " << g_c.device()
+                                                                    << ", the parameter on " << s.param.device());
+    const std::int64_t n = s.param.numel();
+    const bool nesterov = opts_.nesterov;
+    switch (s.param.device().type) {
+      case DeviceType::kCPU: break;
+      case DeviceType::kCUDA:
+#ifdef VIDGRAD_WITH_CUDA
+        cuda::sgd_update(s.param.device_data<float>(), g_c.device_data<float>(),
+                         mom != 0.0f ? s.momentum.device_data<float>() : nullptr, n, lr, mom, damp, wd, first,
+                         nesterov, s.param.device().index);
+        continue;
+#else
+        VG_THROW("Sgd: parameter '" << s.name << "' is on " << s.param.device() << " but this build has no CUDA");
+#endif
+    }
     float* p = s.param.data<float>();
     const float* g = g_c.data<float>();
     float* buf = mom != 0.0f ? s.momentum.data<float>() : nullptr;
-    const std::int64_t n = s.param.numel();
-    const bool nesterov = opts_.nesterov;
 #pragma omp parallel for simd schedule(static) if (n >= kMinParallelWork)
     for (std::int64_t i = 0; i < n; ++i) {
       float d = g[i] + wd * p[i];
@@ -74,7 +94,7 @@ void Sgd::load_state(const std::map<std::string, Tensor>& state) {
                                                                           << shape_str(it->second.shape())
                                                                           << ", the parameter has "
                                                                           << shape_str(s->param.shape()));
-    s->momentum = Tensor::empty(s->param.shape()).copy_(it->second);
+    s->momentum = Tensor::empty(s->param.shape(), DType::kFloat32, s->param.device()).copy_(it->second);
   }
 }
 

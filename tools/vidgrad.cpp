@@ -16,6 +16,7 @@
 #include "train_config.h"
 #include "trainer.h"
 #include "vidgrad/autograd/grad_mode.h"
+#include "vidgrad/bench/step_timer.h"
 #include "vidgrad/core/file_io.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/data/synthetic.h"
@@ -179,55 +180,12 @@ int run_gen(const data::SyntheticOptions& o) {
   return 0;
 }
 
-// ---- bench ----
-
-struct BenchArgs {
-  std::string model = "sevnet_g8";
-  std::int64_t batch = 1, frames = 16, size = 224, classes = 174;
-  int threads = 0, steps = 5, warmup = 2;
-  bool inference = false;
-};
-
-int run_bench(const BenchArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
-  models::SevNetConfig base;
-  base.num_classes = a.classes;
-  auto net = models::make_model(a.model, base);
-  optim::Sgd sgd(net->named_parameters(), {.lr = 1e-4});
-  Generator gen(0);
-  const Tensor x = Tensor::randn({a.batch, 3, a.frames, a.size, a.size}, gen);
-  std::vector<std::int64_t> yv(static_cast<std::size_t>(a.batch));
-  for (auto& v : yv) v = static_cast<std::int64_t>(gen.next_u64() % a.classes);
-  const Tensor y = Tensor::from_vector(yv, {a.batch});
-  if (a.inference) net->eval();
-  std::vector<double> times;
-  for (int i = 0; i < a.warmup + a.steps; ++i) {
-    const auto t = std::chrono::steady_clock::now();
-    if (a.inference) {
-      autograd::NoGradGuard no_grad;
-      net->forward(x);
-    } else {
-      Tensor loss = cross_entropy(net->forward(x), y);
-      net->zero_grad();
-      loss.backward();
-      sgd.step();
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-    if (i >= a.warmup) times.push_back(s);
-  }
-  std::sort(times.begin(), times.end());
-  const double median = times[times.size() / 2];
-  std::printf("%s %s, batch %lld, %lldx%lldx%lld, %d threads: median %.3f s/step over %d steps, %.3f clips/s\n",
-              a.model.c_str(), a.inference ? "inference" : "training", static_cast<long long>(a.batch),
-              static_cast<long long>(a.frames), static_cast<long long>(a.size), static_cast<long long>(a.size),
-              get_num_threads(), median, a.steps, static_cast<double>(a.batch) / median);
-  return 0;
-}
+// ---- bench: bench/step_timer.h ----
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"vidgrad: train, evaluate and run SEVNet video networks on the CPU"};
+  CLI::App app{"vidgrad: train, evaluate and run SEVNet video networks on the CPU (and CUDA: bench --device)"};
   app.set_version_flag("--version", std::string("vidgrad ") + VIDGRAD_VERSION);
   app.require_subcommand(1);
 
@@ -288,7 +246,7 @@ int main(int argc, char** argv) {
   auto* plot_cmd = app.add_subcommand("plot", "draw training curves (curves.png) from a run's metrics");
   plot_cmd->add_option("run", plot_dir, "run directory")->required()->check(CLI::ExistingDirectory);
 
-  BenchArgs ba;
+  bench::StepBenchOptions ba;
   auto* bench_cmd = app.add_subcommand("bench", "time training or inference steps on synthetic input");
   bench_cmd->add_option("--model", ba.model, "model name");
   bench_cmd->add_option("--batch", ba.batch, "clips per step")->check(CLI::PositiveNumber);
@@ -299,6 +257,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--steps", ba.steps, "timed steps")->check(CLI::PositiveNumber);
   bench_cmd->add_option("--warmup", ba.warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   bench_cmd->add_flag("--inference", ba.inference, "time forward passes in eval mode");
+  bench_cmd->add_option("--device", ba.device, "cpu, cuda or cuda:N");
+  bench_cmd->add_flag("--tf32", ba.tf32, "let float32 convolutions and GEMMs use TF32 tensor cores (CUDA)");
 
   try {
     app.parse(argc, argv);
@@ -315,7 +275,10 @@ int main(int argc, char** argv) {
       std::printf("%s\n", plot_run(plot_dir).c_str());
       return 0;
     }
-    if (*bench_cmd) return run_bench(ba);
+    if (*bench_cmd) {
+      bench::run_step_benchmark(ba);
+      return 0;
+    }
   } catch (const Error& e) {
     std::fprintf(stderr, "vidgrad: error: %s\n", e.what());
     return 1;

@@ -1,0 +1,57 @@
+// Device-side helpers shared by every .cu file: grid-stride launches of a lambda and the
+// index arithmetic of strided layouts.
+#pragma once
+
+#include <cstdint>
+
+#include "vidgrad/core/cuda/runtime.h"
+#include "vidgrad/core/cuda/tensor_kernels.h"
+
+namespace vidgrad::cuda {
+
+// f(i) for every i in [0, n), one thread per index, grid-stride.
+template <typename F>
+__global__ void for_each_index_kernel(std::int64_t n, F f) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(blockDim.x) * gridDim.x)
+    f(i);
+}
+
+// Runs f (a __device__ lambda) over [0, n) on the device's compute stream.
+template <typename F>
+void for_each_index(std::int64_t n, int device, const char* name, F f) {
+  if (n <= 0) return;
+  DeviceGuard guard(device);
+  for_each_index_kernel<<<grid_for(n), kBlock, 0, compute_stream(device)>>>(n, f);
+  VG_CUDA_CHECK_LAUNCH(name);
+}
+
+// Offsets of row-major linear index i in the two stride sets of `p`.
+__device__ inline void strided_offsets(const StridedPair& p, std::int64_t i, std::int64_t& a, std::int64_t& b) {
+  a = 0;
+  b = 0;
+  for (int d = p.rank - 1; d >= 0; --d) {
+    const std::int64_t idx = i % p.size[d];
+    i /= p.size[d];
+    a += idx * p.stride_a[d];
+    b += idx * p.stride_b[d];
+  }
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); the result is
+// valid in thread 0. `shared` holds 32 values.
+template <typename T>
+__device__ T block_sum(T v, T* shared) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();  // `shared` may still be read from a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) / 32;
+  v = threadIdx.x < warps ? shared[threadIdx.x] : T(0);
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+}  // namespace vidgrad::cuda

@@ -1,0 +1,279 @@
+// Batch norm and pooling on CUDA.
+//
+// Batch norm: one block per channel reduces in double (two passes, as on the CPU, so
+// large means do not cancel), then one thread per element applies. The backward reduces
+// sum(gy) and sum(gy * (x - mean)) per channel the same way, then one thread per element.
+//
+// Pooling gathers instead of scattering: the backward runs one thread per *input* element
+// and visits the outputs whose windows cover it, so there are no atomics and the result is
+// deterministic (and sums in the CPU's order).
+#include <cmath>
+
+#include "vidgrad/core/cuda/kernel_util.cuh"
+#include "vidgrad/ops/cuda/kernels.h"
+
+namespace vidgrad::cuda {
+
+namespace {
+
+constexpr int kStatsBlock = 512;
+
+template <typename T>
+__global__ void bn_stats_kernel(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean,
+                                double* var) {
+  __shared__ double shared[32];
+  __shared__ double m_shared;
+  const std::int64_t c = blockIdx.x;
+  const double M = static_cast<double>(N * S);
+  double s = 0.0;
+  for (std::int64_t n = 0; n < N; ++n) {
+    const T* p = x + (n * C + c) * S;
+    for (std::int64_t i = threadIdx.x; i < S; i += blockDim.x) s += static_cast<double>(p[i]);
+  }
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) m_shared = s / M;
+  __syncthreads();
+  const double m = m_shared;
+  double ss = 0.0;
+  for (std::int64_t n = 0; n < N; ++n) {
+    const T* p = x + (n * C + c) * S;
+    for (std::int64_t i = threadIdx.x; i < S; i += blockDim.x) {
+      const double d = static_cast<double>(p[i]) - m;
+      ss += d * d;
+    }
+  }
+  ss = block_sum(ss, shared);
+  if (threadIdx.x == 0) {
+    mean[c] = m;
+    var[c] = ss / M;
+  }
+}
+
+template <typename T>
+__global__ void bn_backward_sums_kernel(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
+                                        const double* mean, const double* invstd, T* gw, T* gb, double* sums) {
+  __shared__ double shared[32];
+  const std::int64_t c = blockIdx.x;
+  const double m = mean[c];
+  double sg = 0.0, sgx = 0.0;
+  for (std::int64_t n = 0; n < N; ++n) {
+    const T* p = x + (n * C + c) * S;
+    const T* g = gy + (n * C + c) * S;
+    for (std::int64_t i = threadIdx.x; i < S; i += blockDim.x) {
+      const double gv = static_cast<double>(g[i]);
+      sg += gv;
+      sgx += gv * (static_cast<double>(p[i]) - m);
+    }
+  }
+  sg = block_sum(sg, shared);
+  sgx = block_sum(sgx, shared);
+  if (threadIdx.x == 0) {
+    sgx *= invstd[c];
+    sums[c] = sg;
+    sums[C + c] = sgx;
+    if (gb) gb[c] = static_cast<T>(sg);
+    if (gw) gw[c] = static_cast<T>(sgx);
+  }
+}
+
+// Pool window of output o along one axis: [lo, hi) clipped, and the padded extent.
+struct Window {
+  std::int64_t lo, hi, padded;
+};
+
+__device__ inline Window window(std::int64_t o, std::int64_t stride, std::int64_t pad, std::int64_t k,
+                                std::int64_t size) {
+  const std::int64_t lo = o * stride - pad;
+  const std::int64_t hi = min(lo + k, size + pad);
+  return {max(lo, std::int64_t{0}), min(hi, size), hi - lo};
+}
+
+__device__ inline std::int64_t divisor(const cpu::Pool3dGeometry& g, const Window& wt, const Window& wh,
+                                       const Window& ww) {
+  if (g.count_include_pad) return wt.padded * wh.padded * ww.padded;
+  return (wt.hi - wt.lo) * (wh.hi - wh.lo) * (ww.hi - ww.lo);
+}
+
+// Outputs along one axis whose window covers input index i: [first, last].
+__device__ inline void covering(std::int64_t i, std::int64_t stride, std::int64_t pad, std::int64_t k,
+                                std::int64_t out, std::int64_t& first, std::int64_t& last) {
+  const std::int64_t num = i + pad - k + 1;  // o * stride >= num
+  first = num <= 0 ? 0 : (num + stride - 1) / stride;
+  last = min((i + pad) / stride, out - 1);
+}
+
+}  // namespace
+
+template <typename T>
+void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean, double* var,
+                      int device) {
+  if (C <= 0) return;
+  DeviceGuard guard(device);
+  bn_stats_kernel<T><<<static_cast<unsigned>(C), kStatsBlock, 0, compute_stream(device)>>>(x, N, C, S, mean, var);
+  VG_CUDA_CHECK_LAUNCH("batch_norm stats");
+}
+
+template <typename T>
+void batch_norm_finalize(double* mean, double* var, T* rm, T* rv, std::int64_t C, double eps, double momentum,
+                         double unbias, int device) {
+  for_each_index(C, device, "batch_norm finalize", [=] __device__(std::int64_t c) {
+    if (rm != nullptr) {
+      rm[c] = static_cast<T>((1 - momentum) * static_cast<double>(rm[c]) + momentum * mean[c]);
+      rv[c] = static_cast<T>((1 - momentum) * static_cast<double>(rv[c]) + momentum * var[c] * unbias);
+    }
+    var[c] = 1.0 / sqrt(var[c] + eps);
+  });
+}
+
+template <typename T>
+void batch_norm_eval_stats(const T* rm, const T* rv, double* mean, double* invstd, std::int64_t C, double eps,
+                           int device) {
+  for_each_index(C, device, "batch_norm eval stats", [=] __device__(std::int64_t c) {
+    mean[c] = static_cast<double>(rm[c]);
+    invstd[c] = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
+  });
+}
+
+template <typename T>
+void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
+                      const double* invstd, const T* w, const T* b, T* y, int device) {
+  for_each_index(N * C * S, device, "batch_norm", [=] __device__(std::int64_t i) {
+    const std::int64_t c = (i / S) % C;
+    const double scale = invstd[c] * (w ? static_cast<double>(w[c]) : 1.0);
+    const T a = static_cast<T>(scale);
+    const T shift = static_cast<T>((b ? static_cast<double>(b[c]) : 0.0) - mean[c] * scale);
+    y[i] = x[i] * a + shift;
+  });
+}
+
+template <typename T>
+void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
+                         const double* invstd, const T* w, bool batch_stats, T* gx, T* gw, T* gb, double* sums,
+                         int device) {
+  if (C <= 0) return;
+  {
+    DeviceGuard guard(device);
+    bn_backward_sums_kernel<T><<<static_cast<unsigned>(C), kStatsBlock, 0, compute_stream(device)>>>(
+        x, gy, N, C, S, mean, invstd, gw, gb, sums);
+    VG_CUDA_CHECK_LAUNCH("batch_norm backward sums");
+  }
+  if (gx == nullptr) return;
+  const double M = static_cast<double>(N * S);
+  for_each_index(N * C * S, device, "batch_norm backward", [=] __device__(std::int64_t i) {
+    const std::int64_t c = (i / S) % C;
+    const double k = (w ? static_cast<double>(w[c]) : 1.0) * invstd[c];
+    const double mg = batch_stats ? sums[c] / M : 0.0;
+    const double mgx = batch_stats ? sums[C + c] / M : 0.0;
+    const double xhat = (static_cast<double>(x[i]) - mean[c]) * invstd[c];
+    gx[i] = static_cast<T>(k * (static_cast<double>(gy[i]) - mg - xhat * mgx));
+  });
+}
+
+template <typename T>
+void avg_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, int device) {
+  const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
+  for_each_index(g.planes * out_plane, device, "avg_pool3d", [=] __device__(std::int64_t i) {
+    const std::int64_t p = i / out_plane, o = i % out_plane;
+    const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
+    const Window wt = window(to, g.sT, g.pT, g.kT, g.T), wh = window(ho, g.sH, g.pH, g.kH, g.H),
+                 ww = window(wo, g.sW, g.pW, g.kW, g.W);
+    const T* xp = x + p * in_plane;
+    T acc = 0;
+    for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+      for (std::int64_t h = wh.lo; h < wh.hi; ++h)
+        for (std::int64_t w = ww.lo; w < ww.hi; ++w) acc += xp[(t * g.H + h) * g.W + w];
+    const std::int64_t d = divisor(g, wt, wh, ww);
+    y[i] = d > 0 ? acc / static_cast<T>(d) : T(0);
+  });
+}
+
+template <typename T>
+void avg_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, T* gx, int device) {
+  const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
+  for_each_index(g.planes * in_plane, device, "avg_pool3d backward", [=] __device__(std::int64_t i) {
+    const std::int64_t p = i / in_plane, r = i % in_plane;
+    const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
+    std::int64_t t0, t1, h0, h1, w0, w1;
+    covering(t, g.sT, g.pT, g.kT, g.To, t0, t1);
+    covering(h, g.sH, g.pH, g.kH, g.Ho, h0, h1);
+    covering(w, g.sW, g.pW, g.kW, g.Wo, w0, w1);
+    const T* gyp = gy + p * out_plane;
+    T acc = 0;
+    for (std::int64_t to = t0; to <= t1; ++to) {
+      const Window wt = window(to, g.sT, g.pT, g.kT, g.T);
+      for (std::int64_t ho = h0; ho <= h1; ++ho) {
+        const Window wh = window(ho, g.sH, g.pH, g.kH, g.H);
+        for (std::int64_t wo = w0; wo <= w1; ++wo) {
+          const Window ww = window(wo, g.sW, g.pW, g.kW, g.W);
+          const std::int64_t d = divisor(g, wt, wh, ww);
+          if (d > 0) acc += gyp[(to * g.Ho + ho) * g.Wo + wo] / static_cast<T>(d);
+        }
+      }
+    }
+    gx[i] = acc;
+  });
+}
+
+template <typename T>
+void max_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, std::int64_t* argmax, int device) {
+  const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
+  for_each_index(g.planes * out_plane, device, "max_pool3d", [=] __device__(std::int64_t i) {
+    const std::int64_t p = i / out_plane, o = i % out_plane;
+    const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
+    const Window wt = window(to, g.sT, g.pT, g.kT, g.T), wh = window(ho, g.sH, g.pH, g.kH, g.H),
+                 ww = window(wo, g.sW, g.pW, g.kW, g.W);
+    const T* xp = x + p * in_plane;
+    T best = -INFINITY;
+    std::int64_t at = -1;
+    for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+      for (std::int64_t h = wh.lo; h < wh.hi; ++h)
+        for (std::int64_t w = ww.lo; w < ww.hi; ++w) {
+          const std::int64_t k = (t * g.H + h) * g.W + w;
+          if (at < 0 || xp[k] > best || isnan(xp[k])) {  // NaN propagates, as on the CPU
+            best = xp[k];
+            at = k;
+          }
+        }
+    y[i] = best;
+    argmax[i] = at;
+  });
+}
+
+template <typename T>
+void max_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, const std::int64_t* argmax, T* gx, int device) {
+  const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
+  for_each_index(g.planes * in_plane, device, "max_pool3d backward", [=] __device__(std::int64_t i) {
+    const std::int64_t p = i / in_plane, r = i % in_plane;
+    const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
+    std::int64_t t0, t1, h0, h1, w0, w1;
+    covering(t, g.sT, g.pT, g.kT, g.To, t0, t1);
+    covering(h, g.sH, g.pH, g.kH, g.Ho, h0, h1);
+    covering(w, g.sW, g.pW, g.kW, g.Wo, w0, w1);
+    T acc = 0;
+    for (std::int64_t to = t0; to <= t1; ++to)
+      for (std::int64_t ho = h0; ho <= h1; ++ho)
+        for (std::int64_t wo = w0; wo <= w1; ++wo) {
+          const std::int64_t o = p * out_plane + (to * g.Ho + ho) * g.Wo + wo;
+          if (argmax[o] == r) acc += gy[o];
+        }
+    gx[i] = acc;
+  });
+}
+
+#define VIDGRAD_INSTANTIATE(T)                                                                                    \
+  template void batch_norm_stats<T>(const T*, std::int64_t, std::int64_t, std::int64_t, double*, double*, int);   \
+  template void batch_norm_finalize<T>(double*, double*, T*, T*, std::int64_t, double, double, double, int);      \
+  template void batch_norm_eval_stats<T>(const T*, const T*, double*, double*, std::int64_t, double, int);        \
+  template void batch_norm_apply<T>(const T*, std::int64_t, std::int64_t, std::int64_t, const double*,            \
+                                    const double*, const T*, const T*, T*, int);                                  \
+  template void batch_norm_backward<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,              \
+                                       const double*, const double*, const T*, bool, T*, T*, T*, double*, int);   \
+  template void avg_pool3d_forward<T>(const cpu::Pool3dGeometry&, const T*, T*, int);                             \
+  template void avg_pool3d_backward<T>(const cpu::Pool3dGeometry&, const T*, T*, int);                            \
+  template void max_pool3d_forward<T>(const cpu::Pool3dGeometry&, const T*, T*, std::int64_t*, int);              \
+  template void max_pool3d_backward<T>(const cpu::Pool3dGeometry&, const T*, const std::int64_t*, T*, int);
+VIDGRAD_INSTANTIATE(float)
+VIDGRAD_INSTANTIATE(double)
+#undef VIDGRAD_INSTANTIATE
+
+}  // namespace vidgrad::cuda
