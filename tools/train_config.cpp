@@ -15,7 +15,7 @@ using nlohmann::json;
   X(dataset) X(data) X(train_split) X(val_split) X(train_list) X(val_list) X(model) X(depths) X(dropout)       \
   X(zero_init_last_bn) X(frames) X(crop) X(resize_min) X(resize_max) X(test_resize) X(flip) X(batch_size)      \
   X(epochs) X(warmup_epochs) X(lr_per_8) X(momentum) X(weight_decay) X(nesterov) X(decay_bn_and_bias)          \
-  X(label_smoothing) X(workers) X(threads) X(seed) X(output) X(log_every) X(checkpoint_every)                  \
+  X(label_smoothing) X(workers) X(threads) X(device) X(seed) X(output) X(log_every) X(checkpoint_every)                  \
   X(max_train_batches) X(max_val_batches) X(max_failure_fraction)
 
 json to_json(const TrainConfig& c) {
@@ -81,6 +81,7 @@ void validate(const TrainConfig& c) {
            "config: warmup_epochs " << c.warmup_epochs << " must be in [0, epochs = " << c.epochs << "]");
   VG_CHECK(c.lr_per_8 > 0, "config: lr_per_8 must be > 0, got " << c.lr_per_8);
   VG_CHECK(c.workers >= 0 && c.threads >= 0, "config: workers and threads must be >= 0");
+  parse_device(c.device);  // throws: device: 'x' is not a device; expected cpu, cuda or cuda:N
   VG_CHECK(!c.output.empty(), "config: 'output' is empty");
   VG_CHECK(c.log_every >= 1, "config: log_every must be >= 1, got " << c.log_every);
 }

@@ -144,7 +144,7 @@ EvalResult evaluate(models::SevNet& model, data::Loader& loader, std::int64_t cl
     for (auto& f : batch->failures) r.failures.push_back(f);
     const std::int64_t n = batch->labels.numel();
     if (n == 0) continue;
-    const Tensor logits = model.forward(batch->clips);
+    const Tensor logits = model.forward(batch->clips.to(opts.device, /*non_blocking=*/true));
     const std::vector<float> lp = log_softmax(logits, 1).to_vector<float>();
     const std::vector<std::int64_t> labels = batch->labels.to_vector<std::int64_t>();
     for (std::int64_t i = 0; i < n; ++i) {
@@ -210,6 +210,8 @@ double train(const TrainConfig& c, bool resume, std::int64_t stop_after_steps) {
   const auto classes = static_cast<std::int64_t>(train_ds.class_names.size());
   VG_CHECK(classes >= 2, "train: the dataset has " << classes << " classes; at least 2 are needed");
   auto model = build_model(c, classes);
+  const Device device = parse_device(c.device);
+  model->to(device);  // before the optimizer, whose momentum buffers follow the parameters
   data::Loader train_loader(train_ds, loader_options(c, true)), val_loader(val_ds, loader_options(c, false));
   const std::int64_t per_epoch = c.max_train_batches > 0 ? std::min(c.max_train_batches, train_loader.batches_per_epoch())
                                                          : train_loader.batches_per_epoch();
@@ -270,8 +272,10 @@ double train(const TrainConfig& c, bool resume, std::int64_t stop_after_steps) {
       VG_CHECK(batch.has_value(), "train: the loader ended the epoch early");
       const double lr = schedule.lr_at(s.step);
       sgd.set_lr(lr);
-      const Tensor logits = model->forward(batch->clips);
-      Tensor loss = cross_entropy(logits, batch->labels, c.label_smoothing);
+      // On CUDA the upload goes through pinned memory on the copy stream while the host
+      // goes on to the loader's next batch.
+      const Tensor logits = model->forward(batch->clips.to(device, /*non_blocking=*/true));
+      Tensor loss = cross_entropy(logits, batch->labels.to(device, /*non_blocking=*/true), c.label_smoothing);
       model->zero_grad();
       loss.backward();
       sgd.step();
@@ -314,6 +318,7 @@ double train(const TrainConfig& c, bool resume, std::int64_t stop_after_steps) {
     eval_opts.max_batches = c.max_val_batches;
     eval_opts.log_every = c.log_every;
     eval_opts.progress_label = "  validate";
+    eval_opts.device = device;
     EvalResult v = evaluate(*model, val_loader, classes, eval_opts);
     const double seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
     epochs_out << s.epoch + 1 << ',' << train_loss << ',' << train_acc << ',' << v.top1 << ',' << v.top5 << ','

@@ -30,6 +30,7 @@ struct EvalOptions {
   std::vector<std::int64_t> label_map;  // compare predictions with label_map[label] (e.g. time-reversal twins)
   std::int64_t log_every = 10;
   std::string progress_label = "eval";
+  Device device;  // where the model is; batches are moved there
 };
 
 // Runs the model in eval mode over the loader's epoch 0; multi-view clips of one video
