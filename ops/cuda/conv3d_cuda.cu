@@ -439,7 +439,17 @@ void run_pass(const Conv3dGeometry& g, ConvPass pass, const T* a, const T* b, T*
   Plan& p = plan_for(g, is_double, device);
   PassChoice& c = p.pass[static_cast<int>(pass)];
   if (!c.searched) {
-    search_cudnn<T>(p, pass, a, b, out, device);
+    try {
+      search_cudnn<T>(p, pass, a, b, out, device);
+    } catch (const Error&) {
+      if (g_policy == 1) throw;
+      // cuDNN has no algorithm for this shape and dtype (some float64 3-D passes): the
+      // direct kernels handle every shape.
+      c.direct = true;
+      c.name = "direct (no cuDNN algorithm)";
+      c.searched = true;
+      return run_direct<T>(g, pass, a, b, out, device);
+    }
     if (grouped && g_policy == 0) {
       const float cudnn_ms = time_ms(device, [&] { run_cudnn<T>(p, pass, a, b, out, device); });
       const float direct_ms = time_ms(device, [&] { run_direct<T>(g, pass, a, b, out, device); });
@@ -448,7 +458,7 @@ void run_pass(const Conv3dGeometry& g, ConvPass pass, const T* a, const T* b, T*
     }
     c.searched = true;
   }
-  if (c.direct && g_policy == 0)
+  if (c.direct && g_policy != 1)
     run_direct<T>(g, pass, a, b, out, device);
   else
     run_cudnn<T>(p, pass, a, b, out, device);
