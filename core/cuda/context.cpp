@@ -16,6 +16,7 @@ namespace vidgrad::cuda {
 namespace {
 
 std::atomic<bool> g_allow_tf32{false};
+std::atomic<bool> g_host_emulation{false};
 
 struct DeviceStreams {
   cudaStream_t compute = nullptr;
@@ -143,6 +144,8 @@ void synchronize(int device) {
 }
 
 void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
+void set_host_emulation(bool on) { g_host_emulation = on; }
+bool host_emulation() { return g_host_emulation; }
 bool allow_tf32() { return g_allow_tf32; }
 
 void copy_to_device(void* dst, const void* src, std::size_t nbytes, int device, bool non_blocking) {

@@ -34,6 +34,14 @@ struct MemoryStats {
   std::int64_t device_mallocs = 0; // cudaMalloc calls so far (low and flat in steady state)
 };
 MemoryStats memory_stats(int device = 0);
+
+// Tests only (tests/cuda_emulation_test.cpp): while on, the kernels written as one
+// __host__ __device__ lambda per element (for_each_index in kernel_util.cuh) run on the
+// host over host pointers instead of launching, so their index arithmetic is checked
+// against the CPU ops on machines without a GPU. Kernels with block-level code (shared
+// memory reductions), cuBLAS and cuDNN do not run this way.
+void set_host_emulation(bool on);
+bool host_emulation();
 void reset_peak_memory(int device = 0);
 // Returns cached, unused blocks to the driver.
 void empty_cache(int device = 0);

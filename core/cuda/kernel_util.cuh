@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "vidgrad/core/cuda/context.h"
 #include "vidgrad/core/cuda/runtime.h"
 #include "vidgrad/core/cuda/tensor_kernels.h"
 
@@ -17,17 +18,22 @@ __global__ void for_each_index_kernel(std::int64_t n, F f) {
     f(i);
 }
 
-// Runs f (a __device__ lambda) over [0, n) on the device's compute stream.
+// Runs f (a __host__ __device__ lambda) over [0, n) on the device's compute stream, or on
+// the host, in order, under host emulation (context.h; tests only).
 template <typename F>
 void for_each_index(std::int64_t n, int device, const char* name, F f) {
   if (n <= 0) return;
+  if (host_emulation()) {
+    for (std::int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
   DeviceGuard guard(device);
   for_each_index_kernel<<<grid_for(n), kBlock, 0, compute_stream(device)>>>(n, f);
   VG_CUDA_CHECK_LAUNCH(name);
 }
 
 // Offsets of row-major linear index i in the two stride sets of `p`.
-__device__ inline void strided_offsets(const StridedPair& p, std::int64_t i, std::int64_t& a, std::int64_t& b) {
+__host__ __device__ inline void strided_offsets(const StridedPair& p, std::int64_t i, std::int64_t& a, std::int64_t& b) {
   a = 0;
   b = 0;
   for (int d = p.rank - 1; d >= 0; --d) {

@@ -24,6 +24,8 @@ std::string device_name(int) { no_backend("device_name"); }
 void synchronize(int) { no_backend("synchronize"); }
 void set_allow_tf32(bool) {}
 bool allow_tf32() { return false; }
+void set_host_emulation(bool) {}
+bool host_emulation() { return false; }
 MemoryStats memory_stats(int) { no_backend("memory_stats"); }
 void reset_peak_memory(int) { no_backend("reset_peak_memory"); }
 void empty_cache(int) { no_backend("empty_cache"); }

@@ -12,7 +12,7 @@ template <typename D, typename S>
 void copy_impl(void* dst, const void* src, const StridedPair& p, std::int64_t numel, int device) {
   D* d = static_cast<D*>(dst);
   const S* s = static_cast<const S*>(src);
-  for_each_index(numel, device, "copy", [=] __device__(std::int64_t i) {
+  for_each_index(numel, device, "copy", [=] __host__ __device__(std::int64_t i) {
     std::int64_t a, b;
     strided_offsets(p, i, a, b);
     d[a] = static_cast<D>(s[b]);
@@ -32,7 +32,7 @@ template <typename D>
 void fill_impl(void* dst, double value, const StridedPair& p, std::int64_t numel, int device) {
   D* d = static_cast<D*>(dst);
   const D v = static_cast<D>(value);
-  for_each_index(numel, device, "fill", [=] __device__(std::int64_t i) {
+  for_each_index(numel, device, "fill", [=] __host__ __device__(std::int64_t i) {
     std::int64_t a, b;
     strided_offsets(p, i, a, b);
     d[a] = v;
@@ -43,7 +43,7 @@ template <typename D>
 void add_impl(void* dst, const void* src, const StridedPair& p, std::int64_t numel, int device) {
   D* d = static_cast<D*>(dst);
   const D* s = static_cast<const D*>(src);
-  for_each_index(numel, device, "add_", [=] __device__(std::int64_t i) {
+  for_each_index(numel, device, "add_", [=] __host__ __device__(std::int64_t i) {
     std::int64_t a, b;
     strided_offsets(p, i, a, b);
     d[a] += s[b];

@@ -57,79 +57,16 @@ cudnnHandle_t cudnn_handle(int device) {
 
 // ---------------------------------------------------------------------------------------
 // Direct kernels, any kernel size, stride, padding and dilation. One thread per output
-// (forward) or input (input gradient) element; one block per weight (weight gradient).
-
-template <typename T>
-__global__ void direct_forward_kernel(Conv3dGeometry g, const T* __restrict__ x, const T* __restrict__ w,
-                                      const T* __restrict__ b, T* __restrict__ y) {
-  const std::int64_t total = g.N * g.O * g.To * g.Ho * g.Wo;
-  const std::int64_t Cg = g.C / g.groups, Og = g.O / g.groups;  // Cg()/Og() are host-only
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(blockDim.x) * gridDim.x) {
-    const std::int64_t wo = i % g.Wo, ho = (i / g.Wo) % g.Ho, to = (i / (g.Wo * g.Ho)) % g.To;
-    const std::int64_t o = (i / (g.Wo * g.Ho * g.To)) % g.O, n = i / (g.Wo * g.Ho * g.To * g.O);
-    const std::int64_t c0 = (o / Og) * Cg;
-    T acc = b ? b[o] : T(0);
-    for (std::int64_t c = 0; c < Cg; ++c) {
-      const T* xc = x + ((n * g.C + c0 + c) * g.T) * g.H * g.W;
-      const T* wc = w + (o * Cg + c) * g.kT * g.kH * g.kW;
-      for (std::int64_t kt = 0; kt < g.kT; ++kt) {
-        const std::int64_t t = to * g.sT - g.pT + kt * g.dT;
-        if (t < 0 || t >= g.T) continue;
-        for (std::int64_t kh = 0; kh < g.kH; ++kh) {
-          const std::int64_t h = ho * g.sH - g.pH + kh * g.dH;
-          if (h < 0 || h >= g.H) continue;
-          for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-            const std::int64_t ww = wo * g.sW - g.pW + kw * g.dW;
-            if (ww < 0 || ww >= g.W) continue;
-            acc += xc[(t * g.H + h) * g.W + ww] * wc[(kt * g.kH + kh) * g.kW + kw];
-          }
-        }
-      }
-    }
-    y[i] = acc;
-  }
-}
+// (forward) or input (input gradient) element, written as per-element lambdas (so tests
+// also run them under host emulation); one block per weight (weight gradient).
 
 // Output index along one axis that tap k reads input index i from, or -1.
-__device__ inline std::int64_t source_out(std::int64_t i, std::int64_t k, std::int64_t stride, std::int64_t pad,
-                                          std::int64_t dil, std::int64_t out) {
+__host__ __device__ inline std::int64_t source_out(std::int64_t i, std::int64_t k, std::int64_t stride,
+                                                   std::int64_t pad, std::int64_t dil, std::int64_t out) {
   const std::int64_t num = i + pad - k * dil;
   if (num < 0 || num % stride != 0) return -1;
   const std::int64_t o = num / stride;
   return o < out ? o : -1;
-}
-
-template <typename T>
-__global__ void direct_backward_input_kernel(Conv3dGeometry g, const T* __restrict__ gy, const T* __restrict__ w,
-                                             T* __restrict__ gx) {
-  const std::int64_t total = g.N * g.C * g.T * g.H * g.W;
-  const std::int64_t Cg = g.C / g.groups, Og = g.O / g.groups;  // Cg()/Og() are host-only
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(blockDim.x) * gridDim.x) {
-    const std::int64_t wi = i % g.W, hi = (i / g.W) % g.H, ti = (i / (g.W * g.H)) % g.T;
-    const std::int64_t ci = (i / (g.W * g.H * g.T)) % g.C, n = i / (g.W * g.H * g.T * g.C);
-    const std::int64_t grp = ci / Cg, c = ci % Cg;
-    T acc = 0;
-    for (std::int64_t kt = 0; kt < g.kT; ++kt) {
-      const std::int64_t to = source_out(ti, kt, g.sT, g.pT, g.dT, g.To);
-      if (to < 0) continue;
-      for (std::int64_t kh = 0; kh < g.kH; ++kh) {
-        const std::int64_t ho = source_out(hi, kh, g.sH, g.pH, g.dH, g.Ho);
-        if (ho < 0) continue;
-        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-          const std::int64_t wo = source_out(wi, kw, g.sW, g.pW, g.dW, g.Wo);
-          if (wo < 0) continue;
-          for (std::int64_t oo = 0; oo < Og; ++oo) {
-            const std::int64_t o = grp * Og + oo;
-            acc += gy[(((n * g.O + o) * g.To + to) * g.Ho + ho) * g.Wo + wo] *
-                   w[(((o * Cg + c) * g.kT + kt) * g.kH + kh) * g.kW + kw];
-          }
-        }
-      }
-    }
-    gx[i] = acc;
-  }
 }
 
 template <typename T>
@@ -173,16 +110,62 @@ __global__ void bias_grad_kernel(Conv3dGeometry g, const T* __restrict__ gy, T* 
 
 template <typename T>
 void direct_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y, int device) {
-  const std::int64_t n = g.N * g.O * g.L();
-  direct_forward_kernel<T><<<grid_for(n), kBlock, 0, compute_stream(device)>>>(g, x, w, b, y);
-  VG_CUDA_CHECK_LAUNCH("conv3d direct forward");
+  const std::int64_t Cg = g.Cg(), Og = g.Og();
+  for_each_index(g.N * g.O * g.L(), device, "conv3d direct forward", [=] __host__ __device__(std::int64_t i) {
+    const std::int64_t wo = i % g.Wo, ho = (i / g.Wo) % g.Ho, to = (i / (g.Wo * g.Ho)) % g.To;
+    const std::int64_t o = (i / (g.Wo * g.Ho * g.To)) % g.O, n = i / (g.Wo * g.Ho * g.To * g.O);
+    const std::int64_t c0 = (o / Og) * Cg;
+    T acc = b ? b[o] : T(0);
+    for (std::int64_t c = 0; c < Cg; ++c) {
+      const T* xc = x + ((n * g.C + c0 + c) * g.T) * g.H * g.W;
+      const T* wc = w + (o * Cg + c) * g.kT * g.kH * g.kW;
+      for (std::int64_t kt = 0; kt < g.kT; ++kt) {
+        const std::int64_t t = to * g.sT - g.pT + kt * g.dT;
+        if (t < 0 || t >= g.T) continue;
+        for (std::int64_t kh = 0; kh < g.kH; ++kh) {
+          const std::int64_t h = ho * g.sH - g.pH + kh * g.dH;
+          if (h < 0 || h >= g.H) continue;
+          for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+            const std::int64_t ww = wo * g.sW - g.pW + kw * g.dW;
+            if (ww < 0 || ww >= g.W) continue;
+            acc += xc[(t * g.H + h) * g.W + ww] * wc[(kt * g.kH + kh) * g.kW + kw];
+          }
+        }
+      }
+    }
+    y[i] = acc;
+  });
 }
 
+// One thread per input element, visiting the outputs that read it (no atomics).
 template <typename T>
 void direct_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx, int device) {
-  const std::int64_t n = g.N * g.C * g.in_volume();
-  direct_backward_input_kernel<T><<<grid_for(n), kBlock, 0, compute_stream(device)>>>(g, gy, w, gx);
-  VG_CUDA_CHECK_LAUNCH("conv3d direct input gradient");
+  const std::int64_t Cg = g.Cg(), Og = g.Og();
+  for_each_index(g.N * g.C * g.in_volume(), device, "conv3d direct input gradient",
+                 [=] __host__ __device__(std::int64_t i) {
+                   const std::int64_t wi = i % g.W, hi = (i / g.W) % g.H, ti = (i / (g.W * g.H)) % g.T;
+                   const std::int64_t ci = (i / (g.W * g.H * g.T)) % g.C, n = i / (g.W * g.H * g.T * g.C);
+                   const std::int64_t grp = ci / Cg, c = ci % Cg;
+                   T acc = 0;
+                   for (std::int64_t kt = 0; kt < g.kT; ++kt) {
+                     const std::int64_t to = source_out(ti, kt, g.sT, g.pT, g.dT, g.To);
+                     if (to < 0) continue;
+                     for (std::int64_t kh = 0; kh < g.kH; ++kh) {
+                       const std::int64_t ho = source_out(hi, kh, g.sH, g.pH, g.dH, g.Ho);
+                       if (ho < 0) continue;
+                       for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+                         const std::int64_t wo = source_out(wi, kw, g.sW, g.pW, g.dW, g.Wo);
+                         if (wo < 0) continue;
+                         for (std::int64_t oo = 0; oo < Og; ++oo) {
+                           const std::int64_t o = grp * Og + oo;
+                           acc += gy[(((n * g.O + o) * g.To + to) * g.Ho + ho) * g.Wo + wo] *
+                                  w[(((o * Cg + c) * g.kT + kt) * g.kH + kh) * g.kW + kw];
+                         }
+                       }
+                     }
+                   }
+                   gx[i] = acc;
+                 });
 }
 
 template <typename T>
@@ -432,10 +415,10 @@ float time_ms(int device, F&& f) {
 // One pass of conv3d: plan lookup (searching the first time), then the chosen kernel.
 template <typename T>
 void run_pass(const Conv3dGeometry& g, ConvPass pass, const T* a, const T* b, T* out, int device) {
-  DeviceGuard guard(device);
   const bool is_double = std::is_same_v<T, double>;
   const bool grouped = g.groups > 1;
   if (grouped && g_policy == 2) return run_direct<T>(g, pass, a, b, out, device);
+  DeviceGuard guard(device);
   Plan& p = plan_for(g, is_double, device);
   PassChoice& c = p.pass[static_cast<int>(pass)];
   if (!c.searched) {
@@ -471,7 +454,7 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
   run_pass<T>(g, ConvPass::kForward, x, w, y, device);
   if (b != nullptr) {
     const std::int64_t L = g.L(), O = g.O;
-    for_each_index(g.N * O * L, device, "conv3d bias", [=] __device__(std::int64_t i) { y[i] += b[(i / L) % O]; });
+    for_each_index(g.N * O * L, device, "conv3d bias", [=] __host__ __device__(std::int64_t i) { y[i] += b[(i / L) % O]; });
   }
 }
 

@@ -8,45 +8,45 @@ namespace vidgrad::cuda {
 
 template <typename T>
 void relu_forward(const T* x, T* y, std::int64_t n, int device) {
-  for_each_index(n, device, "relu", [=] __device__(std::int64_t i) { y[i] = x[i] > T(0) ? x[i] : T(0); });
+  for_each_index(n, device, "relu", [=] __host__ __device__(std::int64_t i) { y[i] = x[i] > T(0) ? x[i] : T(0); });
 }
 
 template <typename T>
 void relu_backward(const T* gy, const T* y, T* gx, std::int64_t n, int device) {
   for_each_index(n, device, "relu backward",
-                 [=] __device__(std::int64_t i) { gx[i] = y[i] > T(0) ? gy[i] : T(0); });
+                 [=] __host__ __device__(std::int64_t i) { gx[i] = y[i] > T(0) ? gy[i] : T(0); });
 }
 
 template <typename T>
 void sigmoid_forward(const T* x, T* y, std::int64_t n, int device) {
-  for_each_index(n, device, "sigmoid", [=] __device__(std::int64_t i) { y[i] = T(1) / (T(1) + exp(-x[i])); });
+  for_each_index(n, device, "sigmoid", [=] __host__ __device__(std::int64_t i) { y[i] = T(1) / (T(1) + exp(-x[i])); });
 }
 
 template <typename T>
 void sigmoid_backward(const T* gy, const T* y, T* gx, std::int64_t n, int device) {
   for_each_index(n, device, "sigmoid backward",
-                 [=] __device__(std::int64_t i) { gx[i] = gy[i] * y[i] * (T(1) - y[i]); });
+                 [=] __host__ __device__(std::int64_t i) { gx[i] = gy[i] * y[i] * (T(1) - y[i]); });
 }
 
 template <typename T>
 void binary(Binary op, const T* a, const T* b, T* out, const StridedPair& p, std::int64_t n, int device) {
   switch (op) {
     case Binary::kAdd:
-      for_each_index(n, device, "add", [=] __device__(std::int64_t i) {
+      for_each_index(n, device, "add", [=] __host__ __device__(std::int64_t i) {
         std::int64_t ia, ib;
         strided_offsets(p, i, ia, ib);
         out[i] = a[ia] + b[ib];
       });
       break;
     case Binary::kSub:
-      for_each_index(n, device, "sub", [=] __device__(std::int64_t i) {
+      for_each_index(n, device, "sub", [=] __host__ __device__(std::int64_t i) {
         std::int64_t ia, ib;
         strided_offsets(p, i, ia, ib);
         out[i] = a[ia] - b[ib];
       });
       break;
     case Binary::kMul:
-      for_each_index(n, device, "mul", [=] __device__(std::int64_t i) {
+      for_each_index(n, device, "mul", [=] __host__ __device__(std::int64_t i) {
         std::int64_t ia, ib;
         strided_offsets(p, i, ia, ib);
         out[i] = a[ia] * b[ib];
@@ -82,12 +82,12 @@ void row_sum(const T* x, T* out, std::int64_t rows, std::int64_t cols, double sc
 template <typename T>
 void expand_rows(const T* x, T* out, std::int64_t rows, std::int64_t cols, double scale, int device) {
   const T s = static_cast<T>(scale);
-  for_each_index(rows * cols, device, "expand_rows", [=] __device__(std::int64_t i) { out[i] = x[i / cols] * s; });
+  for_each_index(rows * cols, device, "expand_rows", [=] __host__ __device__(std::int64_t i) { out[i] = x[i / cols] * s; });
 }
 
 template <typename T>
 void col_sum(const T* x, T* out, std::int64_t rows, std::int64_t cols, int device) {
-  for_each_index(cols, device, "col_sum", [=] __device__(std::int64_t k) {
+  for_each_index(cols, device, "col_sum", [=] __host__ __device__(std::int64_t k) {
     double acc = 0.0;
     for (std::int64_t r = 0; r < rows; ++r) acc += static_cast<double>(x[r * cols + k]);
     out[k] = static_cast<T>(acc);
@@ -96,7 +96,7 @@ void col_sum(const T* x, T* out, std::int64_t rows, std::int64_t cols, int devic
 
 template <typename T>
 void broadcast_rows(const T* b, T* y, std::int64_t rows, std::int64_t cols, int device) {
-  for_each_index(rows * cols, device, "broadcast_rows", [=] __device__(std::int64_t i) { y[i] = b[i % cols]; });
+  for_each_index(rows * cols, device, "broadcast_rows", [=] __host__ __device__(std::int64_t i) { y[i] = b[i % cols]; });
 }
 
 #define VIDGRAD_INSTANTIATE(T)                                                                          \

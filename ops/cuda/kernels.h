@@ -53,6 +53,13 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
                          const double* invstd, const T* w, bool batch_stats, T* gx, T* gw, T* gb, double* scratch,
                          int device);
 
+// The input-gradient half of batch_norm_backward, given sums = [sum(gy), sum(gy * xhat)] per
+// channel (separate so tests can run it under host emulation).
+template <typename T>
+void batch_norm_backward_input(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
+                               const double* mean, const double* invstd, const T* w, bool batch_stats,
+                               const double* sums, T* gx, int device);
+
 template <typename T> void avg_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, int device);
 template <typename T> void avg_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, T* gx, int device);
 template <typename T>

@@ -10,7 +10,7 @@ namespace vidgrad::cuda {
 template <typename T>
 void temporal_shift(const T* x, T* out, std::int64_t N, std::int64_t C, std::int64_t Tn, std::int64_t HW,
                     std::int64_t fold, int dir, int device) {
-  for_each_index(N * C * Tn * HW, device, "temporal_shift", [=] __device__(std::int64_t i) {
+  for_each_index(N * C * Tn * HW, device, "temporal_shift", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t s = i % HW, t = (i / HW) % Tn, c = (i / (HW * Tn)) % C, n = i / (HW * Tn * C);
     const std::int64_t delta = c < fold ? dir : (c < 2 * fold ? -dir : 0);
     const std::int64_t src = t + delta;
@@ -20,10 +20,10 @@ void temporal_shift(const T* x, T* out, std::int64_t N, std::int64_t C, std::int
 
 template <typename T>
 void log_softmax_forward(const T* x, T* y, std::int64_t outer, std::int64_t K, std::int64_t inner, int device) {
-  for_each_index(outer * inner, device, "log_softmax", [=] __device__(std::int64_t r) {
+  for_each_index(outer * inner, device, "log_softmax", [=] __host__ __device__(std::int64_t r) {
     const std::int64_t base = (r / inner) * K * inner + r % inner;
     T mx = -INFINITY;
-    for (std::int64_t k = 0; k < K; ++k) mx = max(mx, x[base + k * inner]);
+    for (std::int64_t k = 0; k < K; ++k) mx = x[base + k * inner] > mx ? x[base + k * inner] : mx;
     double s = 0.0;
     for (std::int64_t k = 0; k < K; ++k) s += exp(static_cast<double>(x[base + k * inner] - mx));
     const T lse = mx + static_cast<T>(log(s));
@@ -34,7 +34,7 @@ void log_softmax_forward(const T* x, T* y, std::int64_t outer, std::int64_t K, s
 template <typename T>
 void log_softmax_backward(const T* g, const T* y, T* gx, std::int64_t outer, std::int64_t K, std::int64_t inner,
                           int device) {
-  for_each_index(outer * inner, device, "log_softmax backward", [=] __device__(std::int64_t r) {
+  for_each_index(outer * inner, device, "log_softmax backward", [=] __host__ __device__(std::int64_t r) {
     const std::int64_t base = (r / inner) * K * inner + r % inner;
     T s = 0;
     for (std::int64_t k = 0; k < K; ++k) s += g[base + k * inner];
@@ -46,7 +46,7 @@ template <typename T>
 void cross_entropy_forward(const T* logp, const std::int64_t* targets, T* loss, std::int64_t N, std::int64_t K,
                            double eps, int device) {
   // One thread sums the rows in order, as the CPU does (N is a batch, not a tensor).
-  for_each_index(1, device, "cross_entropy", [=] __device__(std::int64_t) {
+  for_each_index(1, device, "cross_entropy", [=] __host__ __device__(std::int64_t) {
     double total = 0.0;
     for (std::int64_t n = 0; n < N; ++n) {
       double row = (1.0 - eps) * static_cast<double>(logp[n * K + targets[n]]);
@@ -64,7 +64,7 @@ void cross_entropy_forward(const T* logp, const std::int64_t* targets, T* loss, 
 template <typename T>
 void cross_entropy_backward(const T* logp, const std::int64_t* targets, const T* g, T* gx, std::int64_t N,
                             std::int64_t K, double eps, int device) {
-  for_each_index(N * K, device, "cross_entropy backward", [=] __device__(std::int64_t i) {
+  for_each_index(N * K, device, "cross_entropy backward", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t n = i / K, k = i % K;
     const T scale = static_cast<T>(static_cast<double>(g[0]) / static_cast<double>(N));
     const T q = (k == targets[n] ? static_cast<T>(1.0 - eps) : T(0)) + static_cast<T>(eps / static_cast<double>(K));

@@ -7,6 +7,7 @@
 // Pooling gathers instead of scattering: the backward runs one thread per *input* element
 // and visits the outputs whose windows cover it, so there are no atomics and the result is
 // deterministic (and sums in the CPU's order).
+#include <algorithm>
 #include <cmath>
 
 #include "vidgrad/core/cuda/kernel_util.cuh"
@@ -81,25 +82,25 @@ struct Window {
   std::int64_t lo, hi, padded;
 };
 
-__device__ inline Window window(std::int64_t o, std::int64_t stride, std::int64_t pad, std::int64_t k,
+__host__ __device__ inline Window window(std::int64_t o, std::int64_t stride, std::int64_t pad, std::int64_t k,
                                 std::int64_t size) {
   const std::int64_t lo = o * stride - pad;
-  const std::int64_t hi = min(lo + k, size + pad);
-  return {max(lo, std::int64_t{0}), min(hi, size), hi - lo};
+  const std::int64_t hi = std::min(lo + k, size + pad);
+  return {std::max(lo, std::int64_t{0}), std::min(hi, size), hi - lo};
 }
 
-__device__ inline std::int64_t divisor(const cpu::Pool3dGeometry& g, const Window& wt, const Window& wh,
+__host__ __device__ inline std::int64_t divisor(const cpu::Pool3dGeometry& g, const Window& wt, const Window& wh,
                                        const Window& ww) {
   if (g.count_include_pad) return wt.padded * wh.padded * ww.padded;
   return (wt.hi - wt.lo) * (wh.hi - wh.lo) * (ww.hi - ww.lo);
 }
 
 // Outputs along one axis whose window covers input index i: [first, last].
-__device__ inline void covering(std::int64_t i, std::int64_t stride, std::int64_t pad, std::int64_t k,
+__host__ __device__ inline void covering(std::int64_t i, std::int64_t stride, std::int64_t pad, std::int64_t k,
                                 std::int64_t out, std::int64_t& first, std::int64_t& last) {
   const std::int64_t num = i + pad - k + 1;  // o * stride >= num
   first = num <= 0 ? 0 : (num + stride - 1) / stride;
-  last = min((i + pad) / stride, out - 1);
+  last = std::min((i + pad) / stride, out - 1);
 }
 
 }  // namespace
@@ -116,7 +117,7 @@ void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 template <typename T>
 void batch_norm_finalize(double* mean, double* var, T* rm, T* rv, std::int64_t C, double eps, double momentum,
                          double unbias, int device) {
-  for_each_index(C, device, "batch_norm finalize", [=] __device__(std::int64_t c) {
+  for_each_index(C, device, "batch_norm finalize", [=] __host__ __device__(std::int64_t c) {
     if (rm != nullptr) {
       rm[c] = static_cast<T>((1 - momentum) * static_cast<double>(rm[c]) + momentum * mean[c]);
       rv[c] = static_cast<T>((1 - momentum) * static_cast<double>(rv[c]) + momentum * var[c] * unbias);
@@ -128,7 +129,7 @@ void batch_norm_finalize(double* mean, double* var, T* rm, T* rv, std::int64_t C
 template <typename T>
 void batch_norm_eval_stats(const T* rm, const T* rv, double* mean, double* invstd, std::int64_t C, double eps,
                            int device) {
-  for_each_index(C, device, "batch_norm eval stats", [=] __device__(std::int64_t c) {
+  for_each_index(C, device, "batch_norm eval stats", [=] __host__ __device__(std::int64_t c) {
     mean[c] = static_cast<double>(rm[c]);
     invstd[c] = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
   });
@@ -137,7 +138,7 @@ void batch_norm_eval_stats(const T* rm, const T* rv, double* mean, double* invst
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
                       const double* invstd, const T* w, const T* b, T* y, int device) {
-  for_each_index(N * C * S, device, "batch_norm", [=] __device__(std::int64_t i) {
+  for_each_index(N * C * S, device, "batch_norm", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t c = (i / S) % C;
     const double scale = invstd[c] * (w ? static_cast<double>(w[c]) : 1.0);
     const T a = static_cast<T>(scale);
@@ -147,19 +148,21 @@ void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 }
 
 template <typename T>
-void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
-                         const double* invstd, const T* w, bool batch_stats, T* gx, T* gw, T* gb, double* sums,
-                         int device) {
+void batch_norm_backward_sums(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
+                              const double* mean, const double* invstd, T* gw, T* gb, double* sums, int device) {
   if (C <= 0) return;
-  {
-    DeviceGuard guard(device);
-    bn_backward_sums_kernel<T><<<static_cast<unsigned>(C), kStatsBlock, 0, compute_stream(device)>>>(
-        x, gy, N, C, S, mean, invstd, gw, gb, sums);
-    VG_CUDA_CHECK_LAUNCH("batch_norm backward sums");
-  }
-  if (gx == nullptr) return;
+  DeviceGuard guard(device);
+  bn_backward_sums_kernel<T><<<static_cast<unsigned>(C), kStatsBlock, 0, compute_stream(device)>>>(
+      x, gy, N, C, S, mean, invstd, gw, gb, sums);
+  VG_CUDA_CHECK_LAUNCH("batch_norm backward sums");
+}
+
+template <typename T>
+void batch_norm_backward_input(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
+                               const double* mean, const double* invstd, const T* w, bool batch_stats,
+                               const double* sums, T* gx, int device) {
   const double M = static_cast<double>(N * S);
-  for_each_index(N * C * S, device, "batch_norm backward", [=] __device__(std::int64_t i) {
+  for_each_index(N * C * S, device, "batch_norm backward", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t c = (i / S) % C;
     const double k = (w ? static_cast<double>(w[c]) : 1.0) * invstd[c];
     const double mg = batch_stats ? sums[c] / M : 0.0;
@@ -170,9 +173,17 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
 }
 
 template <typename T>
+void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
+                         const double* invstd, const T* w, bool batch_stats, T* gx, T* gw, T* gb, double* sums,
+                         int device) {
+  batch_norm_backward_sums<T>(x, gy, N, C, S, mean, invstd, gw, gb, sums, device);
+  if (gx != nullptr) batch_norm_backward_input<T>(x, gy, N, C, S, mean, invstd, w, batch_stats, sums, gx, device);
+}
+
+template <typename T>
 void avg_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, int device) {
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
-  for_each_index(g.planes * out_plane, device, "avg_pool3d", [=] __device__(std::int64_t i) {
+  for_each_index(g.planes * out_plane, device, "avg_pool3d", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t p = i / out_plane, o = i % out_plane;
     const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
     const Window wt = window(to, g.sT, g.pT, g.kT, g.T), wh = window(ho, g.sH, g.pH, g.kH, g.H),
@@ -190,7 +201,7 @@ void avg_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, int devi
 template <typename T>
 void avg_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, T* gx, int device) {
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
-  for_each_index(g.planes * in_plane, device, "avg_pool3d backward", [=] __device__(std::int64_t i) {
+  for_each_index(g.planes * in_plane, device, "avg_pool3d backward", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t p = i / in_plane, r = i % in_plane;
     const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
     std::int64_t t0, t1, h0, h1, w0, w1;
@@ -217,7 +228,7 @@ void avg_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, T* gx, int d
 template <typename T>
 void max_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, std::int64_t* argmax, int device) {
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
-  for_each_index(g.planes * out_plane, device, "max_pool3d", [=] __device__(std::int64_t i) {
+  for_each_index(g.planes * out_plane, device, "max_pool3d", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t p = i / out_plane, o = i % out_plane;
     const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
     const Window wt = window(to, g.sT, g.pT, g.kT, g.T), wh = window(ho, g.sH, g.pH, g.kH, g.H),
@@ -242,7 +253,7 @@ void max_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, std::int
 template <typename T>
 void max_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, const std::int64_t* argmax, T* gx, int device) {
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
-  for_each_index(g.planes * in_plane, device, "max_pool3d backward", [=] __device__(std::int64_t i) {
+  for_each_index(g.planes * in_plane, device, "max_pool3d backward", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t p = i / in_plane, r = i % in_plane;
     const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
     std::int64_t t0, t1, h0, h1, w0, w1;
@@ -268,6 +279,9 @@ void max_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, const std::i
                                     const double*, const T*, const T*, T*, int);                                  \
   template void batch_norm_backward<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,              \
                                        const double*, const double*, const T*, bool, T*, T*, T*, double*, int);   \
+  template void batch_norm_backward_input<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,        \
+                                             const double*, const double*, const T*, bool, const double*, T*,     \
+                                             int);                                                                \
   template void avg_pool3d_forward<T>(const cpu::Pool3dGeometry&, const T*, T*, int);                             \
   template void avg_pool3d_backward<T>(const cpu::Pool3dGeometry&, const T*, T*, int);                            \
   template void max_pool3d_forward<T>(const cpu::Pool3dGeometry&, const T*, T*, std::int64_t*, int);              \

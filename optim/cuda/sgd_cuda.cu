@@ -6,7 +6,7 @@ namespace vidgrad::cuda {
 
 void sgd_update(float* p, const float* g, float* buf, std::int64_t n, float lr, float mom, float damp, float wd,
                 bool first, bool nesterov, int device) {
-  for_each_index(n, device, "sgd step", [=] __device__(std::int64_t i) {
+  for_each_index(n, device, "sgd step", [=] __host__ __device__(std::int64_t i) {
     float d = g[i] + wd * p[i];
     if (buf != nullptr) {
       buf[i] = first ? d : mom * buf[i] + damp * d;
