@@ -1,8 +1,9 @@
-// The CUDA kernels that are written as one __host__ __device__ lambda per element, run on
-// the host under host emulation (core/cuda/context.h) over host memory, against the CPU
-// ops. This checks their index arithmetic — strides, broadcasting, windows, groups, the
-// backward formulas — on every CI run, though CI has no GPU. What a GPU adds (launch
-// geometry, block reductions, cuBLAS, cuDNN) is covered by cuda_test.cpp on a GPU.
+// The backend's own CUDA kernels — every one is a __host__ __device__ lambda given to
+// for_each_index or reduce_each (core/cuda/kernel_util.cuh) — run on the host under host
+// emulation (core/cuda/context.h) over host memory, against the CPU ops. This checks their
+// index arithmetic and formulas (strides, broadcasting, windows, groups, reductions,
+// backward rules) on every CI run, though CI has no GPU. What only a GPU can check (the
+// launch and block-reduction machinery itself, cuBLAS, cuDNN, streams) is in cuda_test.cpp.
 #include <gtest/gtest.h>
 
 #include "test_util.h"
@@ -93,6 +94,9 @@ void elementwise_case(DType dt) {
   const Tensor v = randn({6}, 7, dt);
   cuda::expand_rows<T>(ptr<T>(v), ptr<T>(rows), 6, 7, 0.5, 0);
   EXPECT_TRUE(all_close(rows, broadcast_to(mul(v, 0.5).reshape({6, 1}), {6, 7}), 1e-7, 1e-7));
+  Tensor means = Tensor::empty({6}, dt);
+  cuda::row_sum<T>(ptr<T>(m), ptr<T>(means), 6, 7, 1.0 / 7, 0);
+  EXPECT_TRUE(all_close(means, mean(m, {1}), 1e-6, 1e-6));
 }
 
 TEST_F(HostEmulation, ElementwiseBroadcastingAndRowHelpers) {
@@ -142,7 +146,13 @@ void batch_norm_case(DType dt) {
     Tensor rm = rm0.clone(), rv = rv0.clone();
     std::vector<double> mean(C), var(C);
     if (training) {
-      cpu::batch_norm_stats<T>(ptr<T>(x), N, C, S, mean.data(), var.data());  // the block-reduction's job
+      std::vector<double> cpu_mean(C), cpu_var(C);
+      cpu::batch_norm_stats<T>(ptr<T>(x), N, C, S, cpu_mean.data(), cpu_var.data());
+      cuda::batch_norm_stats<T>(ptr<T>(x), N, C, S, mean.data(), var.data(), 0);
+      for (std::int64_t c = 0; c < C; ++c) {
+        EXPECT_NEAR(mean[c], cpu_mean[c], 1e-12);
+        EXPECT_NEAR(var[c], cpu_var[c], 1e-12);
+      }
       const double unbias = static_cast<double>(N * S) / static_cast<double>(N * S - 1);
       cuda::batch_norm_finalize<T>(mean.data(), var.data(), ptr<T>(rm), ptr<T>(rv), C, eps, momentum, unbias, 0);
     } else {
@@ -154,14 +164,17 @@ void batch_norm_case(DType dt) {
     Tensor y = Tensor::empty(x.shape(), dt);
     cuda::batch_norm_apply<T>(ptr<T>(x), N, C, S, mean.data(), invstd.data(), ptr<T>(w), ptr<T>(b), ptr<T>(y), 0);
     EXPECT_TRUE(all_close(y, y_ref, 1e-5, 1e-5));
-    // sums = [sum(gy), sum(gy * xhat)] per channel: the block-reduction's job, done here.
     std::vector<double> sums(2 * C, 0.0);
-    const std::vector<double> xv = x.to_vector<double>(), gv = g.to_vector<double>();
-    for (std::int64_t i = 0; i < N * C * S; ++i) {
-      const std::int64_t c = (i / S) % C;
-      sums[c] += gv[i];
-      sums[C + c] += gv[i] * (xv[i] - mean[c]) * invstd[c];
-    }
+    Tensor gw = Tensor::empty({C}, dt), gb = Tensor::empty({C}, dt);
+    cuda::batch_norm_backward_sums<T>(ptr<T>(x), ptr<T>(g), N, C, S, mean.data(), invstd.data(), ptr<T>(gw),
+                                      ptr<T>(gb), sums.data(), 0);
+    Tensor wr = w.clone(), br = b.clone();
+    wr.set_requires_grad(true);
+    br.set_requires_grad(true);
+    Tensor rm2 = rm0.clone(), rv2 = rv0.clone();
+    batch_norm(x, wr, br, rm2, rv2, o).backward(g);
+    EXPECT_TRUE(all_close(gw, wr.grad(), 1e-5, 1e-4));
+    EXPECT_TRUE(all_close(gb, br.grad(), 1e-5, 1e-4));
     Tensor gx = Tensor::empty(x.shape(), dt);
     cuda::batch_norm_backward_input<T>(ptr<T>(x), ptr<T>(g), N, C, S, mean.data(), invstd.data(), ptr<T>(w),
                                        training, sums.data(), ptr<T>(gx), 0);
@@ -169,7 +182,7 @@ void batch_norm_case(DType dt) {
   }
 }
 
-TEST_F(HostEmulation, BatchNormFinalizeApplyAndInputGradient) {
+TEST_F(HostEmulation, BatchNormStatisticsApplyAndGradients) {
   batch_norm_case<float>(DType::kFloat32);
   batch_norm_case<double>(DType::kFloat64);
 }
@@ -267,7 +280,7 @@ cpu::Conv3dGeometry conv_geometry(const Shape& x, const Shape& w, const Conv3dOp
   return g;
 }
 
-TEST_F(HostEmulation, DirectGroupedConvForwardAndInputGradient) {
+TEST_F(HostEmulation, DirectGroupedConvForwardAndGradients) {
   using T = double;
   const DType dt = DType::kFloat64;
   cuda::set_conv3d_policy(2);  // the direct kernels for every grouped conv
@@ -300,6 +313,11 @@ TEST_F(HostEmulation, DirectGroupedConvForwardAndInputGradient) {
     Tensor gx = Tensor::empty(c.x, dt);
     cuda::conv3d_backward_input<T>(g, ptr<T>(gy), ptr<T>(w), ptr<T>(gx), 0);
     EXPECT_TRUE(all_close(gx, cpu_grad(x, [&](const Tensor& t) { return conv3d(t, w, b, o); }, gy), 1e-12, 1e-12));
+    Tensor gw = Tensor::empty(c.w, dt), gb = Tensor::empty({c.w[0]}, dt);
+    cuda::conv3d_backward_weight<T>(g, ptr<T>(gy), ptr<T>(x), ptr<T>(gw), 0);
+    cuda::conv3d_backward_bias<T>(g, ptr<T>(gy), ptr<T>(gb), 0);
+    EXPECT_TRUE(all_close(gw, cpu_grad(w, [&](const Tensor& t) { return conv3d(x, t, b, o); }, gy), 1e-12, 1e-10));
+    EXPECT_TRUE(all_close(gb, cpu_grad(b, [&](const Tensor& t) { return conv3d(x, w, t, o); }, gy), 1e-12, 1e-10));
     ++i;
   }
 }

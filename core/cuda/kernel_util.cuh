@@ -60,4 +60,37 @@ __device__ T block_sum(T v, T* shared) {
   return v;
 }
 
+template <typename Term, typename Store>
+__global__ void reduce_each_kernel(std::int64_t rows, std::int64_t len, Term term, Store store) {
+  __shared__ double shared[32];
+  for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    double acc = 0.0;
+    for (std::int64_t k = threadIdx.x; k < len; k += blockDim.x) acc += static_cast<double>(term(r, k));
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) store(r, acc);
+  }
+}
+
+// For every r in [0, rows): store(r, sum over k in [0, len) of term(r, k)), summed in double.
+// One block per r (grid-stride over r); both lambdas are __host__ __device__, so under
+// host emulation this is two plain loops. Every reduction kernel of the backend is one of
+// these: row sums, batch-norm statistics and sums, the conv weight and bias gradients.
+template <typename Term, typename Store>
+void reduce_each(std::int64_t rows, std::int64_t len, int device, const char* name, Term term, Store store) {
+  if (rows <= 0) return;
+  if (host_emulation()) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double acc = 0.0;
+      for (std::int64_t k = 0; k < len; ++k) acc += static_cast<double>(term(r, k));
+      store(r, acc);
+    }
+    return;
+  }
+  DeviceGuard guard(device);
+  const int block = len >= 4096 ? 512 : (len >= 512 ? 256 : 128);
+  const unsigned grid = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
+  reduce_each_kernel<<<grid, block, 0, compute_stream(device)>>>(rows, len, term, store);
+  VG_CUDA_CHECK_LAUNCH(name);
+}
+
 }  // namespace vidgrad::cuda

@@ -57,8 +57,8 @@ cudnnHandle_t cudnn_handle(int device) {
 
 // ---------------------------------------------------------------------------------------
 // Direct kernels, any kernel size, stride, padding and dilation. One thread per output
-// (forward) or input (input gradient) element, written as per-element lambdas (so tests
-// also run them under host emulation); one block per weight (weight gradient).
+// (forward) or input (input gradient) element, one block per weight (weight gradient),
+// all written as lambdas that tests also run under host emulation.
 
 // Output index along one axis that tap k reads input index i from, or -1.
 __host__ __device__ inline std::int64_t source_out(std::int64_t i, std::int64_t k, std::int64_t stride,
@@ -67,45 +67,6 @@ __host__ __device__ inline std::int64_t source_out(std::int64_t i, std::int64_t 
   if (num < 0 || num % stride != 0) return -1;
   const std::int64_t o = num / stride;
   return o < out ? o : -1;
-}
-
-template <typename T>
-__global__ void direct_backward_weight_kernel(Conv3dGeometry g, const T* __restrict__ gy, const T* __restrict__ x,
-                                              T* __restrict__ gw) {
-  __shared__ T shared[32];
-  const std::int64_t Cg = g.C / g.groups, Og = g.O / g.groups;  // Cg()/Og() are host-only
-  const std::int64_t taps = g.kT * g.kH * g.kW;
-  const std::int64_t weights = g.O * Cg * taps;
-  const std::int64_t L = g.To * g.Ho * g.Wo;
-  for (std::int64_t wi = blockIdx.x; wi < weights; wi += gridDim.x) {
-    const std::int64_t kw = wi % g.kW, kh = (wi / g.kW) % g.kH, kt = (wi / (g.kW * g.kH)) % g.kT;
-    const std::int64_t c = (wi / taps) % Cg, o = wi / (taps * Cg);
-    const std::int64_t ci = (o / Og) * Cg + c;
-    T acc = 0;
-    for (std::int64_t j = threadIdx.x; j < g.N * L; j += blockDim.x) {
-      const std::int64_t n = j / L, l = j % L;
-      const std::int64_t wo = l % g.Wo, ho = (l / g.Wo) % g.Ho, to = l / (g.Wo * g.Ho);
-      const std::int64_t t = to * g.sT - g.pT + kt * g.dT, h = ho * g.sH - g.pH + kh * g.dH,
-                         ww = wo * g.sW - g.pW + kw * g.dW;
-      if (t < 0 || t >= g.T || h < 0 || h >= g.H || ww < 0 || ww >= g.W) continue;
-      acc += gy[(n * g.O + o) * L + l] * x[(((n * g.C + ci) * g.T + t) * g.H + h) * g.W + ww];
-    }
-    acc = block_sum(acc, shared);
-    if (threadIdx.x == 0) gw[wi] = acc;
-  }
-}
-
-template <typename T>
-__global__ void bias_grad_kernel(Conv3dGeometry g, const T* __restrict__ gy, T* __restrict__ gb) {
-  __shared__ double shared[32];
-  const std::int64_t L = g.To * g.Ho * g.Wo;
-  for (std::int64_t o = blockIdx.x; o < g.O; o += gridDim.x) {
-    double acc = 0.0;
-    for (std::int64_t n = 0; n < g.N; ++n)
-      for (std::int64_t l = threadIdx.x; l < L; l += blockDim.x) acc += static_cast<double>(gy[(n * g.O + o) * L + l]);
-    acc = block_sum(acc, shared);
-    if (threadIdx.x == 0) gb[o] = static_cast<T>(acc);
-  }
 }
 
 template <typename T>
@@ -168,12 +129,24 @@ void direct_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
                  });
 }
 
+// One block per weight element, reducing over (n, output position).
 template <typename T>
 void direct_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, int device) {
-  const std::int64_t weights = g.O * g.K();
-  const unsigned blocks = static_cast<unsigned>(weights < 65535 * 8 ? weights : 65535 * 8);
-  direct_backward_weight_kernel<T><<<blocks, kBlock, 0, compute_stream(device)>>>(g, gy, x, gw);
-  VG_CUDA_CHECK_LAUNCH("conv3d direct weight gradient");
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), taps = g.kT * g.kH * g.kW, L = g.L();
+  reduce_each(
+      g.O * Cg * taps, g.N * L, device, "conv3d direct weight gradient",
+      [=] __host__ __device__(std::int64_t wi, std::int64_t j) {
+        const std::int64_t kw = wi % g.kW, kh = (wi / g.kW) % g.kH, kt = (wi / (g.kW * g.kH)) % g.kT;
+        const std::int64_t c = (wi / taps) % Cg, o = wi / (taps * Cg);
+        const std::int64_t ci = (o / Og) * Cg + c;
+        const std::int64_t n = j / L, l = j % L;
+        const std::int64_t wo = l % g.Wo, ho = (l / g.Wo) % g.Ho, to = l / (g.Wo * g.Ho);
+        const std::int64_t t = to * g.sT - g.pT + kt * g.dT, h = ho * g.sH - g.pH + kh * g.dH,
+                           ww = wo * g.sW - g.pW + kw * g.dW;
+        if (t < 0 || t >= g.T || h < 0 || h >= g.H || ww < 0 || ww >= g.W) return T(0);
+        return gy[(n * g.O + o) * L + l] * x[(((n * g.C + ci) * g.T + t) * g.H + h) * g.W + ww];
+      },
+      [=] __host__ __device__(std::int64_t wi, double acc) { gw[wi] = static_cast<T>(acc); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -470,10 +443,11 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
 
 template <typename T>
 void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb, int device) {
-  DeviceGuard guard(device);
-  const unsigned blocks = static_cast<unsigned>(g.O < 65535 ? g.O : 65535);
-  bias_grad_kernel<T><<<blocks, kBlock, 0, compute_stream(device)>>>(g, gy, gb);
-  VG_CUDA_CHECK_LAUNCH("conv3d bias gradient");
+  const std::int64_t L = g.L(), O = g.O;
+  reduce_each(
+      O, g.N * L, device, "conv3d bias gradient",
+      [=] __host__ __device__(std::int64_t o, std::int64_t j) { return gy[((j / L) * O + o) * L + j % L]; },
+      [=] __host__ __device__(std::int64_t o, double acc) { gb[o] = static_cast<T>(acc); });
 }
 
 const char* conv3d_choice(const Conv3dGeometry& g, ConvPass pass, bool is_double) {

@@ -1,6 +1,6 @@
 // Elementwise maps, broadcasting binary ops and row/column reductions on CUDA.
-// One thread per output element, except the reductions: one block per row (row_sum) or
-// one thread per column (col_sum, used on small bias gradients only).
+// One thread per output element, except the reductions: one block per row (row_sum, via
+// reduce_each) or one thread per column (col_sum, used on small bias gradients only).
 #include "vidgrad/core/cuda/kernel_util.cuh"
 #include "vidgrad/ops/cuda/kernels.h"
 
@@ -55,28 +55,11 @@ void binary(Binary op, const T* a, const T* b, T* out, const StridedPair& p, std
   }
 }
 
-namespace {
-
-template <typename T>
-__global__ void row_sum_kernel(const T* x, T* out, std::int64_t rows, std::int64_t cols, double scale) {
-  __shared__ double shared[32];
-  for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    double acc = 0.0;
-    for (std::int64_t k = threadIdx.x; k < cols; k += blockDim.x) acc += static_cast<double>(x[r * cols + k]);
-    acc = block_sum(acc, shared);
-    if (threadIdx.x == 0) out[r] = static_cast<T>(acc * scale);
-  }
-}
-
-}  // namespace
-
 template <typename T>
 void row_sum(const T* x, T* out, std::int64_t rows, std::int64_t cols, double scale, int device) {
-  if (rows <= 0) return;
-  DeviceGuard guard(device);
-  const unsigned grid = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
-  row_sum_kernel<T><<<grid, kBlock, 0, compute_stream(device)>>>(x, out, rows, cols, scale);
-  VG_CUDA_CHECK_LAUNCH("row_sum");
+  reduce_each(
+      rows, cols, device, "row_sum", [=] __host__ __device__(std::int64_t r, std::int64_t k) { return x[r * cols + k]; },
+      [=] __host__ __device__(std::int64_t r, double acc) { out[r] = static_cast<T>(acc * scale); });
 }
 
 template <typename T>

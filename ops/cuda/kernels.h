@@ -53,6 +53,12 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
                          const double* invstd, const T* w, bool batch_stats, T* gx, T* gw, T* gb, double* scratch,
                          int device);
 
+// The two halves of batch_norm_backward (separate so tests can run them under host
+// emulation): per-channel sums = [sum(gy), sum(gy * xhat)] (also written to gb / gw when
+// given), then the input gradient from them.
+template <typename T>
+void batch_norm_backward_sums(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
+                              const double* mean, const double* invstd, T* gw, T* gb, double* sums, int device);
 // The input-gradient half of batch_norm_backward, given sums = [sum(gy), sum(gy * xhat)] per
 // channel (separate so tests can run it under host emulation).
 template <typename T>

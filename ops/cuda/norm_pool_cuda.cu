@@ -1,8 +1,8 @@
 // Batch norm and pooling on CUDA.
 //
-// Batch norm: one block per channel reduces in double (two passes, as on the CPU, so
-// large means do not cancel), then one thread per element applies. The backward reduces
-// sum(gy) and sum(gy * (x - mean)) per channel the same way, then one thread per element.
+// Batch norm: one block per channel reduces in double (reduce_each; two passes, as on the
+// CPU, so large means do not cancel), then one thread per element applies. The backward
+// reduces sum(gy) and sum(gy * xhat) per channel the same way, then one thread per element.
 //
 // Pooling gathers instead of scattering: the backward runs one thread per *input* element
 // and visits the outputs whose windows cover it, so there are no atomics and the result is
@@ -16,66 +16,6 @@
 namespace vidgrad::cuda {
 
 namespace {
-
-constexpr int kStatsBlock = 512;
-
-template <typename T>
-__global__ void bn_stats_kernel(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean,
-                                double* var) {
-  __shared__ double shared[32];
-  __shared__ double m_shared;
-  const std::int64_t c = blockIdx.x;
-  const double M = static_cast<double>(N * S);
-  double s = 0.0;
-  for (std::int64_t n = 0; n < N; ++n) {
-    const T* p = x + (n * C + c) * S;
-    for (std::int64_t i = threadIdx.x; i < S; i += blockDim.x) s += static_cast<double>(p[i]);
-  }
-  s = block_sum(s, shared);
-  if (threadIdx.x == 0) m_shared = s / M;
-  __syncthreads();
-  const double m = m_shared;
-  double ss = 0.0;
-  for (std::int64_t n = 0; n < N; ++n) {
-    const T* p = x + (n * C + c) * S;
-    for (std::int64_t i = threadIdx.x; i < S; i += blockDim.x) {
-      const double d = static_cast<double>(p[i]) - m;
-      ss += d * d;
-    }
-  }
-  ss = block_sum(ss, shared);
-  if (threadIdx.x == 0) {
-    mean[c] = m;
-    var[c] = ss / M;
-  }
-}
-
-template <typename T>
-__global__ void bn_backward_sums_kernel(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
-                                        const double* mean, const double* invstd, T* gw, T* gb, double* sums) {
-  __shared__ double shared[32];
-  const std::int64_t c = blockIdx.x;
-  const double m = mean[c];
-  double sg = 0.0, sgx = 0.0;
-  for (std::int64_t n = 0; n < N; ++n) {
-    const T* p = x + (n * C + c) * S;
-    const T* g = gy + (n * C + c) * S;
-    for (std::int64_t i = threadIdx.x; i < S; i += blockDim.x) {
-      const double gv = static_cast<double>(g[i]);
-      sg += gv;
-      sgx += gv * (static_cast<double>(p[i]) - m);
-    }
-  }
-  sg = block_sum(sg, shared);
-  sgx = block_sum(sgx, shared);
-  if (threadIdx.x == 0) {
-    sgx *= invstd[c];
-    sums[c] = sg;
-    sums[C + c] = sgx;
-    if (gb) gb[c] = static_cast<T>(sg);
-    if (gw) gw[c] = static_cast<T>(sgx);
-  }
-}
 
 // Pool window of output o along one axis: [lo, hi) clipped, and the padded extent.
 struct Window {
@@ -108,10 +48,19 @@ __host__ __device__ inline void covering(std::int64_t i, std::int64_t stride, st
 template <typename T>
 void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean, double* var,
                       int device) {
-  if (C <= 0) return;
-  DeviceGuard guard(device);
-  bn_stats_kernel<T><<<static_cast<unsigned>(C), kStatsBlock, 0, compute_stream(device)>>>(x, N, C, S, mean, var);
-  VG_CUDA_CHECK_LAUNCH("batch_norm stats");
+  // Two passes, as on the CPU: the variance sums squared deviations from the mean.
+  const double M = static_cast<double>(N * S);
+  auto at = [=] __host__ __device__(std::int64_t c, std::int64_t k) { return x[((k / S) * C + c) * S + k % S]; };
+  reduce_each(
+      C, N * S, device, "batch_norm mean", [=] __host__ __device__(std::int64_t c, std::int64_t k) { return at(c, k); },
+      [=] __host__ __device__(std::int64_t c, double acc) { mean[c] = acc / M; });
+  reduce_each(
+      C, N * S, device, "batch_norm variance",
+      [=] __host__ __device__(std::int64_t c, std::int64_t k) {
+        const double d = static_cast<double>(at(c, k)) - mean[c];
+        return d * d;
+      },
+      [=] __host__ __device__(std::int64_t c, double acc) { var[c] = acc / M; });
 }
 
 template <typename T>
@@ -147,14 +96,28 @@ void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
   });
 }
 
+// sums[c] = sum(gy), sums[C + c] = sum(gy * xhat) over channel c; gb and gw get them.
 template <typename T>
 void batch_norm_backward_sums(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
                               const double* mean, const double* invstd, T* gw, T* gb, double* sums, int device) {
-  if (C <= 0) return;
-  DeviceGuard guard(device);
-  bn_backward_sums_kernel<T><<<static_cast<unsigned>(C), kStatsBlock, 0, compute_stream(device)>>>(
-      x, gy, N, C, S, mean, invstd, gw, gb, sums);
-  VG_CUDA_CHECK_LAUNCH("batch_norm backward sums");
+  auto idx = [=] __host__ __device__(std::int64_t c, std::int64_t k) { return ((k / S) * C + c) * S + k % S; };
+  reduce_each(
+      C, N * S, device, "batch_norm backward sum(gy)",
+      [=] __host__ __device__(std::int64_t c, std::int64_t k) { return gy[idx(c, k)]; },
+      [=] __host__ __device__(std::int64_t c, double acc) {
+        sums[c] = acc;
+        if (gb) gb[c] = static_cast<T>(acc);
+      });
+  reduce_each(
+      C, N * S, device, "batch_norm backward sum(gy xhat)",
+      [=] __host__ __device__(std::int64_t c, std::int64_t k) {
+        const std::int64_t i = idx(c, k);
+        return static_cast<double>(gy[i]) * (static_cast<double>(x[i]) - mean[c]) * invstd[c];
+      },
+      [=] __host__ __device__(std::int64_t c, double acc) {
+        sums[C + c] = acc;
+        if (gw) gw[c] = static_cast<T>(acc);
+      });
 }
 
 template <typename T>
@@ -279,6 +242,8 @@ void max_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, const std::i
                                     const double*, const T*, const T*, T*, int);                                  \
   template void batch_norm_backward<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,              \
                                        const double*, const double*, const T*, bool, T*, T*, T*, double*, int);   \
+  template void batch_norm_backward_sums<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,         \
+                                            const double*, const double*, T*, T*, double*, int);                  \
   template void batch_norm_backward_input<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,        \
                                              const double*, const double*, const T*, bool, const double*, T*,     \
                                              int);                                                                \
