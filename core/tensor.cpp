@@ -49,24 +49,6 @@ void dispatch_all(DType t, F&& f) {
   }
 }
 
-// The collapsed layout of a two-operand walk for the CUDA kernels (at most kMaxDims dims).
-cuda::StridedPair cuda_layout(const char* op, const Shape& shape, const Shape& strides_a, const Shape& strides_b) {
-  Shape sh = shape;
-  std::array<Shape, 2> st{strides_a, strides_b};
-  collapse_dims<2>(sh, st);
-  VG_CHECK(static_cast<int>(sh.size()) <= cuda::kMaxDims,
-           "Tensor::" << op << ": a strided view of shape " << shape_str(shape) << " has more than "
-                      << cuda::kMaxDims << " non-mergeable dims on cuda; call contiguous() first");
-  cuda::StridedPair p;
-  p.rank = static_cast<int>(sh.size());
-  for (int d = 0; d < p.rank; ++d) {
-    p.size[d] = sh[d];
-    p.stride_a[d] = st[0][d];
-    p.stride_b[d] = st[1][d];
-  }
-  return p;
-}
-
 // The first element's address on any device (the view's offset applied).
 void* first_byte(const Tensor& t) {
   return static_cast<char*>(t.storage()->data()) + t.offset() * static_cast<std::int64_t>(dtype_size(t.dtype()));
@@ -154,7 +136,7 @@ double Tensor::item() const {
 Tensor& Tensor::fill_(double value) {
   check_defined("fill_");
   if (device().is_cuda()) {
-    const cuda::StridedPair layout = cuda_layout("fill_", shape(), strides(), strides());
+    const cuda::StridedPair layout = cuda::make_strided_pair("Tensor::fill_", shape(), strides(), strides());
     cuda::fill_strided(first_byte(*this), dtype(), value, layout, numel(), device().index);
     return *this;
   }
@@ -196,7 +178,7 @@ Tensor& Tensor::copy_(const Tensor& src, bool non_blocking) {
     return *this;
   }
   if (device().is_cuda()) {
-    const cuda::StridedPair layout = cuda_layout("copy_", shape(), strides(), src.strides());
+    const cuda::StridedPair layout = cuda::make_strided_pair("Tensor::copy_", shape(), strides(), src.strides());
     cuda::copy_strided(first_byte(*this), dtype(), first_byte(src), src.dtype(), layout, numel(), device().index);
     return *this;
   }
@@ -215,7 +197,7 @@ Tensor& Tensor::add_(const Tensor& src) {
                                                                        << dtype_name(dtype()) << " and device "
                                                                        << device());
   if (device().is_cuda()) {
-    const cuda::StridedPair layout = cuda_layout("add_", shape(), strides(), src.strides());
+    const cuda::StridedPair layout = cuda::make_strided_pair("Tensor::add_", shape(), strides(), src.strides());
     cuda::add_strided(first_byte(*this), first_byte(src), dtype(), layout, numel(), device().index);
     return *this;
   }

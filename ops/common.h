@@ -7,7 +7,6 @@
 #include <string>
 
 #include "vidgrad/core/cuda/tensor_kernels.h"
-#include "vidgrad/core/strided.h"
 #include "vidgrad/core/tensor.h"
 
 namespace vidgrad::ops_detail {
@@ -50,29 +49,18 @@ inline void check_same(const char* op, std::initializer_list<std::pair<const cha
   VG_THROW(op << ": no kernel for device " << d << " in this build of vidgrad");
 }
 
-// The layout a CUDA kernel walks for out = f(a, b) with a and b broadcast to `shape` (out
-// contiguous): a's and b's strides, 0 on broadcast dims, collapsed.
+// t's strides when broadcast to `shape` (0 on broadcast and leading dims).
+inline Shape broadcast_strides(const Tensor& t, const Shape& shape) {
+  const std::size_t lead = shape.size() - t.shape().size();
+  Shape st(shape.size(), 0);
+  for (std::size_t i = lead; i < shape.size(); ++i) st[i] = t.shape()[i - lead] == 1 ? 0 : t.strides()[i - lead];
+  return st;
+}
+
+// The layout a CUDA kernel walks for out = f(a, b), a and b broadcast to `shape` and out
+// contiguous (so any dims a and b allow may merge).
 inline cuda::StridedPair broadcast_layout(const char* op, const Tensor& a, const Tensor& b, const Shape& shape) {
-  auto expanded = [&](const Tensor& t) {
-    const std::size_t lead = shape.size() - t.shape().size();
-    Shape st(shape.size(), 0);
-    for (std::size_t i = lead; i < shape.size(); ++i) st[i] = t.shape()[i - lead] == 1 ? 0 : t.strides()[i - lead];
-    return st;
-  };
-  Shape sh = shape;
-  std::array<Shape, 3> st{expanded(a), expanded(b), contiguous_strides(shape)};
-  collapse_dims<3>(sh, st);
-  VG_CHECK(static_cast<int>(sh.size()) <= cuda::kMaxDims,
-           op << ": broadcasting " << shape_str(a.shape()) << " with " << shape_str(b.shape()) << " walks more than "
-              << cuda::kMaxDims << " dims on cuda");
-  cuda::StridedPair p;
-  p.rank = static_cast<int>(sh.size());
-  for (int d = 0; d < p.rank; ++d) {
-    p.size[d] = sh[d];
-    p.stride_a[d] = st[0][d];
-    p.stride_b[d] = st[1][d];
-  }
-  return p;
+  return cuda::make_strided_pair(op, shape, broadcast_strides(a, shape), broadcast_strides(b, shape));
 }
 
 inline std::string triple_str(const std::array<std::int64_t, 3>& a) {

@@ -8,6 +8,7 @@
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/core/strided.h"
 #include "vidgrad/core/tensor.h"
+#include "vidgrad/ops/common.h"
 
 namespace vidgrad::cpu {
 
@@ -31,14 +32,9 @@ void binary_map(const T* a, const T* b, T* z, std::int64_t n, F f) {
 template <typename T, typename F>
 void broadcast_binary(const Tensor& a, const Tensor& b, const Tensor& out, F f) {
   const Shape& shape = out.shape();
-  auto expanded = [&](const Tensor& t) {
-    const std::size_t lead = shape.size() - t.shape().size();
-    Shape st(shape.size(), 0);
-    for (std::size_t i = lead; i < shape.size(); ++i) st[i] = t.shape()[i - lead] == 1 ? 0 : t.strides()[i - lead];
-    return st;
-  };
   Shape sh = shape;
-  std::array<Shape, 3> strides{expanded(a), expanded(b), out.strides()};
+  std::array<Shape, 3> strides{ops_detail::broadcast_strides(a, shape), ops_detail::broadcast_strides(b, shape),
+                               out.strides()};
   collapse_dims<3>(sh, strides);
   const T* pa = a.data<T>();
   const T* pb = b.data<T>();

@@ -37,10 +37,32 @@ __host__ __device__ inline std::int64_t divisor(const cpu::Pool3dGeometry& g, co
 
 // Outputs along one axis whose window covers input index i: [first, last].
 __host__ __device__ inline void covering(std::int64_t i, std::int64_t stride, std::int64_t pad, std::int64_t k,
-                                std::int64_t out, std::int64_t& first, std::int64_t& last) {
+                                         std::int64_t out, std::int64_t& first, std::int64_t& last) {
   const std::int64_t num = i + pad - k + 1;  // o * stride >= num
   first = num <= 0 ? 0 : (num + stride - 1) / stride;
   last = std::min((i + pad) / stride, out - 1);
+}
+
+// The three windows of output o (flat within its plane).
+struct Windows {
+  Window t, h, w;
+};
+__host__ __device__ inline Windows windows_of(const cpu::Pool3dGeometry& g, std::int64_t o) {
+  const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
+  return {window(to, g.sT, g.pT, g.kT, g.T), window(ho, g.sH, g.pH, g.kH, g.H), window(wo, g.sW, g.pW, g.kW, g.W)};
+}
+
+// The outputs whose windows cover input r (flat within its plane), per axis.
+struct Cover {
+  std::int64_t t0, t1, h0, h1, w0, w1;
+};
+__host__ __device__ inline Cover cover_of(const cpu::Pool3dGeometry& g, std::int64_t r) {
+  const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
+  Cover c{};
+  covering(t, g.sT, g.pT, g.kT, g.To, c.t0, c.t1);
+  covering(h, g.sH, g.pH, g.kH, g.Ho, c.h0, c.h1);
+  covering(w, g.sW, g.pW, g.kW, g.Wo, c.w0, c.w1);
+  return c;
 }
 
 }  // namespace
@@ -147,10 +169,8 @@ template <typename T>
 void avg_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, int device) {
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
   for_each_index(g.planes * out_plane, device, "avg_pool3d", [=] __host__ __device__(std::int64_t i) {
-    const std::int64_t p = i / out_plane, o = i % out_plane;
-    const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
-    const Window wt = window(to, g.sT, g.pT, g.kT, g.T), wh = window(ho, g.sH, g.pH, g.kH, g.H),
-                 ww = window(wo, g.sW, g.pW, g.kW, g.W);
+    const std::int64_t p = i / out_plane;
+    const auto [wt, wh, ww] = windows_of(g, i % out_plane);
     const T* xp = x + p * in_plane;
     T acc = 0;
     for (std::int64_t t = wt.lo; t < wt.hi; ++t)
@@ -166,18 +186,14 @@ void avg_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, T* gx, int d
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
   for_each_index(g.planes * in_plane, device, "avg_pool3d backward", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t p = i / in_plane, r = i % in_plane;
-    const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
-    std::int64_t t0, t1, h0, h1, w0, w1;
-    covering(t, g.sT, g.pT, g.kT, g.To, t0, t1);
-    covering(h, g.sH, g.pH, g.kH, g.Ho, h0, h1);
-    covering(w, g.sW, g.pW, g.kW, g.Wo, w0, w1);
+    const Cover c = cover_of(g, r);
     const T* gyp = gy + p * out_plane;
     T acc = 0;
-    for (std::int64_t to = t0; to <= t1; ++to) {
+    for (std::int64_t to = c.t0; to <= c.t1; ++to) {
       const Window wt = window(to, g.sT, g.pT, g.kT, g.T);
-      for (std::int64_t ho = h0; ho <= h1; ++ho) {
+      for (std::int64_t ho = c.h0; ho <= c.h1; ++ho) {
         const Window wh = window(ho, g.sH, g.pH, g.kH, g.H);
-        for (std::int64_t wo = w0; wo <= w1; ++wo) {
+        for (std::int64_t wo = c.w0; wo <= c.w1; ++wo) {
           const Window ww = window(wo, g.sW, g.pW, g.kW, g.W);
           const std::int64_t d = divisor(g, wt, wh, ww);
           if (d > 0) acc += gyp[(to * g.Ho + ho) * g.Wo + wo] / static_cast<T>(d);
@@ -192,10 +208,8 @@ template <typename T>
 void max_pool3d_forward(const cpu::Pool3dGeometry& g, const T* x, T* y, std::int64_t* argmax, int device) {
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
   for_each_index(g.planes * out_plane, device, "max_pool3d", [=] __host__ __device__(std::int64_t i) {
-    const std::int64_t p = i / out_plane, o = i % out_plane;
-    const std::int64_t wo = o % g.Wo, ho = (o / g.Wo) % g.Ho, to = o / (g.Wo * g.Ho);
-    const Window wt = window(to, g.sT, g.pT, g.kT, g.T), wh = window(ho, g.sH, g.pH, g.kH, g.H),
-                 ww = window(wo, g.sW, g.pW, g.kW, g.W);
+    const std::int64_t p = i / out_plane;
+    const auto [wt, wh, ww] = windows_of(g, i % out_plane);
     const T* xp = x + p * in_plane;
     T best = -INFINITY;
     std::int64_t at = -1;
@@ -218,15 +232,11 @@ void max_pool3d_backward(const cpu::Pool3dGeometry& g, const T* gy, const std::i
   const std::int64_t out_plane = g.To * g.Ho * g.Wo, in_plane = g.T * g.H * g.W;
   for_each_index(g.planes * in_plane, device, "max_pool3d backward", [=] __host__ __device__(std::int64_t i) {
     const std::int64_t p = i / in_plane, r = i % in_plane;
-    const std::int64_t w = r % g.W, h = (r / g.W) % g.H, t = r / (g.W * g.H);
-    std::int64_t t0, t1, h0, h1, w0, w1;
-    covering(t, g.sT, g.pT, g.kT, g.To, t0, t1);
-    covering(h, g.sH, g.pH, g.kH, g.Ho, h0, h1);
-    covering(w, g.sW, g.pW, g.kW, g.Wo, w0, w1);
+    const Cover c = cover_of(g, r);
     T acc = 0;
-    for (std::int64_t to = t0; to <= t1; ++to)
-      for (std::int64_t ho = h0; ho <= h1; ++ho)
-        for (std::int64_t wo = w0; wo <= w1; ++wo) {
+    for (std::int64_t to = c.t0; to <= c.t1; ++to)
+      for (std::int64_t ho = c.h0; ho <= c.h1; ++ho)
+        for (std::int64_t wo = c.w0; wo <= c.w1; ++wo) {
           const std::int64_t o = p * out_plane + (to * g.Ho + ho) * g.Wo + wo;
           if (argmax[o] == r) acc += gy[o];
         }
