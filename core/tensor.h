@@ -79,8 +79,8 @@ class Tensor {
   Tensor clone() const;       // always a fresh contiguous copy
   Tensor to(DType dtype) const;
   // A copy on `device` (itself if already there); gradients flow back to this device.
-  // non_blocking host -> CUDA copies go through pinned memory on the copy stream and
-  // return at once (see core/cuda/memory.h).
+  // non_blocking host -> CUDA copies go through pinned memory, are queued on the device's
+  // stream and return at once (see core/cuda/memory.h).
   Tensor to(Device device, bool non_blocking = false) const;
 
   // ---- raw mutation, outside autograd (optimizers, initialisers, loaders) ----

@@ -45,7 +45,7 @@ struct TrainConfig {
   // running
   int workers = 2;
   int threads = 0;  // 0: all cores
-  std::string device = "cpu";  // cpu | cuda | cuda:N (batches are uploaded while the GPU computes)
+  std::string device = "cpu";  // cpu | cuda | cuda:N (batches go up through pinned memory)
   std::uint64_t seed = 0;
   std::string output = "runs/train";
   std::int64_t log_every = 10;          // steps between log lines when not on a terminal

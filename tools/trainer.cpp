@@ -272,8 +272,8 @@ double train(const TrainConfig& c, bool resume, std::int64_t stop_after_steps) {
       VG_CHECK(batch.has_value(), "train: the loader ended the epoch early");
       const double lr = schedule.lr_at(s.step);
       sgd.set_lr(lr);
-      // On CUDA the upload goes through pinned memory on the copy stream while the host
-      // goes on to the loader's next batch.
+      // On CUDA the upload is staged in pinned memory and queued behind the step's
+      // kernels; the host goes on to the loader's next batch meanwhile.
       const Tensor logits = model->forward(batch->clips.to(device, /*non_blocking=*/true));
       Tensor loss = cross_entropy(logits, batch->labels.to(device, /*non_blocking=*/true), c.label_smoothing);
       model->zero_grad();

@@ -20,7 +20,6 @@ std::atomic<bool> g_host_emulation{false};
 
 struct DeviceStreams {
   cudaStream_t compute = nullptr;
-  cudaStream_t copy = nullptr;
 };
 
 // Streams are made on first use and live as long as the process.
@@ -39,7 +38,6 @@ DeviceStreams& streams_for(int device) {
   std::call_once(st.once[device], [&] {
     DeviceGuard guard(device);
     VG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.s[device].compute, cudaStreamNonBlocking));
-    VG_CUDA_CHECK(cudaStreamCreateWithFlags(&st.s[device].copy, cudaStreamNonBlocking));
   });
   return st.s[device];
 }
@@ -135,13 +133,8 @@ DeviceGuard::DeviceGuard(int device) {
 DeviceGuard::~DeviceGuard() { cudaSetDevice(previous_); }
 
 cudaStream_t compute_stream(int device) { return streams_for(device).compute; }
-cudaStream_t copy_stream(int device) { return streams_for(device).copy; }
 
-void synchronize(int device) {
-  DeviceStreams& s = streams_for(device);
-  VG_CUDA_CHECK(cudaStreamSynchronize(s.copy));
-  VG_CUDA_CHECK(cudaStreamSynchronize(s.compute));
-}
+void synchronize(int device) { VG_CUDA_CHECK(cudaStreamSynchronize(streams_for(device).compute)); }
 
 void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
 void set_host_emulation(bool on) { g_host_emulation = on; }
@@ -151,19 +144,22 @@ bool allow_tf32() { return g_allow_tf32; }
 void copy_to_device(void* dst, const void* src, std::size_t nbytes, int device, bool non_blocking) {
   if (nbytes == 0) return;
   DeviceGuard guard(device);
-  DeviceStreams& s = streams_for(device);
+  cudaStream_t stream = streams_for(device).compute;
   if (!non_blocking) {
-    VG_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, s.compute));
-    VG_CUDA_CHECK(cudaStreamSynchronize(s.compute));  // `src` may be pageable and reused
+    VG_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream));
+    VG_CUDA_CHECK(cudaStreamSynchronize(stream));  // `src` may be pageable and reused
     return;
   }
+  // Note [non-blocking uploads]
+  // The bytes go to a pinned staging buffer and are copied by DMA in compute-stream order:
+  // after the kernels already queued (so a reused destination block is never overwritten
+  // while a queued kernel still reads it) and before any queued later. The host returns at
+  // once and prepares the next batch while the GPU works through the queue.
   PinnedBuffer* staging = pinned_pool().acquire(nbytes);
   std::memcpy(staging->ptr, src, nbytes);
-  VG_CUDA_CHECK(cudaMemcpyAsync(dst, staging->ptr, nbytes, cudaMemcpyHostToDevice, s.copy));
-  VG_CUDA_CHECK(cudaEventRecord(staging->done, s.copy));
+  VG_CUDA_CHECK(cudaMemcpyAsync(dst, staging->ptr, nbytes, cudaMemcpyHostToDevice, stream));
+  VG_CUDA_CHECK(cudaEventRecord(staging->done, stream));
   pinned_pool().release(staging);
-  // Everything later on the compute stream sees the uploaded bytes.
-  VG_CUDA_CHECK(cudaStreamWaitEvent(s.compute, staging->done, 0));
 }
 
 void copy_to_host(void* dst, const void* src, std::size_t nbytes, int device) {

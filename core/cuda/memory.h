@@ -14,9 +14,9 @@ namespace vidgrad::cuda {
 void* device_alloc(std::size_t nbytes, int device);
 void device_free(void* ptr, int device);
 
-// Host -> device. With non_blocking, the bytes are staged in a pinned host buffer and sent
-// on the device's copy stream; the compute stream waits for that copy before any later
-// work, so the caller may reuse `src` at once and need not synchronise.
+// Host -> device. With non_blocking, the bytes are staged in a pinned host buffer and the
+// copy is queued on the compute stream (Note [non-blocking uploads] in context.cpp): the
+// call returns at once, the caller may reuse `src`, and later work sees the bytes.
 void copy_to_device(void* dst, const void* src, std::size_t nbytes, int device, bool non_blocking);
 // Device -> host, after the work queued before it (synchronous).
 void copy_to_host(void* dst, const void* src, std::size_t nbytes, int device);

@@ -2,9 +2,9 @@
 // streams and the launch geometry every kernel file shares.
 //
 // Streams: each device has one compute stream, on which every op's kernels, cuBLAS and
-// cuDNN calls run in program order, and one copy stream for non-blocking host -> device
-// uploads (memory.h). Ordering on the compute stream is what makes the caching allocator
-// safe: a block freed by one op and reused by the next is touched in stream order.
+// cuDNN calls and the host <-> device copies run in program order. That ordering is what
+// makes the caching allocator safe: a block freed by one op and reused by the next is
+// touched in stream order.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -35,7 +35,6 @@ namespace vidgrad::cuda {
 // Checks `device` is a visible device index, with a message naming the caller.
 void check_device(int device, const char* who);
 cudaStream_t compute_stream(int device);
-cudaStream_t copy_stream(int device);
 
 // Makes `device` current for the scope and restores the previous one.
 class DeviceGuard {
