@@ -33,7 +33,7 @@ Tensor dropout(const Tensor& x_in, double p, bool training, Generator& gen) {
       break;
     case DeviceType::kCUDA: {
       autograd::NoGradGuard no_grad;  // the node below is dropout's own
-      mask = mask.to(x.device());
+      mask = mask.to(x.device(), /*non_blocking=*/true);  // no stall: the host copy is staged
       y = mul(x.detach(), mask);
       break;
     }

@@ -104,14 +104,15 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, double l
   VG_CHECK(N > 0 && K > 0, "cross_entropy: logits " << shape_str(logits_in.shape()) << " are empty");
   VG_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0,
            "cross_entropy: label_smoothing must be in [0, 1], got " << label_smoothing);
-  // Targets are checked on the host (copied there from a device: N values).
+  // Targets are checked on the host (copied there from a device: N values, and a wait for
+  // the device; pass host targets to avoid it).
   const Tensor targets_host = targets_in.detach().to(Device::cpu()).contiguous();
   const std::int64_t* t = targets_host.data<std::int64_t>();
   for (std::int64_t n = 0; n < N; ++n)
     VG_CHECK(t[n] >= 0 && t[n] < K, "cross_entropy: target " << t[n] << " at row " << n
                                                              << " is outside the class range [0, " << K << ")");
   const Device device = logits_in.device();
-  const Tensor targets = targets_host.to(device);
+  const Tensor targets = targets_host.to(device, /*non_blocking=*/true);
   const Tensor logp = log_softmax(logits_in.detach(), 1);
   Tensor loss = Tensor::empty({}, logits_in.dtype(), device);
   const double eps = label_smoothing;

@@ -275,7 +275,8 @@ double train(const TrainConfig& c, bool resume, std::int64_t stop_after_steps) {
       // On CUDA the upload is staged in pinned memory and queued behind the step's
       // kernels; the host goes on to the loader's next batch meanwhile.
       const Tensor logits = model->forward(batch->clips.to(device, /*non_blocking=*/true));
-      Tensor loss = cross_entropy(logits, batch->labels.to(device, /*non_blocking=*/true), c.label_smoothing);
+      // Labels stay on the host: cross_entropy checks them there and uploads them itself.
+      Tensor loss = cross_entropy(logits, batch->labels, c.label_smoothing);
       model->zero_grad();
       loss.backward();
       sgd.step();
