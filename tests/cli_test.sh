@@ -36,6 +36,8 @@ echo '{"epochs": 2,' > "$WORK/bad.json"
 expect_error "malformed config file" "not valid JSON" "$VG" train --config "$WORK/bad.json"
 expect_error "missing config file" "bad.jsn" "$VG" train --config "$WORK/bad.jsn"
 expect_error "missing dataset" "cannot find" "$VG" train data="$WORK/nowhere" output="$WORK/r"
+expect_error "bad device in config" "'gpu' is not a device" "$VG" train data=x device=gpu
+expect_error "bad bench device" "expected cpu, cuda or cuda:N" "$VG" bench --device cuda:x --size 32 --frames 2
 
 check "gen-synthetic" "$VG" gen-synthetic --out "$WORK/data" --train-per-class 2 --val-per-class 1 --width 32 --height 24 --frames 8
 args=(data="$WORK/data" frames=4 crop=16 resize_min=16 resize_max=20 test_resize=16 batch_size=4 epochs=2

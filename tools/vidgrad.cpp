@@ -17,6 +17,7 @@
 #include "trainer.h"
 #include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/bench/step_timer.h"
+#include "vidgrad/core/cuda/context.h"
 #include "vidgrad/core/file_io.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/data/synthetic.h"
@@ -57,10 +58,13 @@ struct EvalArgs {
   double require_top1 = -1;
   std::int64_t max_batches = 0;
   int workers = -1;
+  std::string device = "cpu";
 };
 
 int run_eval(const EvalArgs& a) {
   LoadedModel m = load_trained(a.checkpoint);
+  const Device device = parse_device(a.device);
+  m.model->to(device);
   TrainConfig c = m.config;
   if (!a.data.empty()) c.data = a.data;
   if (!a.split.empty()) c.val_split = a.split;
@@ -85,6 +89,7 @@ int run_eval(const EvalArgs& a) {
   if (spatial == 3) lo.clip.test_resize = lo.clip.crop;  // three crops span the resized frame
   data::Loader loader(ds, lo);
   EvalOptions eo;
+  eo.device = device;
   eo.max_batches = a.max_batches;
   eo.progress_label = "eval";
   if (!a.twin_map.empty()) {
@@ -121,8 +126,11 @@ int run_eval(const EvalArgs& a) {
 
 // ---- predict ----
 
-int run_predict(const std::string& checkpoint, const std::vector<std::string>& videos, int top) {
+int run_predict(const std::string& checkpoint, const std::vector<std::string>& videos, int top,
+                const std::string& device_name) {
   LoadedModel m = load_trained(checkpoint);
+  const Device device = parse_device(device_name);
+  m.model->to(device);
   const data::ClipOptions co = clip_options(m.config);
   const auto classes = static_cast<std::int64_t>(m.classes.size());
   top = static_cast<int>(std::min<std::int64_t>(top, classes));
@@ -133,7 +141,7 @@ int run_predict(const std::string& checkpoint, const std::vector<std::string>& v
       Tensor clip = Tensor::empty({1, 3, co.frames, co.crop, co.crop});
       Generator gen(0);
       data::load_clip({path, 0}, co, false, gen, {}, clip.data<float>());
-      const std::vector<float> lp = log_softmax(m.model->forward(clip), 1).to_vector<float>();
+      const std::vector<float> lp = log_softmax(m.model->forward(clip.to(device)), 1).to_vector<float>();
       std::vector<std::int64_t> order(static_cast<std::size_t>(classes));
       for (std::int64_t k = 0; k < classes; ++k) order[k] = k;
       std::partial_sort(order.begin(), order.begin() + top, order.end(),
@@ -159,6 +167,10 @@ int run_info(const std::string& model, std::int64_t classes, std::int64_t frames
   std::printf("%s, %lld classes, input 3x%lldx%lldx%lld\n%s", model.c_str(), static_cast<long long>(classes),
               static_cast<long long>(frames), static_cast<long long>(size), static_cast<long long>(size),
               r.table().c_str());
+  if (cuda::is_available())
+    std::printf("CUDA: %d device(s), cuda:0 is %s\n", cuda::device_count(), cuda::device_name(0).c_str());
+  else
+    std::printf("CUDA: not available (%s)\n", cuda::unavailable_reason().c_str());
   return 0;
 }
 
@@ -213,6 +225,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--json", ea.json_out, "also write the results as JSON");
   eval_cmd->add_option("--max-batches", ea.max_batches, "evaluate at most this many batches");
   eval_cmd->add_option("--workers", ea.workers, "loader threads");
+  eval_cmd->add_option("--device", ea.device, "cpu, cuda or cuda:N");
   eval_cmd->add_option("--require-top1", ea.require_top1, "exit with status 3 if top-1 (0..1) is below this")
       ->check(CLI::Range(0.0, 1.0));
 
@@ -223,6 +236,8 @@ int main(int argc, char** argv) {
   pred_cmd->add_option("--checkpoint", pred_ckpt, "checkpoint from vidgrad train")->required()->check(CLI::ExistingFile);
   pred_cmd->add_option("videos", videos, "video files or JPEG frame folders")->required();
   pred_cmd->add_option("--top", top, "how many classes to show")->check(CLI::PositiveNumber);
+  std::string pred_device = "cpu";
+  pred_cmd->add_option("--device", pred_device, "cpu, cuda or cuda:N");
 
   std::string info_model = "sevnet_g8";
   std::int64_t info_classes = 174, info_frames = 16, info_size = 224;
@@ -268,7 +283,7 @@ int main(int argc, char** argv) {
   try {
     if (*train_cmd) return run_train(config, overrides, resume, stop_after);
     if (*eval_cmd) return run_eval(ea);
-    if (*pred_cmd) return run_predict(pred_ckpt, videos, top);
+    if (*pred_cmd) return run_predict(pred_ckpt, videos, top, pred_device);
     if (*info_cmd) return run_info(info_model, info_classes, info_frames, info_size);
     if (*gen_cmd) return run_gen(so);
     if (*plot_cmd) {
