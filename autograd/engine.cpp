@@ -17,6 +17,14 @@ void add_into(Tensor& dst, const Tensor& src) { dst.add_(src); }
 
 Tensor fresh_copy(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()).copy_(t); }
 
+// True when `t` is the only handle on its data: no view, saved tensor or other gradient
+// shares the storage, so adding into it in place cannot be observed elsewhere. (Closures
+// may return the incoming gradient itself, or views of it, for several inputs: those
+// share storage and are copied before accumulating.)
+bool exclusively_owned(const Tensor& t) {
+  return t.shared_impl().use_count() == 1 && t.storage().use_count() == 1;
+}
+
 void check_grad(const Tensor& g, const Shape& shape, DType dtype, Device device, const std::string& producer,
                 const std::string& target) {
   VG_CHECK(g.defined(), "backward: " << producer << " returned no gradient for " << target);
@@ -140,6 +148,8 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
         Tensor& slot = pending[e.node.get()];
         if (!slot.defined()) {
           slot = grads[i];
+        } else if (autograd::exclusively_owned(slot)) {
+          autograd::add_into(slot, grads[i]);  // residual junctions: one pass, no copy
         } else {
           Tensor sum = autograd::fresh_copy(slot);
           autograd::add_into(sum, grads[i]);

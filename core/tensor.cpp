@@ -7,6 +7,7 @@
 
 #include "vidgrad/core/cuda/memory.h"
 #include "vidgrad/core/cuda/tensor_kernels.h"
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/core/strided.h"
 
 namespace vidgrad {
@@ -23,10 +24,31 @@ std::shared_ptr<TensorImpl> new_impl(const Shape& shape, DType dtype, Device dev
   return impl;
 }
 
+// f(off, n, step) over runs of a two-operand walk, spread over threads when large: dims
+// are collapsed first; a walk that collapses to one long run is cut into chunks.
+template <typename F>
+void parallel_walk2(const Shape& shape, const Shape& strides_a, const Shape& strides_b, F&& f) {
+  Shape sh = shape;
+  std::array<Shape, 2> st{strides_a, strides_b};
+  collapse_dims<2>(sh, st);
+  if (sh.size() == 1 && sh[0] >= 2 * kMinParallelWork) {
+    constexpr std::int64_t kChunk = 1 << 14;
+    const std::int64_t n = sh[0], chunks = (n + kChunk - 1) / kChunk;
+    const std::array<std::int64_t, 2> step{st[0][0], st[1][0]};
+#pragma omp parallel for schedule(static)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::array<std::int64_t, 2> off{c * kChunk * step[0], c * kChunk * step[1]};
+      f(off, std::min(kChunk, n - c * kChunk), step);
+    }
+    return;
+  }
+  parallel_for_each_run<2>(sh, st, kMinParallelWork, f);
+}
+
 template <typename Dst, typename Src>
 void strided_copy(const Shape& shape, Dst* dst, const Shape& dst_strides, const Src* src,
                   const Shape& src_strides) {
-  for_each_run<2>(shape, {&dst_strides, &src_strides},
+  parallel_walk2(shape, dst_strides, src_strides,
                   [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
                       const std::array<std::int64_t, 2>& step) {
                     Dst* d = dst + off[0];
@@ -204,11 +226,17 @@ Tensor& Tensor::add_(const Tensor& src) {
   dispatch_all(dtype(), [&]<typename T>() {
     T* d = data<T>();
     const T* s = src.data<T>();
-    for_each_run<2>(shape(), {&strides(), &src.strides()},
-                    [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
-                        const std::array<std::int64_t, 2>& step) {
-                      for (std::int64_t i = 0; i < n; ++i) d[off[0] + i * step[0]] += s[off[1] + i * step[1]];
-                    });
+    parallel_walk2(shape(), strides(), src.strides(),
+                   [&](const std::array<std::int64_t, 2>& off, std::int64_t n,
+                       const std::array<std::int64_t, 2>& step) {
+                     T* dd = d + off[0];
+                     const T* ss = s + off[1];
+                     if (step[0] == 1 && step[1] == 1) {
+                       for (std::int64_t i = 0; i < n; ++i) dd[i] += ss[i];
+                     } else {
+                       for (std::int64_t i = 0; i < n; ++i) dd[i * step[0]] += ss[i * step[1]];
+                     }
+                   });
   });
   return *this;
 }
