@@ -160,7 +160,6 @@ struct PassChoice {
   std::size_t workspace = 0;
   int fallback_algo = 0;        // best found with no workspace
   cudnnMathType_t fallback_math = CUDNN_DEFAULT_MATH;
-  std::string name;
 };
 
 struct Plan {
@@ -281,7 +280,6 @@ void choose(PassChoice& choice, const Perf* perf, int count, const char* pass) {
     choice.fallback_algo = choice.algo;
     choice.fallback_math = choice.math;
   }
-  choice.name = "cudnn:" + std::to_string(choice.algo);
 }
 
 template <typename T>
@@ -402,7 +400,6 @@ void run_pass(const Conv3dGeometry& g, ConvPass pass, const T* a, const T* b, T*
       // cuDNN has no algorithm for this shape and dtype (some float64 3-D passes): the
       // direct kernels handle every shape.
       c.direct = true;
-      c.name = "direct (no cuDNN algorithm)";
       c.searched = true;
       return run_direct<T>(g, pass, a, b, out, device);
     }
@@ -410,7 +407,6 @@ void run_pass(const Conv3dGeometry& g, ConvPass pass, const T* a, const T* b, T*
       const float cudnn_ms = time_ms(device, [&] { run_cudnn<T>(p, pass, a, b, out, device); });
       const float direct_ms = time_ms(device, [&] { run_direct<T>(g, pass, a, b, out, device); });
       c.direct = direct_ms < cudnn_ms;
-      if (c.direct) c.name = "direct";
     }
     c.searched = true;
   }
@@ -448,16 +444,6 @@ void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb, int devic
       O, g.N * L, device, "conv3d bias gradient",
       [=] __host__ __device__(std::int64_t o, std::int64_t j) { return gy[((j / L) * O + o) * L + j % L]; },
       [=] __host__ __device__(std::int64_t o, double acc) { gb[o] = static_cast<T>(acc); });
-}
-
-const char* conv3d_choice(const Conv3dGeometry& g, ConvPass pass, bool is_double) {
-  int device = 0;
-  cudaGetDevice(&device);
-  std::lock_guard<std::mutex> lock(g_plans_mu);
-  auto it = plans().find(plan_key(g, is_double, device));
-  if (it == plans().end()) return "";
-  const PassChoice& c = it->second->pass[static_cast<int>(pass)];
-  return c.searched ? c.name.c_str() : "";
 }
 
 void set_conv3d_policy(int policy) {

@@ -108,10 +108,7 @@ void conv3d_backward_weight(const cpu::Conv3dGeometry& g, const T* gy, const T* 
 template <typename T>
 void conv3d_backward_bias(const cpu::Conv3dGeometry& g, const T* gy, T* gb, int device);
 
-// Which implementation conv3d picked for a shape and pass, for benchmarks and tests:
-// "cudnn:<algo>" or "direct". Empty until the shape has run once.
 enum class ConvPass { kForward, kBackwardInput, kBackwardWeight };
-const char* conv3d_choice(const cpu::Conv3dGeometry& g, ConvPass pass, bool is_double);
 // Forces an implementation for grouped convs: 0 automatic (time both), 1 cuDNN, 2 direct.
 // Tests use it to check both against the CPU.
 void set_conv3d_policy(int policy);
