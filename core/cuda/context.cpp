@@ -5,7 +5,6 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <vector>
 
 #include "vidgrad/core/cuda/context.h"
 #include "vidgrad/core/cuda/memory.h"

@@ -16,7 +16,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <tuple>
 #include <vector>
 
@@ -40,6 +39,8 @@ using cpu::Conv3dGeometry;
 
 constexpr std::size_t kSearchWorkspace = std::size_t{1} << 30;
 constexpr int kTimingRuns = 3;
+
+enum class ConvPass { kForward, kBackwardInput, kBackwardWeight };
 
 int g_policy = 0;  // 0 automatic, 1 cuDNN only, 2 direct for grouped convs
 

@@ -108,7 +108,6 @@ void conv3d_backward_weight(const cpu::Conv3dGeometry& g, const T* gy, const T* 
 template <typename T>
 void conv3d_backward_bias(const cpu::Conv3dGeometry& g, const T* gy, T* gb, int device);
 
-enum class ConvPass { kForward, kBackwardInput, kBackwardWeight };
 // Forces an implementation for grouped convs: 0 automatic (time both), 1 cuDNN, 2 direct.
 // Tests use it to check both against the CPU.
 void set_conv3d_policy(int policy);
