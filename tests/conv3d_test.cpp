@@ -4,6 +4,9 @@
 #include "test_util.h"
 
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
+#include "vidgrad/ops/cpu/row_gemm.h"
+
+#include <random>
 
 namespace vidgrad {
 namespace {
@@ -129,6 +132,9 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"Temporal3x1x1", {2, 6, 5, 3, 4}, 6, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), false},
         ConvCase{"Temporal3x1x1DilatedGrouped", {1, 4, 4, 3, 2}, 4, {3, 1, 1}, opt({1, 1, 1}, {2, 0, 0}, {2, 1, 1}, 2),
                  true},
+        // Full 8 x 48 micro-kernel tiles and a partial one (Note [row GEMM]).
+        ConvCase{"Temporal3x1x1FullTiles", {1, 16, 3, 4, 13}, 16, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"Temporal2x1x1ShortClip", {2, 2, 1, 2, 3}, 3, {2, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), true},
         // Groups of 8 output channels with unit width stride take the direct kernel
         // (Note [direct grouped conv]): long rows, a partial last block, height stride,
@@ -149,6 +155,47 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"StemLike1x7x7", {1, 3, 2, 9, 9}, 4, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1), false},
         ConvCase{"PointwiseStride2", {1, 4, 3, 5, 5}, 2, {1, 1, 1}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 2), true}),
     [](const ::testing::TestParamInfo<ConvCase>& info) { return std::string(info.param.name); });
+
+// row_gemm against the plain triple loop at block edges: M around the 8-row panel, K
+// across the 128-row B blocks, N across the 48-column panels and the 8-panel blocks,
+// rows of B scattered, C with a row stride, written and accumulated, in both precisions
+// and on both sides of the threading threshold.
+template <typename T>
+void check_row_gemm(std::int64_t M, std::int64_t K, std::int64_t N, bool accumulate) {
+  std::mt19937 rng(static_cast<unsigned>(M * 1000003 + K * 1009 + N));
+  std::normal_distribution<double> dist;
+  std::vector<T> a(M * K), pool((K + 3) * (N + 5)), c((N + 7) * M), expect;
+  for (auto& v : a) v = static_cast<T>(dist(rng));
+  for (auto& v : pool) v = static_cast<T>(dist(rng));
+  for (auto& v : c) v = static_cast<T>(dist(rng));
+  std::vector<const T*> rows(K);
+  for (std::int64_t k = 0; k < K; ++k) rows[k] = pool.data() + ((k * 7) % (K + 3)) * (N + 5) + (k % 5);
+  const std::int64_t ldc = N + 7;
+  expect = c;
+  for (std::int64_t m = 0; m < M; ++m)
+    for (std::int64_t n = 0; n < N; ++n) {
+      double acc = accumulate ? static_cast<double>(c[m * ldc + n]) : 0.0;
+      for (std::int64_t k = 0; k < K; ++k) acc += static_cast<double>(a[m * K + k]) * rows[k][n];
+      expect[m * ldc + n] = static_cast<T>(acc);
+    }
+  cpu::row_gemm(cpu::PackedA<T>(M, K, [&](std::int64_t m, std::int64_t k) { return a[m * K + k]; }), N, rows.data(),
+                c.data(), ldc, accumulate);
+  const double tol = std::is_same_v<T, float> ? 1e-4 * std::sqrt(static_cast<double>(K)) : 1e-12;
+  for (std::int64_t i = 0; i < static_cast<std::int64_t>(c.size()); ++i)
+    ASSERT_NEAR(c[i], expect[i], tol * (1 + std::abs(static_cast<double>(expect[i]))))
+        << "M " << M << " K " << K << " N " << N << " accumulate " << accumulate << " at " << i / ldc << ", "
+        << i % ldc;
+}
+
+TEST(RowGemm, MatchesTripleLoopAtBlockEdges) {
+  for (std::int64_t M : {1, 8, 13, 64})
+    for (std::int64_t K : {1, 5, 128, 300})
+      for (std::int64_t N : {1, 47, 48, 100, 401, 1000})
+        for (bool accumulate : {false, true}) {
+          check_row_gemm<float>(M, K, N, accumulate);
+          check_row_gemm<double>(M, K, N, accumulate);
+        }
+}
 
 TEST(Conv3d, FloatAndDoubleAgree) {
   Tensor x = randn({1, 8, 4, 9, 9}, 7), w = randn({8, 1, 1, 3, 3}, 8);

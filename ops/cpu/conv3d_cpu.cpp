@@ -7,6 +7,7 @@
 // there are enough of them to feed every thread (grouped and depthwise convs, batches);
 // otherwise (n, g) runs in order and Eigen's GEMM and im2col use the threads.
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
+#include "vidgrad/ops/cpu/row_gemm.h"
 
 #include "vidgrad/core/parallel.h"
 
@@ -148,31 +149,68 @@ std::vector<T> split_taps(const Conv3dGeometry& g, const T* w, std::int64_t gr) 
   return taps;
 }
 
-// yg (Og, To*HW) += sum over taps of W_kt * shifted xg (Cg, T*HW).
+// dst (M, frames*HW) = A * rows, where row j*kT + kt is source channel j (of src_frames
+// frames, src_stride apart) shifted so that destination frame t reads source frame
+// t + shift[kt]; taps that fall outside the source read zeros. Destination frames with the
+// same set of valid taps form one row_gemm (three ranges for a padded 3x1x1 conv).
 template <typename T>
-void temporal_forward(const Conv3dGeometry& g, const T* xg, const T* taps, T* yg) {
-  const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg();
-  for (std::int64_t kt = 0; kt < g.kT; ++kt) {
-    const TapRange r = tap_range(g, kt);
-    if (r.hi <= r.lo) continue;
-    const std::int64_t cols = (r.hi - r.lo) * HW;
-    StridedMap<T> y(yg + r.lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
-    ConstStridedMap<T> x(xg + (r.lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
-    y.noalias() += ConstMap<T>(taps + kt * Og * Cg, Og, Cg) * x;
+void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t* shift, const T* src,
+                       std::int64_t src_stride, std::int64_t src_frames, std::int64_t HW, T* dst, std::int64_t dst_stride,
+                       std::int64_t frames) {
+  const std::int64_t J = a.K / kT;
+  auto valid = [&](std::int64_t t, std::int64_t kt) { return t + shift[kt] >= 0 && t + shift[kt] < src_frames; };
+  auto same_taps = [&](std::int64_t t, std::int64_t u) {
+    for (std::int64_t kt = 0; kt < kT; ++kt)
+      if (valid(t, kt) != valid(u, kt)) return false;
+    return true;
+  };
+  std::vector<const T*> rows(static_cast<std::size_t>(a.K));
+  thread_local std::vector<T> zeros;
+  for (std::int64_t t0 = 0, t1; t0 < frames; t0 = t1) {
+    for (t1 = t0 + 1; t1 < frames && same_taps(t0, t1); ++t1) {
+    }
+    const std::int64_t cols = (t1 - t0) * HW;
+    for (std::int64_t kt = 0; kt < kT; ++kt) {
+      if (!valid(t0, kt) && static_cast<std::int64_t>(zeros.size()) < cols) zeros.assign(static_cast<std::size_t>(cols), T(0));
+      for (std::int64_t j = 0; j < J; ++j)
+        rows[j * kT + kt] = valid(t0, kt) ? src + j * src_stride + (t0 + shift[kt]) * HW : zeros.data();
+    }
+    row_gemm(a, cols, rows.data(), dst + t0 * HW, dst_stride, false);
   }
 }
 
-// gxg (Cg, T*HW) += sum over taps of W_kt^T * gyg (Og, To*HW), shifted back.
+// 1x1x1 and kT x 1 x 1 convs (pointwise or temporal_only) through row_gemm: the forward
+// (y = W * shifted x) and the input gradient (gx = W^T * gy shifted back) are both one
+// GEMM of depth channels * kT per range of frames, with no im2col (Note [row GEMM]).
 template <typename T>
-void temporal_backward_input(const Conv3dGeometry& g, const T* gyg, const T* taps, T* gxg) {
-  const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg();
-  for (std::int64_t kt = 0; kt < g.kT; ++kt) {
-    const TapRange r = tap_range(g, kt);
-    if (r.hi <= r.lo) continue;
-    const std::int64_t cols = (r.hi - r.lo) * HW;
-    StridedMap<T> gx(gxg + (r.lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
-    ConstStridedMap<T> gy(gyg + r.lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
-    gx.noalias() += ConstMap<T>(taps + kt * Og * Cg, Og, Cg).transpose() * gy;
+void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), HW = g.H * g.W, items = g.N * g.groups;
+  const std::int64_t src_ch = input_grad ? Og : Cg, dst_ch = input_grad ? Cg : Og;
+  const std::int64_t src_vol = input_grad ? g.L() : g.in_volume(), dst_vol = input_grad ? g.in_volume() : g.L();
+  const std::int64_t src_frames = input_grad ? g.To : g.T, dst_frames = input_grad ? g.T : g.To;
+  std::vector<std::int64_t> shift(static_cast<std::size_t>(g.kT));
+  for (std::int64_t kt = 0; kt < g.kT; ++kt) shift[kt] = (input_grad ? -1 : 1) * (kt * g.dT - g.pT);
+  std::vector<PackedA<T>> packed;
+  for (std::int64_t gr = 0; gr < g.groups; ++gr) {
+    const T* wg = w + gr * Og * K;
+    if (input_grad)  // A(c, o*kT + kt) = w[o][c][kt]
+      packed.emplace_back(Cg, Og * g.kT, [&](std::int64_t c, std::int64_t k) {
+        return wg[((k / g.kT) * Cg + c) * g.kT + k % g.kT];
+      });
+    else  // A = W_g as stored, (Og, Cg*kT)
+      packed.emplace_back(Og, K, [&](std::int64_t o, std::int64_t k) { return wg[o * K + k]; });
+  }
+  auto run_item = [&](std::int64_t item) {
+    const std::int64_t n = item / g.groups, gr = item % g.groups;
+    shifted_rows_gemm(packed[gr], g.kT, shift.data(), src + (n * g.groups + gr) * src_ch * src_vol, src_vol,
+                      src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames);
+  };
+  // Small frames give each GEMM too few columns to split; then samples go to threads.
+  if (omp_get_max_threads() > 1 && items >= omp_get_max_threads() && dst_frames * HW < 4096) {
+#pragma omp parallel for schedule(dynamic)
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
+  } else {
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
   }
 }
 
@@ -266,15 +304,21 @@ bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
+  if (g.temporal_only() || g.pointwise()) {
+    rows_conv(g, w, x, y, false);
+    if (b) {
+#pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
+      for (std::int64_t r = 0; r < g.N * g.O; ++r)
+        for (std::int64_t i = 0; i < L; ++i) y[r * L + i] += b[r % g.O];
+    }
+    return;
+  }
   const bool outer = items_parallel(items, Og * K * L);
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
     Map<T> yg(y + (n * g.O + gr * Og) * L, Og, L);
-    if (g.temporal_only()) {
-      yg.setZero();
-      temporal_forward(g, xg, split_taps(g, w, gr).data(), yg.data());
-    } else if (direct_forward(g)) {
+    if (direct_forward(g)) {
       const std::int64_t rows = g.To * g.Ho;
       std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
       for (std::int64_t o = 0; o < Og; ++o)
@@ -291,8 +335,6 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
           for (std::int64_t p = 0; p < rows; ++p) direct_rows(g, xg, wt.data(), yg.data(), p, p + 1, buf);
         }
       }
-    } else if (g.pointwise()) {
-      yg.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(xg, K, L);
     } else {
       const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
       for (std::int64_t p0 = 0; p0 < rows; p0 += step) {
@@ -348,21 +390,16 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
     conv3d_forward<T>(*t, gy, wt.data(), nullptr, gx);
     return;
   }
+  if (g.temporal_only() || g.pointwise()) {
+    rows_conv(g, w, gy, gx, true);
+    return;
+  }
   const bool outer = items_parallel(items, Og * K * L);
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     T* gxg = gx + (n * g.C + gr * Cg) * g.in_volume();
     ConstMap<T> wg(w + gr * Og * K, Og, K);
     ConstMap<T> gyg(gy + (n * g.O + gr * Og) * L, Og, L);
-    if (g.temporal_only()) {
-      std::fill(gxg, gxg + Cg * g.in_volume(), T(0));
-      temporal_backward_input(g, gyg.data(), split_taps(g, w, gr).data(), gxg);
-      return;
-    }
-    if (g.pointwise()) {
-      Map<T>(gxg, K, L).noalias() = wg.transpose() * gyg;
-      return;
-    }
     std::fill(gxg, gxg + Cg * g.in_volume(), T(0));
     const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
     for (std::int64_t p0 = 0; p0 < rows; p0 += step) {

@@ -1,0 +1,145 @@
+// Note [row GEMM]: SEVNet's 1x1x1 and 3x1x1 convolutions are GEMMs with small M and K
+// (32..512 channels, times 3 taps) and a long N (T*H*W output positions, 784..200704).
+// Through Eigen, the 3x1x1 conv was three GEMMs of depth C accumulating into the output
+// (three read-modify-write passes over it), and Eigen re-packed the whole input for each
+// one. Here B is a list of row pointers, so a kT x 1 x 1 conv is one GEMM of depth
+// C*kT whose rows are time-shifted views of the input, and the output is written once.
+//
+// Blocking, in the usual way (BLIS): a thread owns a range of NR-column panels; for a
+// block of kPanels panels and kKc rows of B at a time it copies B into a contiguous
+// buffer ([panel][k][NR], zero past N; rows of B lie a multiple of 4 KiB apart at most
+// SEVNet sizes, so reading them in place would thrash the L1 sets), then for each panel
+// runs the MR x NR micro-kernel down all row panels of A (packed once by the caller, see
+// PackedA). The B panel (kKc x NR) stays in L1 while A streams from L2. The micro-kernel
+// keeps MR x NR = 8 x 48 floats in 24 vector registers (AVX-512) and does 24 FMAs per
+// k for 3 loads and 8 broadcasts.
+#include "vidgrad/ops/cpu/row_gemm.h"
+
+#include "vidgrad/core/parallel.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace vidgrad::cpu {
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64, kNv = 3;  // 32 zmm: 24 accumulators
+#else
+constexpr int kVecBytes = 32, kNv = 1;  // 16 ymm: 8 accumulators
+#endif
+
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+};
+
+template <typename T>
+constexpr std::int64_t kLanes = kVecBytes / sizeof(T);
+template <typename T>
+constexpr std::int64_t kNr = kNv * kLanes<T>;
+constexpr std::int64_t kMr = kRowGemmMr;
+constexpr std::int64_t kKc = 128;     // rows of B per packed block
+constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
+
+// c[i, n] (i < rows, n < cols) (=|+=) sum over k < kc of a[k][i] * b[k][n]; a is an MR-row
+// panel of packed A, b a packed B panel.
+template <typename T>
+void micro_kernel(std::int64_t kc, const T* a, const T* b, T* c, std::int64_t ldc, std::int64_t rows,
+                  std::int64_t cols, bool load_c) {
+  using V = typename VecOf<T>::type;
+  constexpr std::int64_t L = kLanes<T>, NR = kNr<T>;
+  V acc[kMr][kNv];
+  for (auto& row : acc)
+    for (auto& v : row) v = V{};
+  for (std::int64_t k = 0; k < kc; ++k) {
+    V bv[kNv];
+    for (int j = 0; j < kNv; ++j) std::memcpy(&bv[j], b + k * NR + j * L, sizeof(V));
+    for (std::int64_t i = 0; i < kMr; ++i) {
+      const T s = a[k * kMr + i];
+      for (int j = 0; j < kNv; ++j) acc[i][j] += s * bv[j];
+    }
+  }
+  if (rows == kMr && cols == NR) {
+    for (std::int64_t i = 0; i < kMr; ++i)
+      for (int j = 0; j < kNv; ++j) {
+        T* p = c + i * ldc + j * L;
+        if (load_c) {
+          V old;
+          std::memcpy(&old, p, sizeof(V));
+          acc[i][j] += old;
+        }
+        std::memcpy(p, &acc[i][j], sizeof(V));
+      }
+    return;
+  }
+  alignas(64) T tile[kMr][NR];
+  std::memcpy(tile, acc, sizeof(tile));
+  for (std::int64_t i = 0; i < rows; ++i)
+    for (std::int64_t n = 0; n < cols; ++n) c[i * ldc + n] = (load_c ? c[i * ldc + n] : T(0)) + tile[i][n];
+}
+
+// Panels [p_lo, p_hi) of C; see the Note.
+template <typename T>
+void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc,
+                     bool accumulate, std::int64_t p_lo, std::int64_t p_hi) {
+  constexpr std::int64_t NR = kNr<T>;
+  thread_local std::vector<T> packed;
+  packed.resize(static_cast<std::size_t>(kPanels * kKc * NR));
+  T* bp = packed.data();
+  const std::int64_t m_panels = (a.M + kMr - 1) / kMr;
+  for (std::int64_t pb = p_lo; pb < p_hi; pb += kPanels) {
+    const std::int64_t pe = std::min(p_hi, pb + kPanels);
+    for (std::int64_t k0 = 0; k0 < a.K; k0 += kKc) {
+      const std::int64_t kc = std::min(kKc, a.K - k0);
+      for (std::int64_t k = 0; k < kc; ++k) {
+        const T* src = b_rows[k0 + k];
+        for (std::int64_t p = pb; p < pe; ++p) {
+          T* dst = bp + ((p - pb) * kc + k) * NR;
+          const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
+          std::memcpy(dst, src + n0, static_cast<std::size_t>(cols) * sizeof(T));
+          std::fill(dst + cols, dst + NR, T(0));
+        }
+      }
+      for (std::int64_t p = pb; p < pe; ++p) {
+        const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
+        for (std::int64_t mp = 0; mp < m_panels; ++mp)
+          micro_kernel(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * kc * NR, c + mp * kMr * ldc + n0,
+                       ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate) {
+  if (a.M == 0 || N == 0) return;
+  if (a.K == 0) {
+    if (!accumulate)
+      for (std::int64_t m = 0; m < a.M; ++m) std::fill(c + m * ldc, c + m * ldc + N, T(0));
+    return;
+  }
+  const std::int64_t panels = (N + kNr<T> - 1) / kNr<T>;
+  const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && panels > 1 &&
+                        a.M * a.K * N >= 32 * kMinParallelWork;
+  if (!parallel) {
+    row_gemm_panels(a, N, b_rows, c, ldc, accumulate, 0, panels);
+    return;
+  }
+#pragma omp parallel
+  {
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    row_gemm_panels(a, N, b_rows, c, ldc, accumulate, panels * t / nt, panels * (t + 1) / nt);
+  }
+}
+
+template void row_gemm<float>(const PackedA<float>&, std::int64_t, const float* const*, float*, std::int64_t, bool);
+template void row_gemm<double>(const PackedA<double>&, std::int64_t, const double* const*, double*, std::int64_t,
+                               bool);
+
+}  // namespace vidgrad::cpu

@@ -1,0 +1,39 @@
+// GEMM for convolutions whose column matrix is made of input rows, with no copy:
+//   C[M, N] (=|+=) A[M, K] * B[K, N],   row k of B given by its own pointer b_rows[k].
+// Note [row GEMM] in row_gemm.cpp says why and how; the 1x1x1 and kT x 1 x 1 convs in
+// conv3d_cpu.cpp use it (forward and input gradient), where M and K are tens to hundreds
+// and N (output positions) is tens of thousands.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace vidgrad::cpu {
+
+// Rows of A in panels of kRowGemmMr, each stored k-major ([panel][k][kRowGemmMr]) so the
+// micro-kernel reads one contiguous run; rows past M are zero.
+inline constexpr std::int64_t kRowGemmMr = 8;
+
+template <typename T>
+struct PackedA {
+  std::int64_t M = 0, K = 0;
+  std::vector<T> data;
+
+  // a(m, k) gives A's element; any layout (a transposed or tap-reordered weight) packs
+  // through the same loop.
+  template <typename F>
+  PackedA(std::int64_t m, std::int64_t k, F&& a) : M(m), K(k) {
+    const std::int64_t panels = (M + kRowGemmMr - 1) / kRowGemmMr;
+    data.assign(static_cast<std::size_t>(panels * K * kRowGemmMr), T(0));
+    for (std::int64_t p = 0; p < panels; ++p)
+      for (std::int64_t i = 0; i < kRowGemmMr && p * kRowGemmMr + i < M; ++i)
+        for (std::int64_t kk = 0; kk < K; ++kk) data[(p * K + kk) * kRowGemmMr + i] = a(p * kRowGemmMr + i, kk);
+  }
+};
+
+// C[m, n] for m < a.M, n < N at c + m * ldc + n. b_rows[k] + n for n < N must be
+// readable for every k < a.K. Threads split N (none when called inside a parallel region).
+template <typename T>
+void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate);
+
+}  // namespace vidgrad::cpu
