@@ -153,6 +153,12 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"Stride2AllAxesOddSizes", {1, 3, 5, 7, 9}, 4, {3, 3, 3}, opt({2, 2, 2}, {1, 0, 1}, {1, 1, 1}, 1),
                  true},
         ConvCase{"StemLike1x7x7", {1, 3, 2, 9, 9}, 4, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1), false},
+        // Ungrouped convs with output rows of 32 or more take the phase-split row GEMM
+        // (Note [strided rows]): the stem's shape, dilation in every axis, width stride 3.
+        ConvCase{"StemLikeWideRows", {1, 3, 2, 5, 70}, 10, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1), true},
+        ConvCase{"DilatedWideRows", {1, 2, 3, 4, 36}, 9, {2, 3, 3}, opt({1, 1, 1}, {1, 2, 2}, {2, 2, 2}, 1), false},
+        ConvCase{"WidthStride3WideRows", {2, 2, 2, 3, 100}, 3, {1, 2, 5}, opt({1, 1, 3}, {0, 0, 2}, {1, 1, 2}, 1),
+                 false},
         ConvCase{"PointwiseStride2", {1, 4, 3, 5, 5}, 2, {1, 1, 1}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 2), true}),
     [](const ::testing::TestParamInfo<ConvCase>& info) { return std::string(info.param.name); });
 

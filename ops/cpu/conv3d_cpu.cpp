@@ -283,6 +283,53 @@ void direct_rows(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::in
   }
 }
 
+// ---- any ungrouped conv, forward, one output row at a time ----
+// Note [strided rows]: for one output row (n, to, ho), output column wo of tap
+// (c, kt, kh, kw) reads input column wo * sW + kw * dW - pW of one input row. Splitting
+// each zero-padded input row into its sW phases (phase q holds padded columns q, q + sW,
+// ...) makes that a contiguous run starting at phase (kw*dW) % sW, offset (kw*dW) / sW,
+// so the output row is one row_gemm of depth C*kT*kH*kW over pointers into a small
+// scratch (Cg*kT*kH padded rows, in L1/L2) instead of an im2col matrix. Output rows go to
+// threads. Used for wide rows (the stem's 1x7x7 stride-2 conv at 112 output columns);
+// narrow rows would leave most of the 48-column micro-kernel tiles empty.
+bool strided_rows_forward(const Conv3dGeometry& g) { return g.groups == 1 && g.Wo >= 32 && !g.pointwise(); }
+
+template <typename T>
+void strided_rows_conv(const Conv3dGeometry& g, const T* x, const T* w, T* y) {
+  const std::int64_t K = g.K(), L = g.L(), rows = g.To * g.Ho, padded = g.W + 2 * g.pW;
+  const std::int64_t phase_len = (padded + g.sW - 1) / g.sW, in_rows = g.C * g.kT * g.kH;
+  const PackedA<T> a(g.O, K, [&](std::int64_t o, std::int64_t k) { return w[o * K + k]; });
+#pragma omp parallel if (g.N * rows * g.O * K * g.Wo >= kMinParallelWork)
+  {
+    T* scratch = col_buffer<T>(in_rows * g.sW * phase_len);
+    std::vector<const T*> ptrs(static_cast<std::size_t>(K));
+#pragma omp for schedule(static)
+    for (std::int64_t item = 0; item < g.N * rows; ++item) {
+      const std::int64_t n = item / rows, p = item % rows, to = p / g.Ho, ho = p % g.Ho;
+      for (std::int64_t q = 0; q < in_rows; ++q) {  // q = (c * kT + kt) * kH + kh
+        const std::int64_t kh = q % g.kH, kt = (q / g.kH) % g.kT, c = q / (g.kH * g.kT);
+        const std::int64_t ti = to * g.sT + kt * g.dT - g.pT, hi = ho * g.sH + kh * g.dH - g.pH;
+        T* dst = scratch + q * g.sW * phase_len;
+        std::fill(dst, dst + g.sW * phase_len, T(0));
+        if (ti >= 0 && ti < g.T && hi >= 0 && hi < g.H) {
+          const T* src = x + (((n * g.C + c) * g.T + ti) * g.H + hi) * g.W;
+          for (std::int64_t ph = 0; ph < g.sW; ++ph) {  // padded column j = i * sW + ph
+            T* d = dst + ph * phase_len;
+            const std::int64_t i0 = std::max<std::int64_t>(0, (g.pW - ph + g.sW - 1) / g.sW);
+            const std::int64_t i1 = std::min(phase_len, (g.pW + g.W - ph + g.sW - 1) / g.sW);
+            for (std::int64_t i = i0; i < i1; ++i) d[i] = src[i * g.sW + ph - g.pW];
+          }
+        }
+        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+          const std::int64_t off = kw * g.dW;
+          ptrs[q * g.kW + kw] = dst + (off % g.sW) * phase_len + off / g.sW;
+        }
+      }
+      row_gemm(a, g.Wo, ptrs.data(), y + n * g.O * L + p * g.Wo, L, false);
+    }
+  }
+}
+
 // Note [im2col tiles]: im2col runs over tiles of whole output rows so that one tile of
 // the column matrix (about kTileElements values) stays in cache between being written
 // and being read by the GEMM; the stem's 1x7x7 conv at 224 px otherwise streams a 118 MB
@@ -304,8 +351,11 @@ bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
-  if (g.temporal_only() || g.pointwise()) {
-    rows_conv(g, w, x, y, false);
+  if (g.temporal_only() || g.pointwise() || strided_rows_forward(g)) {
+    if (strided_rows_forward(g) && !g.temporal_only())
+      strided_rows_conv(g, x, w, y);
+    else
+      rows_conv(g, w, x, y, false);
     if (b) {
 #pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
       for (std::int64_t r = 0; r < g.N * g.O; ++r)
