@@ -135,6 +135,9 @@ INSTANTIATE_TEST_SUITE_P(
         // Full 8 x 48 micro-kernel tiles and a partial one (Note [row GEMM]).
         ConvCase{"Temporal3x1x1FullTiles", {1, 16, 3, 4, 13}, 16, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1),
                  false},
+        // Weight gradient split over (sample, frame) between threads, across samples.
+        ConvCase{"PointwiseFramesSplit", {3, 16, 3, 4, 8}, 16, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"Temporal2x1x1ShortClip", {2, 2, 1, 2, 3}, 3, {2, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), true},
         // Groups of 8 output channels with unit width stride take the direct kernel
         // (Note [direct grouped conv]): long rows, a partial last block, height stride,

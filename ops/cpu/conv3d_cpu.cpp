@@ -214,17 +214,54 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
   }
 }
 
-// gtaps[kt] (Og, Cg) += gyg (Og, cols) * shifted xg (Cg, cols)^T.
+// gtaps[kt] (Og, Cg) += gyg (Og, cols) * shifted xg (Cg, cols)^T over output frames
+// [f0, f1) of one sample-group.
 template <typename T>
-void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps) {
+void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps, std::int64_t f0,
+                              std::int64_t f1) {
   const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg();
   for (std::int64_t kt = 0; kt < g.kT; ++kt) {
     const TapRange r = tap_range(g, kt);
-    if (r.hi <= r.lo) continue;
-    const std::int64_t cols = (r.hi - r.lo) * HW;
-    ConstStridedMap<T> gy(gyg + r.lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
-    ConstStridedMap<T> x(xg + (r.lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
+    const std::int64_t lo = std::max(r.lo, f0), hi = std::min(r.hi, f1);
+    if (hi <= lo) continue;
+    const std::int64_t cols = (hi - lo) * HW;
+    ConstStridedMap<T> gy(gyg + lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
+    ConstStridedMap<T> x(xg + (lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
     Map<T>(gtaps + kt * Og * Cg, Og, Cg).noalias() += gy * x.transpose();
+  }
+}
+
+// Weight gradient of pointwise and kT x 1 x 1 convs. The reduction runs over N * To
+// frames, which are split between threads (each a single-threaded GEMM per tap into its
+// own partial sum, added up at the end): splitting the tiny (Og, Cg) output instead made
+// the threads synchronise on every block of Eigen's parallel GEMM.
+template <typename T>
+void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), L = g.L(), units = g.N * g.To, per = g.kT * Og * Cg;
+  const int threads =
+      static_cast<int>(std::min<std::int64_t>(omp_in_parallel() ? 1 : omp_get_max_threads(), units));
+  std::vector<T> partial(static_cast<std::size_t>(threads * g.groups * per), T(0));
+#pragma omp parallel num_threads(threads) if (threads > 1 && g.N * g.O * Cg * g.kT * L >= kMinParallelWork)
+  {
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    for (std::int64_t n = u0 / g.To; n * g.To < u1; ++n) {
+      const std::int64_t f0 = std::max<std::int64_t>(0, u0 - n * g.To), f1 = std::min(g.To, u1 - n * g.To);
+      for (std::int64_t gr = 0; gr < g.groups; ++gr)
+        temporal_backward_weight(g, gy + (n * g.O + gr * Og) * L, x + (n * g.C + gr * Cg) * g.in_volume(),
+                                 partial.data() + (t * g.groups + gr) * per, f0, f1);
+    }
+  }
+#pragma omp parallel for schedule(static) if (threads > 1 && g.O * Cg * g.kT >= kMinParallelWork)
+  for (std::int64_t row = 0; row < g.O; ++row) {  // row = gr * Og + o
+    const std::int64_t gr = row / Og, o = row % Og;
+    for (std::int64_t kt = 0; kt < g.kT; ++kt) {
+      T* dst = gw + row * Cg * g.kT + kt;
+      const T* src = partial.data() + gr * per + (kt * Og + o) * Cg;
+      for (std::int64_t c = 0; c < Cg; ++c) dst[c * g.kT] = src[c];
+      for (int t = 1; t < threads; ++t)
+        for (std::int64_t c = 0; c < Cg; ++c) dst[c * g.kT] += src[t * g.groups * per + c];
+    }
   }
 }
 
@@ -472,26 +509,16 @@ template <typename T>
 void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L();
   // Each group owns its slice of gw, so groups can run in parallel with samples in order.
+  if (g.temporal_only() || g.pointwise()) {
+    temporal_weight_grad(g, gy, x, gw);
+    return;
+  }
   auto run_group = [&](std::int64_t gr) {
     Map<T> gwg(gw + gr * Og * K, Og, K);
-    if (g.temporal_only()) {
-      std::vector<T> gtaps(static_cast<std::size_t>(g.kT * Og * Cg), T(0));
-      for (std::int64_t n = 0; n < g.N; ++n)
-        temporal_backward_weight(g, gy + (n * g.O + gr * Og) * L, x + (n * g.C + gr * Cg) * g.in_volume(),
-                                 gtaps.data());
-      for (std::int64_t o = 0; o < Og; ++o)
-        for (std::int64_t c = 0; c < Cg; ++c)
-          for (std::int64_t kt = 0; kt < g.kT; ++kt) gwg(o, c * g.kT + kt) = gtaps[(kt * Og + o) * Cg + c];
-      return;
-    }
     gwg.setZero();
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
       const T* gyg = gy + (n * g.O + gr * Og) * L;
-      if (g.pointwise()) {
-        gwg.noalias() += ConstMap<T>(gyg, Og, L) * ConstMap<T>(xg, K, L).transpose();
-        continue;
-      }
       const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
       for (std::int64_t p0 = 0; p0 < rows; p0 += step) {
         const std::int64_t p1 = std::min(rows, p0 + step), cols = (p1 - p0) * g.Wo;
