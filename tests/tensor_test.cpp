@@ -1,5 +1,9 @@
 // Tensor storage, views, copies, the random generator, and the shape ops' gradients.
 #include "test_util.h"
+
+#include <random>
+
+#include "vidgrad/core/cpu_memory.h"
 #include "vidgrad/core/cuda/context.h"
 
 namespace vidgrad {
@@ -144,3 +148,56 @@ TEST(ShapeOps, ConcatForwardPlacesInputsInOrderAndChecksShapes) {
 
 }  // namespace
 }  // namespace vidgrad
+
+// Note [CPU block cache]: blocks handed out never overlap, whatever the order of
+// allocation and release (splits and merges); released memory is reused rather than
+// mapped again; the mapped total stays within the peak in use (plus 1/8); a wholly free
+// cache can be emptied.
+TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
+  namespace cm = vidgrad::cpu_memory;
+  cm::empty_cache();
+  const std::size_t MiB = std::size_t{1} << 20;
+  std::mt19937 rng(3);
+  struct Live {
+    unsigned char* p;
+    std::size_t n;
+    unsigned char tag;
+  };
+  std::vector<Live> live;
+  auto check = [&](const Live& l) {
+    for (std::size_t i = 0; i < l.n; i += 4096) ASSERT_EQ(l.p[i], l.tag) << "block overwritten";
+    ASSERT_EQ(l.p[l.n - 1], l.tag);
+  };
+  for (int round = 0; round < 3; ++round) {
+    // A network-like pattern: sizes halving, then growing back, with some held over.
+    for (std::size_t mb : {64, 64, 32, 48, 16, 8, 3, 1, 2, 24, 64, 5}) {
+      const std::size_t n = mb * MiB + (rng() % 4096);
+      auto* p = static_cast<unsigned char*>(cm::allocate(n));
+      ASSERT_EQ(reinterpret_cast<std::uintptr_t>(p) % 64, 0u);
+      const auto tag = static_cast<unsigned char>(rng());
+      for (std::size_t i = 0; i < n; i += 4096) p[i] = tag;
+      p[n - 1] = tag;
+      live.push_back({p, n, tag});
+      if (live.size() > 4) {  // release a random earlier block
+        const std::size_t k = rng() % live.size();
+        check(live[k]);
+        cm::release(live[k].p, live[k].n);
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+      }
+    }
+    for (const Live& l : live) check(l);
+    const cm::Stats s = cm::stats();
+    EXPECT_LE(s.live_bytes + s.cached_bytes, s.peak_live_bytes + s.peak_live_bytes / 8 + 128 * MiB);
+    for (const Live& l : live) cm::release(l.p, l.n);
+    live.clear();
+  }
+  const cm::Stats before = cm::stats();
+  void* again = cm::allocate(40 * MiB);  // carved out of a cached segment: no new mapping
+  EXPECT_EQ(cm::stats().maps, before.maps);
+  EXPECT_GT(cm::stats().hits, before.hits);
+  cm::release(again, 40 * MiB);
+  cm::empty_cache();
+  EXPECT_EQ(cm::stats().cached_bytes, 0u);
+  void* small = cm::allocate(1000);  // below 1 MiB: the C library's
+  cm::release(small, 1000);
+}
