@@ -320,6 +320,61 @@ void direct_rows(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::in
   }
 }
 
+// Note [direct planes]: with unit H and W strides, pad each input plane of a frame with
+// zeros (pH rows above and below, pW columns left and right; width Wp = W + 2 pW) and
+// compute the output on the same padded grid: output q = ho * Wp + wo reads padded input
+// q + kh*dH*Wp + kw*dW, a fixed offset per tap. The whole frame is then one long row of
+// Ho * Wp outputs (columns wo >= Wo are computed and dropped), so narrow planes (7x7 and
+// 4x4 at SEVNet's last stages) fill the 16-wide blocks as well as wide ones, with no
+// im2col. Same accumulators as direct_rows.
+bool direct_planes(const Conv3dGeometry& g) {
+  return g.kT == 1 && g.sH == 1 && g.sW == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && !g.pointwise();
+}
+
+std::int64_t plane_scratch(const Conv3dGeometry& g) {
+  return (g.H + 2 * g.pH) * (g.W + 2 * g.pW) + kDirectBlock + (g.kW - 1) * g.dW;
+}
+
+// Output frame `to` of one sample-group: y (8, To*Ho*Wo) from x (Cg, T, H, W); wt as for
+// direct_rows; scratch holds Cg * plane_scratch(g) values.
+template <typename T>
+void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t to, T* scratch) {
+  const std::int64_t Cg = g.Cg(), Wp = g.W + 2 * g.pW, plane = plane_scratch(g), L = g.L();
+  const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * Wp, ti = to * g.sT - g.pT;
+  T* yt = y + to * HoWo;
+  if (ti < 0 || ti >= g.T) {  // every tap reads padding
+    for (std::int64_t o = 0; o < kDirectOg; ++o) std::fill(yt + o * L, yt + o * L + HoWo, T(0));
+    return;
+  }
+  for (std::int64_t c = 0; c < Cg; ++c) {
+    T* dst = scratch + c * plane;
+    std::fill(dst, dst + plane, T(0));
+    const T* src = x + (c * g.T + ti) * g.H * g.W;
+    for (std::int64_t h = 0; h < g.H; ++h) std::copy(src + h * g.W, src + (h + 1) * g.W, dst + (h + g.pH) * Wp + g.pW);
+  }
+  for (std::int64_t q0 = 0; q0 < Q; q0 += kDirectBlock) {
+    T acc[kDirectOg][kDirectBlock] = {};
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t kh = 0; kh < g.kH; ++kh)
+        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+          const T* s = scratch + c * plane + q0 + kh * g.dH * Wp + kw * g.dW;
+          const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
+          for (std::int64_t o = 0; o < kDirectOg; ++o)
+#pragma omp simd
+            for (std::int64_t j = 0; j < kDirectBlock; ++j) acc[o][j] += wv[o] * s[j];
+        }
+    std::int64_t ho = q0 / Wp, wo = q0 % Wp;
+    for (std::int64_t j = 0; j < kDirectBlock && q0 + j < Q; ++j) {
+      if (wo < g.Wo)
+        for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = acc[o][j];
+      if (++wo == Wp) {
+        wo = 0;
+        ++ho;
+      }
+    }
+  }
+}
+
 // ---- any ungrouped conv, forward, one output row at a time ----
 // Note [strided rows]: for one output row (n, to, ho), output column wo of tap
 // (c, kt, kh, kw) reads input column wo * sW + kw * dW - pW of one input row. Splitting
@@ -405,7 +460,23 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
     Map<T> yg(y + (n * g.O + gr * Og) * L, Og, L);
-    if (direct_forward(g)) {
+    if (direct_planes(g)) {
+      std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
+      for (std::int64_t o = 0; o < Og; ++o)
+        for (std::int64_t k = 0; k < K; ++k) wt[k * Og + o] = w[(gr * Og + o) * K + k];
+      const std::int64_t scratch = Cg * plane_scratch(g);
+      if (outer) {  // this thread owns the item
+        T* buf = col_buffer<T>(scratch);
+        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf);
+      } else {
+#pragma omp parallel if (g.To > 1 && L * Og * K >= kMinParallelWork)
+        {
+          T* buf = col_buffer<T>(scratch);
+#pragma omp for schedule(static)
+          for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf);
+        }
+      }
+    } else if (direct_forward(g)) {
       const std::int64_t rows = g.To * g.Ho;
       std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
       for (std::int64_t o = 0; o < Og; ++o)
@@ -458,7 +529,7 @@ std::optional<Conv3dGeometry> transposed_geometry(const Conv3dGeometry& g) {
   t.To = g.T; t.Ho = g.H; t.Wo = g.W;
   t.pH = pH;
   t.pW = pW;
-  if (!direct_forward(t)) return std::nullopt;
+  if (!direct_planes(t) && !direct_forward(t)) return std::nullopt;
   return t;
 }
 
