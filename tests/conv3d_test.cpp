@@ -153,6 +153,8 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"DirectNarrowPlanes", {2, 16, 2, 4, 4}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"DirectNarrowPlanesUnpadded", {1, 8, 2, 5, 3}, 8, {1, 2, 3}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
+        ConvCase{"DirectPlanesWidth5Kernel", {1, 8, 2, 4, 6}, 8, {1, 2, 5}, opt({1, 1, 1}, {0, 1, 2}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},
         ConvCase{"Depthwise3x3x3", {2, 4, 4, 5, 5}, 4, {3, 3, 3}, opt({1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 4), true},

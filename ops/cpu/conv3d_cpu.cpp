@@ -375,6 +375,71 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
   }
 }
 
+// Weight gradient on the padded planes (Note [direct planes]) of one sample-group:
+// gw[o][c][kh][kw] += sum over frames and q of gy_pad[o][q] * x_pad[c][q + kh*dH*Wp + kw*dW],
+// where gy_pad is the output gradient on the padded grid, zero in the dropped columns.
+// Vector accumulators, one per (c, kh, kw, o), live in acc (Cg*kH*kW*8 vectors) across
+// frames; for each (c, kh) the kW x 8 of them stay in registers over the frame.
+#if defined(__AVX512F__)
+constexpr int kPlaneVecBytes = 64;
+#else
+constexpr int kPlaneVecBytes = 32;
+#endif
+template <typename T>
+struct PlaneVec {
+  typedef T type __attribute__((vector_size(kPlaneVecBytes)));
+  static constexpr std::int64_t kLanes = kPlaneVecBytes / sizeof(T);
+};
+
+template <typename T>
+void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename PlaneVec<T>::type* acc,
+                         T* scratch) {
+  using V = typename PlaneVec<T>::type;
+  constexpr std::int64_t kL = PlaneVec<T>::kLanes, kKw = 3;
+  const std::int64_t Cg = g.Cg(), Wp = g.W + 2 * g.pW, plane = plane_scratch(g), L = g.L();
+  const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * Wp, Qv = (Q + kL - 1) / kL * kL;
+  T* gpad = scratch + Cg * plane;  // (8, Qv)
+  for (std::int64_t to = 0; to < g.To; ++to) {
+    const std::int64_t ti = to * g.sT - g.pT;
+    if (ti < 0 || ti >= g.T) continue;
+    for (std::int64_t c = 0; c < Cg; ++c) {
+      T* dst = scratch + c * plane;
+      std::fill(dst, dst + plane, T(0));
+      const T* src = x + (c * g.T + ti) * g.H * g.W;
+      for (std::int64_t h = 0; h < g.H; ++h)
+        std::copy(src + h * g.W, src + (h + 1) * g.W, dst + (h + g.pH) * Wp + g.pW);
+    }
+    for (std::int64_t o = 0; o < kDirectOg; ++o) {
+      T* dst = gpad + o * Qv;
+      std::fill(dst, dst + Qv, T(0));
+      const T* src = gy + o * L + to * HoWo;
+      for (std::int64_t ho = 0; ho < g.Ho; ++ho) std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * Wp);
+    }
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t kh = 0; kh < g.kH; ++kh)
+        for (std::int64_t kw0 = 0; kw0 < g.kW; kw0 += kKw) {
+          const std::int64_t nkw = std::min(kKw, g.kW - kw0);
+          V* a = acc + ((c * g.kH + kh) * g.kW + kw0) * kDirectOg;  // a[kw * 8 + o]
+          V r[kKw][kDirectOg];
+          for (std::int64_t kw = 0; kw < kKw; ++kw)
+            for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = kw < nkw ? a[kw * kDirectOg + o] : V{};
+          const T* xs = scratch + c * plane + kh * g.dH * Wp + kw0 * g.dW;
+          for (std::int64_t q = 0; q < Qv; q += kL) {
+            V xv[kKw];
+            for (std::int64_t kw = 0; kw < kKw; ++kw)
+              std::memcpy(&xv[kw], xs + q + (kw < nkw ? kw : 0) * g.dW, sizeof(V));
+            for (std::int64_t o = 0; o < kDirectOg; ++o) {
+              V gv;
+              std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
+              for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
+            }
+          }
+          for (std::int64_t kw = 0; kw < nkw; ++kw)
+            for (std::int64_t o = 0; o < kDirectOg; ++o) a[kw * kDirectOg + o] = r[kw][o];
+        }
+  }
+}
+
 // ---- any ungrouped conv, forward, one output row at a time ----
 // Note [strided rows]: for one output row (n, to, ho), output column wo of tap
 // (c, kt, kh, kw) reads input column wo * sW + kw * dW - pW of one input row. Splitting
@@ -586,6 +651,23 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
   }
   auto run_group = [&](std::int64_t gr) {
     Map<T> gwg(gw + gr * Og * K, Og, K);
+    if (direct_planes(g)) {
+      using V = typename PlaneVec<T>::type;
+      constexpr std::int64_t kL = PlaneVec<T>::kLanes;
+      std::vector<V> acc(static_cast<std::size_t>(K * Og), V{});
+      const std::int64_t Qv = (g.Ho * (g.W + 2 * g.pW) + kL - 1) / kL * kL;
+      T* buf = col_buffer<T>(Cg * plane_scratch(g) + Og * Qv);
+      for (std::int64_t n = 0; n < g.N; ++n)
+        direct_plane_weight(g, x + (n * g.C + gr * Cg) * g.in_volume(), gy + (n * g.O + gr * Og) * L, acc.data(),
+                            buf);
+      for (std::int64_t k = 0; k < K; ++k)
+        for (std::int64_t o = 0; o < Og; ++o) {
+          T sum = 0;
+          for (std::int64_t j = 0; j < kL; ++j) sum += acc[k * Og + o][j];
+          gwg(o, k) = sum;
+        }
+      return;
+    }
     gwg.setZero();
     for (std::int64_t n = 0; n < g.N; ++n) {
       const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
