@@ -25,6 +25,7 @@ struct PackedA {
   PackedA(std::int64_t m, std::int64_t k, F&& a) : M(m), K(k) {
     const std::int64_t panels = (M + kRowGemmMr - 1) / kRowGemmMr;
     data.assign(static_cast<std::size_t>(panels * K * kRowGemmMr), T(0));
+#pragma omp parallel for schedule(static) if (panels > 1 && M * K >= (1 << 15))
     for (std::int64_t p = 0; p < panels; ++p)
       for (std::int64_t i = 0; i < kRowGemmMr && p * kRowGemmMr + i < M; ++i)
         for (std::int64_t kk = 0; kk < K; ++kk) data[(p * K + kk) * kRowGemmMr + i] = a(p * kRowGemmMr + i, kk);
