@@ -193,13 +193,11 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
   std::vector<PackedA<T>> packed;
   for (std::int64_t gr = 0; gr < g.groups; ++gr) {
     const T* wg = w + gr * Og * K;
-    if (input_grad) {  // A(c, o*kT + kt) = w[o][c][kt]: transposed first, then packed
-      std::vector<T> wt(static_cast<std::size_t>(Cg * Og * g.kT));
-#pragma omp parallel for schedule(static) if (Cg * Og * g.kT >= kMinParallelWork)
-      for (std::int64_t c = 0; c < Cg; ++c)
-        for (std::int64_t o = 0; o < Og; ++o)
-          for (std::int64_t kt = 0; kt < g.kT; ++kt) wt[(c * Og + o) * g.kT + kt] = wg[(o * Cg + c) * g.kT + kt];
-      packed.emplace_back(Cg, Og * g.kT, [&](std::int64_t c, std::int64_t k) { return wt[c * Og * g.kT + k]; });
+    if (input_grad) {  // A(c, o*kT + kt) = w[o][c][kt], the offset of (o, kt) from a table
+      std::vector<std::int64_t> koff(static_cast<std::size_t>(Og * g.kT));
+      for (std::int64_t o = 0; o < Og; ++o)
+        for (std::int64_t kt = 0; kt < g.kT; ++kt) koff[o * g.kT + kt] = o * Cg * g.kT + kt;
+      packed.emplace_back(Cg, Og * g.kT, [&](std::int64_t c, std::int64_t k) { return wg[koff[k] + c * g.kT]; });
     } else {  // A = W_g as stored, (Og, Cg*kT)
       packed.emplace_back(Og, K, [&](std::int64_t o, std::int64_t k) { return wg[o * K + k]; });
     }

@@ -7,8 +7,9 @@
 //
 // Blocking, in the usual way (BLIS): a thread owns a range of NR-column panels; for a
 // block of kPanels panels and kKc rows of B at a time it copies B into a contiguous
-// buffer ([panel][k][NR], zero past N; rows of B lie a multiple of 4 KiB apart at most
-// SEVNet sizes, so reading them in place would thrash the L1 sets), then for each panel
+// buffer ([k][kPanels * NR], one copy per row, zero past N; rows of B lie a multiple of
+// 4 KiB apart at most SEVNet sizes, so reading them in place would thrash the L1 sets;
+// the buffer's 1.5 KiB row pitch spreads a panel over the sets), then for each panel
 // runs the MR x NR micro-kernel down all row panels of A (packed once by the caller, see
 // PackedA). The B panel (kKc x NR) stays in L1 while A streams from L2. The micro-kernel
 // keeps MR x NR = 8 x 48 floats in 24 vector registers (AVX-512) and does 24 FMAs per
@@ -45,10 +46,10 @@ constexpr std::int64_t kMr = kRowGemmMr;
 constexpr std::int64_t kKc = 128;     // rows of B per packed block
 constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 
-// c[i, n] (i < rows, n < cols) (=|+=) sum over k < kc of a[k][i] * b[k][n]; a is an MR-row
-// panel of packed A, b a packed B panel.
+// c[i, n] (i < rows, n < cols) (=|+=) sum over k < kc of a[k][i] * b[k * ldb + n]; a is an
+// MR-row panel of packed A, b one NR-column panel of the packed B block.
 template <typename T>
-void micro_kernel(std::int64_t kc, const T* a, const T* b, T* c, std::int64_t ldc, std::int64_t rows,
+void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* c, std::int64_t ldc, std::int64_t rows,
                   std::int64_t cols, bool load_c) {
   using V = typename VecOf<T>::type;
   constexpr std::int64_t L = kLanes<T>, NR = kNr<T>;
@@ -57,7 +58,7 @@ void micro_kernel(std::int64_t kc, const T* a, const T* b, T* c, std::int64_t ld
     for (auto& v : row) v = V{};
   for (std::int64_t k = 0; k < kc; ++k) {
     V bv[kNv];
-    for (int j = 0; j < kNv; ++j) std::memcpy(&bv[j], b + k * NR + j * L, sizeof(V));
+    for (int j = 0; j < kNv; ++j) std::memcpy(&bv[j], b + k * ldb + j * L, sizeof(V));
     for (std::int64_t i = 0; i < kMr; ++i) {
       const T s = a[k * kMr + i];
       for (int j = 0; j < kNv; ++j) acc[i][j] += s * bv[j];
@@ -95,20 +96,18 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
     const std::int64_t pe = std::min(p_hi, pb + kPanels);
     for (std::int64_t k0 = 0; k0 < a.K; k0 += kKc) {
       const std::int64_t kc = std::min(kKc, a.K - k0);
+      // Row k of the block is one copy of (pe - pb) * NR columns, zero past N.
+      const std::int64_t width = (pe - pb) * NR, cols_all = std::min(width, N - pb * NR);
       for (std::int64_t k = 0; k < kc; ++k) {
-        const T* src = b_rows[k0 + k];
-        for (std::int64_t p = pb; p < pe; ++p) {
-          T* dst = bp + ((p - pb) * kc + k) * NR;
-          const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
-          std::memcpy(dst, src + n0, static_cast<std::size_t>(cols) * sizeof(T));
-          std::fill(dst + cols, dst + NR, T(0));
-        }
+        T* dst = bp + k * width;
+        std::memcpy(dst, b_rows[k0 + k] + pb * NR, static_cast<std::size_t>(cols_all) * sizeof(T));
+        std::fill(dst + cols_all, dst + width, T(0));
       }
       for (std::int64_t p = pb; p < pe; ++p) {
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         for (std::int64_t mp = 0; mp < m_panels; ++mp)
-          micro_kernel(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * kc * NR, c + mp * kMr * ldc + n0,
-                       ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0);
+          micro_kernel(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
+                       c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0);
       }
     }
   }

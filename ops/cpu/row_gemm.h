@@ -5,6 +5,7 @@
 // and N (output positions) is tens of thousands.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -26,9 +27,11 @@ struct PackedA {
     const std::int64_t panels = (M + kRowGemmMr - 1) / kRowGemmMr;
     data.assign(static_cast<std::size_t>(panels * K * kRowGemmMr), T(0));
 #pragma omp parallel for schedule(static) if (panels > 1 && M * K >= (1 << 15))
-    for (std::int64_t p = 0; p < panels; ++p)
-      for (std::int64_t i = 0; i < kRowGemmMr && p * kRowGemmMr + i < M; ++i)
-        for (std::int64_t kk = 0; kk < K; ++kk) data[(p * K + kk) * kRowGemmMr + i] = a(p * kRowGemmMr + i, kk);
+    for (std::int64_t p = 0; p < panels; ++p) {
+      const std::int64_t rows = std::min<std::int64_t>(kRowGemmMr, M - p * kRowGemmMr);
+      for (std::int64_t kk = 0; kk < K; ++kk)  // writes in order; reads 8 rows at a time
+        for (std::int64_t i = 0; i < rows; ++i) data[(p * K + kk) * kRowGemmMr + i] = a(p * kRowGemmMr + i, kk);
+    }
   }
 };
 
