@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace vidgrad::cpu {
 
@@ -39,9 +40,36 @@ void for_each_window(const Pool3dGeometry& g, F&& f) {
   }
 }
 
-inline std::int64_t divisor(const Pool3dGeometry& g, const Window& wt, const Window& wh, const Window& ww) {
-  if (g.count_include_pad) return wt.padded * wh.padded * ww.padded;
-  return (wt.hi - wt.lo) * (wh.hi - wh.lo) * (ww.hi - ww.lo);
+// Average pooling walks one output row (to, ho) at a time: for each input row of its
+// window and each kernel column kw, one strided pass over the row's outputs (no per-output
+// window arithmetic); each output still sums its window in (t, h, w) order.
+struct RowTaps {
+  std::vector<Window> wt, wh;
+  std::vector<std::int64_t> lo, hi;  // per kw: outputs wo in [lo, hi) read an input column
+  std::vector<std::int64_t> cw;      // per wo: columns counted by the divisor
+};
+
+inline RowTaps row_taps(const Pool3dGeometry& g) {
+  RowTaps r;
+  for (std::int64_t to = 0; to < g.To; ++to) r.wt.push_back(window(to, g.sT, g.pT, g.kT, g.T));
+  for (std::int64_t ho = 0; ho < g.Ho; ++ho) r.wh.push_back(window(ho, g.sH, g.pH, g.kH, g.H));
+  for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+    const std::int64_t off = kw - g.pW;  // wo * sW + off inside [0, W)
+    std::int64_t lo = off >= 0 ? 0 : (-off + g.sW - 1) / g.sW;
+    std::int64_t hi = g.W - 1 - off < 0 ? 0 : (g.W - 1 - off) / g.sW + 1;
+    hi = std::min(hi, g.Wo);
+    r.lo.push_back(std::min(lo, hi));
+    r.hi.push_back(hi);
+  }
+  for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+    const Window ww = window(wo, g.sW, g.pW, g.kW, g.W);
+    r.cw.push_back(g.count_include_pad ? ww.padded : ww.hi - ww.lo);
+  }
+  return r;
+}
+
+inline std::int64_t row_divisor(const Pool3dGeometry& g, const Window& wt, const Window& wh) {
+  return g.count_include_pad ? wt.padded * wh.padded : (wt.hi - wt.lo) * (wh.hi - wh.lo);
 }
 
 }  // namespace
@@ -49,41 +77,59 @@ inline std::int64_t divisor(const Pool3dGeometry& g, const Window& wt, const Win
 template <typename T>
 void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
+  const RowTaps r = row_taps(g);
 #pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     const T* xp = x + p * in_plane;
-    T* yp = y + p * out_plane;
-    for_each_window(g, [&](std::int64_t o, const Window& wt, const Window& wh, const Window& ww) {
-      T acc = 0;
-      for (std::int64_t t = wt.lo; t < wt.hi; ++t)
-        for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
-          const T* row = xp + (t * g.H + h) * g.W;
-          for (std::int64_t w = ww.lo; w < ww.hi; ++w) acc += row[w];
+    for (std::int64_t to = 0; to < g.To; ++to)
+      for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+        const Window &wt = r.wt[to], &wh = r.wh[ho];
+        T* yrow = y + p * out_plane + (to * g.Ho + ho) * g.Wo;
+        std::fill(yrow, yrow + g.Wo, T(0));
+        for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+          for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
+            const T* row = xp + (t * g.H + h) * g.W;
+            for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+              const std::int64_t off = kw - g.pW;
+              for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) yrow[wo] += row[wo * g.sW + off];
+            }
+          }
+        const std::int64_t dr = row_divisor(g, wt, wh);
+        for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+          const std::int64_t d = dr * r.cw[wo];
+          yrow[wo] = d > 0 ? yrow[wo] / static_cast<T>(d) : T(0);
         }
-      const std::int64_t d = divisor(g, wt, wh, ww);
-      yp[o] = d > 0 ? acc / static_cast<T>(d) : T(0);
-    });
+      }
   }
 }
 
 template <typename T>
 void avg_pool3d_backward(const Pool3dGeometry& g, const T* gy, T* gx) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
+  const RowTaps r = row_taps(g);
 #pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     T* gxp = gx + p * in_plane;
-    const T* gyp = gy + p * out_plane;
     std::fill(gxp, gxp + in_plane, T(0));
-    for_each_window(g, [&](std::int64_t o, const Window& wt, const Window& wh, const Window& ww) {
-      const std::int64_t d = divisor(g, wt, wh, ww);
-      if (d == 0) return;
-      const T share = gyp[o] / static_cast<T>(d);
-      for (std::int64_t t = wt.lo; t < wt.hi; ++t)
-        for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
-          T* row = gxp + (t * g.H + h) * g.W;
-          for (std::int64_t w = ww.lo; w < ww.hi; ++w) row[w] += share;
+    std::vector<T> share(static_cast<std::size_t>(g.Wo));
+    for (std::int64_t to = 0; to < g.To; ++to)
+      for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+        const Window &wt = r.wt[to], &wh = r.wh[ho];
+        const T* grow = gy + p * out_plane + (to * g.Ho + ho) * g.Wo;
+        const std::int64_t dr = row_divisor(g, wt, wh);
+        for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+          const std::int64_t d = dr * r.cw[wo];
+          share[wo] = d > 0 ? grow[wo] / static_cast<T>(d) : T(0);
         }
-    });
+        for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+          for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
+            T* row = gxp + (t * g.H + h) * g.W;
+            for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+              const std::int64_t off = kw - g.pW;
+              for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) row[wo * g.sW + off] += share[wo];
+            }
+          }
+      }
   }
 }
 
