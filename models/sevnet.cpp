@@ -62,8 +62,8 @@ class Block : public nn::Module {
   Tensor forward(const Tensor& x) override {
     Tensor h = x;
     for (std::size_t i = 0; i < convs_.size(); ++i) {
-      h = bns_[i]->forward(convs_[i]->forward(h));
-      if (i + 1 < convs_.size()) h = relu(h);
+      const Tensor c = convs_[i]->forward(h);
+      h = i + 1 < convs_.size() ? bns_[i]->forward_relu(c) : bns_[i]->forward(c);
     }
     if (se_) h = se_->forward(h);
     if (!downsample_) return relu(add(x, h));
@@ -100,7 +100,7 @@ class Stem : public nn::Module {
     bn2_ = register_module("bn2", std::make_shared<BatchNorm3d>(channels));
   }
   Tensor forward(const Tensor& x) override {
-    return relu(bn2_->forward(conv2_->forward(relu(bn1_->forward(conv1_->forward(x))))));
+    return bn2_->forward_relu(conv2_->forward(bn1_->forward_relu(conv1_->forward(x))));
   }
   std::string type_name() const override { return "SevStem"; }
 

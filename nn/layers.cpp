@@ -52,11 +52,15 @@ BatchNorm3d::BatchNorm3d(std::int64_t channels, bool zero_init, double momentum,
   num_batches_tracked = register_buffer("num_batches_tracked", Tensor::zeros({}, DType::kInt64));
 }
 
-Tensor BatchNorm3d::forward(const Tensor& x) {
+Tensor BatchNorm3d::forward(const Tensor& x) { return run(x, false); }
+
+Tensor BatchNorm3d::forward_relu(const Tensor& x) { return run(x, true); }
+
+Tensor BatchNorm3d::run(const Tensor& x, bool relu) {
   const bool training = is_training();
   if (training) num_batches_tracked.data<std::int64_t>()[0] += 1;
   Tensor y = batch_norm(x, weight, bias, running_mean, running_var,
-                        {.training = training, .momentum = momentum_, .eps = eps_});
+                        {.training = training, .momentum = momentum_, .eps = eps_, .relu = relu});
   CostRecorder::record(this, 0, y.shape());
   return y;
 }

@@ -44,11 +44,14 @@ class BatchNorm3d : public Module {
  public:
   explicit BatchNorm3d(std::int64_t channels, bool zero_init = false, double momentum = 0.1, double eps = 1e-5);
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x)) in one pass (BatchNormOptions::relu).
+  Tensor forward_relu(const Tensor& x);
   std::string type_name() const override { return "BatchNorm3d"; }
 
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 
  private:
+  Tensor run(const Tensor& x, bool relu);
   double momentum_, eps_;
 };
 

@@ -80,7 +80,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
         }
         cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(),
                                  weight_c.defined() ? weight_c.data<T>() : nullptr,
-                                 bias_c.defined() ? bias_c.data<T>() : nullptr, y.data<T>());
+                                 bias_c.defined() ? bias_c.data<T>() : nullptr, y.data<T>(), opts.relu);
       });
       break;
 #ifdef VIDGRAD_WITH_CUDA
@@ -102,16 +102,18 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
         }
         cuda::batch_norm_apply<T>(x.device_data<T>(), N, C, S, m, is, ptr(weight_c), ptr(bias_c), y.device_data<T>(),
                                   dev);
+        if (opts.relu) cuda::relu_forward<T>(y.device_data<T>(), y.device_data<T>(), y.numel(), dev);
       });
       break;
 #endif
     default: ops_detail::no_kernel("batch_norm", x.device());
   }
   if (autograd::needs_graph({&x_in, &weight, &bias})) {
-    autograd::attach(y, "batch_norm", {x_in, weight, bias},
+    autograd::attach(y, opts.relu ? "batch_norm_relu" : "batch_norm", {x_in, weight, bias},
                      [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), mean, invstd, stats, N, C,
-                      S, training = opts.training](const Tensor& gy_in, const std::vector<bool>& needs) {
-                       const Tensor gy = gy_in.contiguous();
+                      S, training = opts.training, relu_y = opts.relu ? y.detach() : Tensor()](
+                         const Tensor& gy_in, const std::vector<bool>& needs) {
+                       Tensor gy = gy_in.contiguous();
                        std::vector<Tensor> grads(3);
                        if (needs[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
                        if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
@@ -122,10 +124,16 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                            case DeviceType::kCPU:
                              cpu::batch_norm_backward<T>(x.data<T>(), gy.data<T>(), N, C, S, mean->data(),
                                                          invstd->data(), ptr(w), training, ptr(grads[0]),
-                                                         ptr(grads[1]), ptr(grads[2]));
+                                                         ptr(grads[1]), ptr(grads[2]), ptr(relu_y));
                              break;
 #ifdef VIDGRAD_WITH_CUDA
                            case DeviceType::kCUDA: {
+                             if (relu_y.defined()) {  // mask first, then the plain backward
+                               Tensor masked = Tensor::empty(gy.shape(), gy.dtype(), gy.device());
+                               cuda::relu_backward<T>(gy.device_data<T>(), relu_y.device_data<T>(),
+                                                      masked.device_data<T>(), gy.numel(), x.device().index);
+                               gy = masked;
+                             }
                              const Tensor sums = Tensor::empty({2, C}, DType::kFloat64, x.device());
                              const double* m = stats.device_data<double>();
                              cuda::batch_norm_backward<T>(x.device_data<T>(), gy.device_data<T>(), N, C, S, m, m + C,

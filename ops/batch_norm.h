@@ -16,6 +16,9 @@ struct BatchNormOptions {
   bool training = true;
   double momentum = 0.1;
   double eps = 1e-5;
+  // Returns relu(batch_norm(x)), computed in the same pass: the pre-ReLU tensor is never
+  // stored, and the backward masks the gradient inside the batch-norm backward.
+  bool relu = false;
 };
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,

@@ -92,6 +92,29 @@ TEST_P(BatchNormShapes, EvalGradMatchesFiniteDifference) {
       (std::vector<Tensor>{param(shape, 13), param({C}, 14), param({C}, 15)}));
 }
 
+// BatchNormOptions::relu: the same values as relu(batch_norm(x)), and gradients (masked
+// inside the batch-norm backward) that match finite differences in training and eval.
+TEST_P(BatchNormShapes, FusedReluMatchesSeparateReluAndFiniteDifferences) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1];
+  Tensor x = randn(shape, 17, DType::kFloat32);
+  Tensor w = randn({C}, 18, DType::kFloat32), b = randn({C}, 19, DType::kFloat32);
+  for (bool training : {true, false}) {
+    Tensor rm = randn({C}, 20, DType::kFloat32), rv = Tensor::full({C}, 1.3, DType::kFloat32);
+    Tensor rm2 = rm.clone(), rv2 = rv.clone();
+    Tensor fused = batch_norm(x, w, b, rm, rv, {.training = training, .relu = true});
+    Tensor separate = relu(batch_norm(x, w, b, rm2, rv2, {.training = training}));
+    EXPECT_TRUE(all_close(fused, separate, 0, 0)) << "training=" << training;
+    EXPECT_TRUE(all_close(rm, rm2, 0, 0));
+    Tensor rmd = randn({C}, 21), rvd = Tensor::full({C}, 1.7, DType::kFloat64);
+    EXPECT_GRADCHECK(
+        [&](const std::vector<Tensor>& t) {
+          return batch_norm(t[0], t[1], t[2], rmd, rvd, {.training = training, .relu = true});
+        },
+        (std::vector<Tensor>{param(shape, 22), param({C}, 23), param({C}, 24)}));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormShapes,
                          ::testing::Values(Shape{2, 3, 3, 5, 3}, Shape{1, 4, 2, 3, 3}, Shape{5, 3}, Shape{3, 2, 7}));
 

@@ -269,6 +269,9 @@ TEST(CudaParity, BatchNormTrainingAndEvalWithRunningStats) {
     expect_parity("batch_norm without affine", {x}, [](const auto& in) {
       return batch_norm(in[0], Tensor(), Tensor(), Tensor(), Tensor(), BatchNormOptions{});
     });
+    expect_parity("batch_norm with fused relu", {x, w, b}, [](const auto& in) {
+      return batch_norm(in[0], in[1], in[2], Tensor(), Tensor(), BatchNormOptions{.relu = true});
+    });
   }
 }
 
@@ -368,8 +371,11 @@ TEST(CudaParity, SevNetG8ForwardAndBackward) {
     EXPECT_TRUE(all_close(gpu_params[i].second.grad().to(Device::cpu()), cpu_params[i].second.grad(), 1e-3, 1e-2))
         << cpu_params[i].first;
   }
-  for (const auto& [name, buf] : gpu_net.named_buffers())
-    if (is_floating(buf.dtype())) EXPECT_EQ(buf.device(), kGpu) << name;
+  for (const auto& [name, buf] : gpu_net.named_buffers()) {
+    if (is_floating(buf.dtype())) {
+      EXPECT_EQ(buf.device(), kGpu) << name;
+    }
+  }
 }
 
 TEST(CudaTraining, AFewStepsOnTheGpuLowerTheLoss) {

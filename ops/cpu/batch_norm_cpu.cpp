@@ -1,5 +1,6 @@
-// Batch norm on the CPU: one pass per channel for statistics, one for the output, two
-// for the backward (sums, then the input gradient). Channels are spread over threads.
+// Batch norm on the CPU: one pass per channel for statistics, one for the output (with an
+// optional fused ReLU), two for the backward (sums, then the input gradient). Channels are
+// spread over threads.
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
 
 #include "vidgrad/core/parallel.h"
@@ -39,7 +40,7 @@ void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
-                      const double* invstd, const T* w, const T* b, T* y) {
+                      const double* invstd, const T* w, const T* b, T* y, bool relu) {
 #pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n) {
     for (std::int64_t c = 0; c < C; ++c) {
@@ -48,7 +49,16 @@ void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
       const T shift = static_cast<T>((b ? static_cast<double>(b[c]) : 0.0) - mean[c] * scale);
       const T* p = x + (n * C + c) * S;
       T* q = y + (n * C + c) * S;
-      for (std::int64_t i = 0; i < S; ++i) q[i] = p[i] * a + shift;
+      if (relu) {
+#pragma omp simd
+        for (std::int64_t i = 0; i < S; ++i) {
+          const T v = p[i] * a + shift;
+          q[i] = v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
+        }
+      } else {
+#pragma omp simd
+        for (std::int64_t i = 0; i < S; ++i) q[i] = p[i] * a + shift;
+      }
     }
   }
 }
@@ -56,7 +66,7 @@ void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 template <typename T>
 void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
                          const double* mean, const double* invstd, const T* w, bool batch_stats, T* gx, T* gw,
-                         T* gb) {
+                         T* gb, const T* relu_y) {
   const double M = static_cast<double>(N * S);
 #pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
@@ -64,10 +74,20 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
     for (std::int64_t n = 0; n < N; ++n) {
       const T* p = x + (n * C + c) * S;
       const T* g = gy + (n * C + c) * S;
+      if (relu_y) {
+        const T* r = relu_y + (n * C + c) * S;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
-      for (std::int64_t i = 0; i < S; ++i) {
-        sum_g += static_cast<double>(g[i]);
-        sum_gx += static_cast<double>(g[i]) * static_cast<double>(p[i]);
+        for (std::int64_t i = 0; i < S; ++i) {
+          const double gi = r[i] > T(0) ? static_cast<double>(g[i]) : 0.0;
+          sum_g += gi;
+          sum_gx += gi * static_cast<double>(p[i]);
+        }
+      } else {
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+        for (std::int64_t i = 0; i < S; ++i) {
+          sum_g += static_cast<double>(g[i]);
+          sum_gx += static_cast<double>(g[i]) * static_cast<double>(p[i]);
+        }
       }
     }
     const double sum_gxhat = (sum_gx - mean[c] * sum_g) * invstd[c];
@@ -86,8 +106,14 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
       const T* p = x + (n * C + c) * S;
       const T* g = gy + (n * C + c) * S;
       T* q = gx + (n * C + c) * S;
+      if (relu_y) {
+        const T* r = relu_y + (n * C + c) * S;
 #pragma omp simd
-      for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * g[i] + beta * p[i] + gamma;
+        for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * (r[i] > T(0) ? g[i] : T(0)) + beta * p[i] + gamma;
+      } else {
+#pragma omp simd
+        for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * g[i] + beta * p[i] + gamma;
+      }
     }
   }
 }
@@ -95,9 +121,9 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
 #define VIDGRAD_INSTANTIATE(T)                                                                                   \
   template void batch_norm_stats<T>(const T*, std::int64_t, std::int64_t, std::int64_t, double*, double*);     \
   template void batch_norm_apply<T>(const T*, std::int64_t, std::int64_t, std::int64_t, const double*,         \
-                                    const double*, const T*, const T*, T*);                                    \
+                                    const double*, const T*, const T*, T*, bool);                              \
   template void batch_norm_backward<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,           \
-                                       const double*, const double*, const T*, bool, T*, T*, T*);
+                                       const double*, const double*, const T*, bool, T*, T*, T*, const T*);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)
 #undef VIDGRAD_INSTANTIATE

@@ -10,17 +10,19 @@ namespace vidgrad::cpu {
 template <typename T>
 void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean, double* var);
 
-// y = (x - mean[c]) * invstd[c] * w[c] + b[c]; w and b may be null (1 and 0).
+// y = (x - mean[c]) * invstd[c] * w[c] + b[c]; w and b may be null (1 and 0). With relu,
+// y = max(that, 0) in the same pass.
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
-                      const double* invstd, const T* w, const T* b, T* y);
+                      const double* invstd, const T* w, const T* b, T* y, bool relu = false);
 
 // Gradients given gy. With `batch_stats`, mean/invstd came from this batch and the input
 // gradient includes their dependence on x; otherwise they are constants (eval).
-// Any of gx, gw, gb may be null to skip it; all are written, not accumulated.
+// Any of gx, gw, gb may be null to skip it; all are written, not accumulated. relu_y, when
+// given, is the output of a fused ReLU: gy counts only where relu_y > 0.
 template <typename T>
 void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
                          const double* mean, const double* invstd, const T* w, bool batch_stats, T* gx, T* gw,
-                         T* gb);
+                         T* gb, const T* relu_y = nullptr);
 
 }  // namespace vidgrad::cpu
