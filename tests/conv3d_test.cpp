@@ -155,6 +155,12 @@ INSTANTIATE_TEST_SUITE_P(
                  false},
         ConvCase{"DirectPlanesWidth5Kernel", {1, 8, 2, 4, 6}, 8, {1, 2, 5}, opt({1, 1, 1}, {0, 1, 2}, {1, 1, 1}, 1),
                  false},
+        // Strided grouped convs on phase-split planes: SEVNet's downsampling shape with odd
+        // sizes, and unequal strides with dilation.
+        ConvCase{"DirectPlanesStride2Odd", {2, 16, 2, 9, 11}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
+        ConvCase{"DirectPlanesStride3Dilated", {1, 8, 1, 10, 13}, 8, {1, 3, 2}, opt({1, 3, 2}, {0, 2, 1}, {1, 2, 3}, 1),
+                 false},
         ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},
         ConvCase{"Depthwise3x3x3", {2, 4, 4, 5, 5}, 4, {3, 3, 3}, opt({1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 4), true},

@@ -267,109 +267,92 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
   }
 }
 
-// ---- direct kernel for 8-channel groups with a 1 x kH x kW kernel ----
+// ---- direct kernels for 8-channel groups with a 1 x kH x kW kernel ----
 // Note [direct grouped conv]: with 8 channels per group (SEVNet's 1x3x3 convs) im2col
-// writes kH*kW copies of the input for a GEMM only 8 rows tall. Instead, each output row
-// is computed directly: the kH input rows of each channel are copied once into a
-// zero-padded scratch row, and blocks of 16 output positions x 8 output channels are
-// accumulated in registers (acc[8][16]) over (c, kh, kw).
+// writes kH*kW copies of the input for a GEMM only 8 rows tall. Instead the output is
+// computed directly, in blocks of 16 output positions x 8 output channels accumulated in
+// registers (acc[8][16]) over (c, kh, kw), from zero-padded copies of the input planes.
+//
+// Note [direct planes]: pad each input plane of a frame with zeros (pH rows above and
+// below, pW columns left and right: Hp x Wp) and split it into its sH x sW phases (phase
+// (a, b) holds padded rows a, a + sH, ... and columns b, b + sW, ...; Hq x Wq each). Output
+// (ho, wo) of tap (kh, kw) reads padded (ho*sH + kh*dH, wo*sW + kw*dW), which is element
+// (ho + kh*dH / sH, wo + kw*dW / sW) of phase (kh*dH % sH, kw*dW % sW). On an output grid
+// of width Wq, q = ho * Wq + wo, every tap is then a fixed offset into one phase plane:
+// the whole frame is one long row of Ho * Wq outputs (columns wo >= Wo are computed and
+// dropped), so narrow planes (7x7 and 4x4 at SEVNet's last stages) and stride 2 (its
+// downsampling blocks) fill the 16-wide blocks like wide unit-stride ones, with no im2col.
 constexpr std::int64_t kDirectOg = 8;
 constexpr std::int64_t kDirectBlock = 16;
 
-bool direct_forward(const Conv3dGeometry& g) {
-  return g.kT == 1 && g.sW == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && g.Wo >= kDirectBlock / 2 && !g.pointwise();
+bool direct_planes(const Conv3dGeometry& g) {
+  return g.kT == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && !g.pointwise();
 }
 
-// Output rows [p0, p1) (p = to * Ho + ho) of one sample-group: y (8, To*Ho*Wo) from
-// x (Cg, T, H, W). wt is the group's weight reordered to (Cg, kH, kW, 8); scratch holds
-// Cg * kH * padded_width values.
+struct PlaneShape {
+  std::int64_t Hq, Wq, phase;  // phase plane rows, columns, and values (with tail zeros)
+};
+
+PlaneShape plane_shape(const Conv3dGeometry& g) {
+  const std::int64_t Hq = (g.H + 2 * g.pH + g.sH - 1) / g.sH, Wq = (g.W + 2 * g.pW + g.sW - 1) / g.sW;
+  return {Hq, Wq, Hq * Wq + kDirectBlock + (g.kW - 1) * g.dW};
+}
+
+// Values of scratch one channel's phase planes take.
+std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane_shape(g).phase; }
+
+// Fills dst (plane_scratch(g) values) with the phase planes of one input plane src (H x W).
 template <typename T>
-void direct_rows(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t p0, std::int64_t p1, T* scratch) {
-  const std::int64_t Cg = g.Cg(), Wo = g.Wo, L = g.L();
-  const std::int64_t blocks = (Wo + kDirectBlock - 1) / kDirectBlock;
-  const std::int64_t padded = blocks * kDirectBlock + (g.kW - 1) * g.dW;
-  for (std::int64_t p = p0; p < p1; ++p) {
-    const std::int64_t to = p / g.Ho, ho = p % g.Ho;
-    const std::int64_t ti = to * g.sT - g.pT;
-    // scratch[c][kh][j] = x[c][ti][hi][j - pW], zero outside the input.
-    for (std::int64_t c = 0; c < Cg; ++c)
-      for (std::int64_t kh = 0; kh < g.kH; ++kh) {
-        T* dst = scratch + (c * g.kH + kh) * padded;
-        const std::int64_t hi = ho * g.sH + kh * g.dH - g.pH;
-        std::fill(dst, dst + padded, T(0));
-        if (ti < 0 || ti >= g.T || hi < 0 || hi >= g.H) continue;
-        const T* src = x + ((c * g.T + ti) * g.H + hi) * g.W;
-        const std::int64_t lo = std::max<std::int64_t>(0, g.pW), hi_end = std::min(padded, g.pW + g.W);
-        for (std::int64_t j = lo; j < hi_end; ++j) dst[j] = src[j - g.pW];
-      }
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      T acc[kDirectOg][kDirectBlock] = {};
-      for (std::int64_t c = 0; c < Cg; ++c)
-        for (std::int64_t kh = 0; kh < g.kH; ++kh) {
-          const T* row = scratch + (c * g.kH + kh) * padded + b * kDirectBlock;
-          for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-            const T* s = row + kw * g.dW;
-            const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
-            for (std::int64_t o = 0; o < kDirectOg; ++o)
-#pragma omp simd
-              for (std::int64_t j = 0; j < kDirectBlock; ++j) acc[o][j] += wv[o] * s[j];
-          }
-        }
-      const std::int64_t n = std::min(kDirectBlock, Wo - b * kDirectBlock);
-      for (std::int64_t o = 0; o < kDirectOg; ++o)
-        std::copy(acc[o], acc[o] + n, y + o * L + p * Wo + b * kDirectBlock);
+void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
+  std::fill(dst, dst + plane_scratch(g), T(0));
+  for (std::int64_t h = 0; h < g.H; ++h) {
+    const std::int64_t i = h + g.pH;  // padded row
+    T* row = dst + (i % g.sH) * g.sW * ps.phase + (i / g.sH) * ps.Wq;
+    const T* s = src + h * g.W;
+    for (std::int64_t b = 0; b < g.sW; ++b) {  // padded column j = jq * sW + b
+      T* d = row + b * ps.phase;
+      const std::int64_t j0 = std::max<std::int64_t>(0, (g.pW - b + g.sW - 1) / g.sW);
+      const std::int64_t j1 = std::min(ps.Wq, (g.pW + g.W - b + g.sW - 1) / g.sW);
+      for (std::int64_t jq = j0; jq < j1; ++jq) d[jq] = s[jq * g.sW + b - g.pW];
     }
   }
 }
 
-// Note [direct planes]: with unit H and W strides, pad each input plane of a frame with
-// zeros (pH rows above and below, pW columns left and right; width Wp = W + 2 pW) and
-// compute the output on the same padded grid: output q = ho * Wp + wo reads padded input
-// q + kh*dH*Wp + kw*dW, a fixed offset per tap. The whole frame is then one long row of
-// Ho * Wp outputs (columns wo >= Wo are computed and dropped), so narrow planes (7x7 and
-// 4x4 at SEVNet's last stages) fill the 16-wide blocks as well as wide ones, with no
-// im2col. Same accumulators as direct_rows.
-bool direct_planes(const Conv3dGeometry& g) {
-  return g.kT == 1 && g.sH == 1 && g.sW == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && !g.pointwise();
+// Offset of tap (kh, kw) in a channel's phase planes, relative to output q.
+inline std::int64_t tap_offset(const Conv3dGeometry& g, const PlaneShape& ps, std::int64_t kh, std::int64_t kw) {
+  const std::int64_t a = kh * g.dH, b = kw * g.dW;
+  return ((a % g.sH) * g.sW + b % g.sW) * ps.phase + (a / g.sH) * ps.Wq + b / g.sW;
 }
 
-std::int64_t plane_scratch(const Conv3dGeometry& g) {
-  return (g.H + 2 * g.pH) * (g.W + 2 * g.pW) + kDirectBlock + (g.kW - 1) * g.dW;
-}
-
-// Output frame `to` of one sample-group: y (8, To*Ho*Wo) from x (Cg, T, H, W); wt as for
-// direct_rows; scratch holds Cg * plane_scratch(g) values.
+// Output frame `to` of one sample-group: y (8, To*Ho*Wo) from x (Cg, T, H, W). wt is the
+// group's weight reordered to (Cg, kH, kW, 8); scratch holds Cg * plane_scratch(g) values.
 template <typename T>
 void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t to, T* scratch) {
-  const std::int64_t Cg = g.Cg(), Wp = g.W + 2 * g.pW, plane = plane_scratch(g), L = g.L();
-  const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * Wp, ti = to * g.sT - g.pT;
+  const PlaneShape ps = plane_shape(g);
+  const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L();
+  const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * ps.Wq, ti = to * g.sT - g.pT;
   T* yt = y + to * HoWo;
   if (ti < 0 || ti >= g.T) {  // every tap reads padding
     for (std::int64_t o = 0; o < kDirectOg; ++o) std::fill(yt + o * L, yt + o * L + HoWo, T(0));
     return;
   }
-  for (std::int64_t c = 0; c < Cg; ++c) {
-    T* dst = scratch + c * plane;
-    std::fill(dst, dst + plane, T(0));
-    const T* src = x + (c * g.T + ti) * g.H * g.W;
-    for (std::int64_t h = 0; h < g.H; ++h) std::copy(src + h * g.W, src + (h + 1) * g.W, dst + (h + g.pH) * Wp + g.pW);
-  }
+  for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
   for (std::int64_t q0 = 0; q0 < Q; q0 += kDirectBlock) {
     T acc[kDirectOg][kDirectBlock] = {};
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
         for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-          const T* s = scratch + c * plane + q0 + kh * g.dH * Wp + kw * g.dW;
+          const T* s = scratch + c * per_c + tap_offset(g, ps, kh, kw) + q0;
           const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
           for (std::int64_t o = 0; o < kDirectOg; ++o)
 #pragma omp simd
             for (std::int64_t j = 0; j < kDirectBlock; ++j) acc[o][j] += wv[o] * s[j];
         }
-    std::int64_t ho = q0 / Wp, wo = q0 % Wp;
+    std::int64_t ho = q0 / ps.Wq, wo = q0 % ps.Wq;
     for (std::int64_t j = 0; j < kDirectBlock && q0 + j < Q; ++j) {
       if (wo < g.Wo)
         for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = acc[o][j];
-      if (++wo == Wp) {
+      if (++wo == ps.Wq) {
         wo = 0;
         ++ho;
       }
@@ -377,11 +360,11 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
   }
 }
 
-// Weight gradient on the padded planes (Note [direct planes]) of one sample-group:
-// gw[o][c][kh][kw] += sum over frames and q of gy_pad[o][q] * x_pad[c][q + kh*dH*Wp + kw*dW],
-// where gy_pad is the output gradient on the padded grid, zero in the dropped columns.
+// Weight gradient on the phase planes of one sample-group:
+// gw[o][c][kh][kw] += sum over frames and q of gy_grid[o][q] * planes_c[tap_offset + q],
+// where gy_grid is the output gradient on the width-Wq grid, zero in the dropped columns.
 // Vector accumulators, one per (c, kh, kw, o), live in acc (Cg*kH*kW*8 vectors) across
-// frames; for each (c, kh) the kW x 8 of them stay in registers over the frame.
+// frames; for each (c, kh) up to 3 x 8 of them stay in registers over the frame.
 #if defined(__AVX512F__)
 constexpr int kPlaneVecBytes = 64;
 #else
@@ -394,28 +377,29 @@ struct PlaneVec {
 };
 
 template <typename T>
+std::int64_t grid_len(const Conv3dGeometry& g) {  // Ho * Wq rounded up to whole vectors
+  constexpr std::int64_t kL = PlaneVec<T>::kLanes;
+  return (g.Ho * plane_shape(g).Wq + kL - 1) / kL * kL;
+}
+
+template <typename T>
 void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename PlaneVec<T>::type* acc,
                          T* scratch) {
   using V = typename PlaneVec<T>::type;
   constexpr std::int64_t kL = PlaneVec<T>::kLanes, kKw = 3;
-  const std::int64_t Cg = g.Cg(), Wp = g.W + 2 * g.pW, plane = plane_scratch(g), L = g.L();
-  const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * Wp, Qv = (Q + kL - 1) / kL * kL;
-  T* gpad = scratch + Cg * plane;  // (8, Qv)
+  const PlaneShape ps = plane_shape(g);
+  const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L(), HoWo = g.Ho * g.Wo, Qv = grid_len<T>(g);
+  T* gpad = scratch + Cg * per_c;  // (8, Qv)
   for (std::int64_t to = 0; to < g.To; ++to) {
     const std::int64_t ti = to * g.sT - g.pT;
     if (ti < 0 || ti >= g.T) continue;
-    for (std::int64_t c = 0; c < Cg; ++c) {
-      T* dst = scratch + c * plane;
-      std::fill(dst, dst + plane, T(0));
-      const T* src = x + (c * g.T + ti) * g.H * g.W;
-      for (std::int64_t h = 0; h < g.H; ++h)
-        std::copy(src + h * g.W, src + (h + 1) * g.W, dst + (h + g.pH) * Wp + g.pW);
-    }
+    for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
     for (std::int64_t o = 0; o < kDirectOg; ++o) {
       T* dst = gpad + o * Qv;
       std::fill(dst, dst + Qv, T(0));
       const T* src = gy + o * L + to * HoWo;
-      for (std::int64_t ho = 0; ho < g.Ho; ++ho) std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * Wp);
+      for (std::int64_t ho = 0; ho < g.Ho; ++ho)
+        std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * ps.Wq);
     }
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
@@ -423,13 +407,14 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
           const std::int64_t nkw = std::min(kKw, g.kW - kw0);
           V* a = acc + ((c * g.kH + kh) * g.kW + kw0) * kDirectOg;  // a[kw * 8 + o]
           V r[kKw][kDirectOg];
-          for (std::int64_t kw = 0; kw < kKw; ++kw)
+          const T* xs[kKw];
+          for (std::int64_t kw = 0; kw < kKw; ++kw) {
+            xs[kw] = scratch + c * per_c + tap_offset(g, ps, kh, kw0 + (kw < nkw ? kw : 0));
             for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = kw < nkw ? a[kw * kDirectOg + o] : V{};
-          const T* xs = scratch + c * plane + kh * g.dH * Wp + kw0 * g.dW;
+          }
           for (std::int64_t q = 0; q < Qv; q += kL) {
             V xv[kKw];
-            for (std::int64_t kw = 0; kw < kKw; ++kw)
-              std::memcpy(&xv[kw], xs + q + (kw < nkw ? kw : 0) * g.dW, sizeof(V));
+            for (std::int64_t kw = 0; kw < kKw; ++kw) std::memcpy(&xv[kw], xs[kw] + q, sizeof(V));
             for (std::int64_t o = 0; o < kDirectOg; ++o) {
               V gv;
               std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
@@ -543,23 +528,6 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
           for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf);
         }
       }
-    } else if (direct_forward(g)) {
-      const std::int64_t rows = g.To * g.Ho;
-      std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
-      for (std::int64_t o = 0; o < Og; ++o)
-        for (std::int64_t k = 0; k < K; ++k) wt[k * Og + o] = w[(gr * Og + o) * K + k];
-      const std::int64_t scratch =
-          Cg * g.kH * (((g.Wo + kDirectBlock - 1) / kDirectBlock) * kDirectBlock + (g.kW - 1) * g.dW);
-      if (outer) {  // this thread owns the item
-        direct_rows(g, xg, wt.data(), yg.data(), 0, rows, col_buffer<T>(scratch));
-      } else {
-#pragma omp parallel if (rows * Og * K * g.Wo >= kMinParallelWork)
-        {
-          T* buf = col_buffer<T>(scratch);
-#pragma omp for schedule(static)
-          for (std::int64_t p = 0; p < rows; ++p) direct_rows(g, xg, wt.data(), yg.data(), p, p + 1, buf);
-        }
-      }
     } else {
       const std::int64_t rows = g.To * g.Ho, step = tile_rows(g);
       for (std::int64_t p0 = 0; p0 < rows; p0 += step) {
@@ -596,7 +564,7 @@ std::optional<Conv3dGeometry> transposed_geometry(const Conv3dGeometry& g) {
   t.To = g.T; t.Ho = g.H; t.Wo = g.W;
   t.pH = pH;
   t.pW = pW;
-  if (!direct_planes(t) && !direct_forward(t)) return std::nullopt;
+  if (!direct_planes(t)) return std::nullopt;
   return t;
 }
 
@@ -657,8 +625,7 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
       using V = typename PlaneVec<T>::type;
       constexpr std::int64_t kL = PlaneVec<T>::kLanes;
       std::vector<V> acc(static_cast<std::size_t>(K * Og), V{});
-      const std::int64_t Qv = (g.Ho * (g.W + 2 * g.pW) + kL - 1) / kL * kL;
-      T* buf = col_buffer<T>(Cg * plane_scratch(g) + Og * Qv);
+      T* buf = col_buffer<T>(Cg * plane_scratch(g) + Og * grid_len<T>(g));
       for (std::int64_t n = 0; n < g.N; ++n)
         direct_plane_weight(g, x + (n * g.C + gr * Cg) * g.in_volume(), gy + (n * g.O + gr * Og) * L, acc.data(),
                             buf);
