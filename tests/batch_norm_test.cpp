@@ -115,6 +115,28 @@ TEST_P(BatchNormShapes, FusedReluMatchesSeparateReluAndFiniteDifferences) {
   }
 }
 
+// A channel with |mean| >> std (Note [one-pass statistics] and the blocked float sums in
+// the backward): float32 forward and gradients stay close to the float64 ones.
+TEST(BatchNorm, LargeMeanStaysAccurateInFloat32) {
+  Tensor x64 = add(mul(randn({2, 3, 4, 5, 6}, 30), 0.05), Tensor::scalar(800.0, DType::kFloat64));
+  Tensor w64 = randn({3}, 31), b64 = randn({3}, 32), gy64 = randn({2, 3, 4, 5, 6}, 33);
+  for (bool relu : {false, true}) {
+    std::vector<Tensor> grads[2];
+    Tensor ys[2];
+    for (int f = 0; f < 2; ++f) {
+      const DType dt = f == 0 ? DType::kFloat64 : DType::kFloat32;
+      Tensor x = x64.to(dt).detach(), w = w64.to(dt).detach(), b = b64.to(dt).detach();
+      for (Tensor* t : {&x, &w, &b}) t->set_requires_grad(true);
+      ys[f] = batch_norm(x, w, b, {}, {}, {.training = true, .relu = relu});
+      ys[f].backward(gy64.to(dt));
+      grads[f] = {x.grad(), w.grad(), b.grad()};
+    }
+    EXPECT_TRUE(all_close(ys[1], ys[0], 1e-3, 1e-3)) << "relu=" << relu;
+    for (int i = 0; i < 3; ++i)
+      EXPECT_TRUE(all_close(grads[1][i], grads[0][i], 2e-2, 1e-3)) << "gradient " << i << " relu=" << relu;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormShapes,
                          ::testing::Values(Shape{2, 3, 3, 5, 3}, Shape{1, 4, 2, 3, 3}, Shape{5, 3}, Shape{3, 2, 7}));
 

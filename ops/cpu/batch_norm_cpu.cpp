@@ -70,38 +70,53 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
   const double M = static_cast<double>(N * S);
 #pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
-    double sum_g = 0.0, sum_gx = 0.0;  // sums of g and g * x; d weight = (sum_gx - mean * sum_g) * invstd
+    // Sums of g and g * (x - mean) (g masked by a fused ReLU): per block of kBlock values in
+    // T, which vectorises (a double accumulator fed by a masked select did not, and ran
+    // branchy scalar code), then added up in double.
+    constexpr std::int64_t kBlock = 1024;
+    const T m = static_cast<T>(mean[c]);
+    double sum_g = 0.0, sum_gd = 0.0;
     for (std::int64_t n = 0; n < N; ++n) {
       const T* p = x + (n * C + c) * S;
       const T* g = gy + (n * C + c) * S;
-      if (relu_y) {
-        const T* r = relu_y + (n * C + c) * S;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-        for (std::int64_t i = 0; i < S; ++i) {
-          const double gi = r[i] > T(0) ? static_cast<double>(g[i]) : 0.0;
-          sum_g += gi;
-          sum_gx += gi * static_cast<double>(p[i]);
+      const T* r = relu_y ? relu_y + (n * C + c) * S : nullptr;
+      for (std::int64_t i0 = 0; i0 < S; i0 += kBlock) {
+        const std::int64_t i1 = std::min(S, i0 + kBlock);
+        T bg = 0, bgd = 0;
+        if (r) {
+#pragma omp simd reduction(+ : bg, bgd)
+          for (std::int64_t i = i0; i < i1; ++i) {
+            const T gm = r[i] > T(0) ? g[i] : T(0);
+            bg += gm;
+            bgd += gm * (p[i] - m);
+          }
+        } else {
+#pragma omp simd reduction(+ : bg, bgd)
+          for (std::int64_t i = i0; i < i1; ++i) {
+            bg += g[i];
+            bgd += g[i] * (p[i] - m);
+          }
         }
-      } else {
-#pragma omp simd reduction(+ : sum_g, sum_gx)
-        for (std::int64_t i = 0; i < S; ++i) {
-          sum_g += static_cast<double>(g[i]);
-          sum_gx += static_cast<double>(g[i]) * static_cast<double>(p[i]);
-        }
+        sum_g += static_cast<double>(bg);
+        sum_gd += static_cast<double>(bgd);
       }
     }
-    const double sum_gxhat = (sum_gx - mean[c] * sum_g) * invstd[c];
+    // d weight; the rounding of mean to T shifts x - mean by a constant, corrected here.
+    const double sum_gxhat = (sum_gd - (mean[c] - static_cast<double>(m)) * sum_g) * invstd[c];
     if (gb) gb[c] = static_cast<T>(sum_g);
     if (gw) gw[c] = static_cast<T>(sum_gxhat);
     if (!gx) continue;
     const double wc = w ? static_cast<double>(w[c]) : 1.0;
     const double k = wc * invstd[c];
     // training: gx = k * (g - mean(g) - xhat * mean(g * xhat)); eval: gx = k * g. With
-    // xhat = (x - mean) * invstd that is gx = alpha * g + beta * x + gamma per element.
+    // xhat = (x - mean) * invstd that is linear in g and x per element.
     const double mg = batch_stats ? sum_g / M : 0.0;
     const double mgx = batch_stats ? sum_gxhat / M : 0.0;
-    const T alpha = static_cast<T>(k), beta = static_cast<T>(-k * invstd[c] * mgx);
-    const T gamma = static_cast<T>(k * (mean[c] * invstd[c] * mgx - mg));
+    // As alpha * g + beta * (x - m) + gamma, with m = mean rounded to T: no cancellation
+    // between two large terms when |mean| >> std.
+    const double b = -k * invstd[c] * mgx;
+    const T alpha = static_cast<T>(k), beta = static_cast<T>(b);
+    const T gamma = static_cast<T>(-k * mg + b * (static_cast<double>(m) - mean[c]));
     for (std::int64_t n = 0; n < N; ++n) {
       const T* p = x + (n * C + c) * S;
       const T* g = gy + (n * C + c) * S;
@@ -109,10 +124,10 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
       if (relu_y) {
         const T* r = relu_y + (n * C + c) * S;
 #pragma omp simd
-        for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * (r[i] > T(0) ? g[i] : T(0)) + beta * p[i] + gamma;
+        for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * (r[i] > T(0) ? g[i] : T(0)) + beta * (p[i] - m) + gamma;
       } else {
 #pragma omp simd
-        for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * g[i] + beta * p[i] + gamma;
+        for (std::int64_t i = 0; i < S; ++i) q[i] = alpha * g[i] + beta * (p[i] - m) + gamma;
       }
     }
   }
