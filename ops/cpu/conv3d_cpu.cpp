@@ -309,6 +309,10 @@ void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T*
     const std::int64_t i = h + g.pH;  // padded row
     T* row = dst + (i % g.sH) * g.sW * ps.phase + (i / g.sH) * ps.Wq;
     const T* s = src + h * g.W;
+    if (g.sW == 1) {
+      std::copy(s, s + g.W, row + g.pW);
+      continue;
+    }
     for (std::int64_t b = 0; b < g.sW; ++b) {  // padded column j = jq * sW + b
       T* d = row + b * ps.phase;
       const std::int64_t j0 = std::max<std::int64_t>(0, (g.pW - b + g.sW - 1) / g.sW);
