@@ -270,8 +270,9 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
 // ---- direct kernels for 8-channel groups with a 1 x kH x kW kernel ----
 // Note [direct grouped conv]: with 8 channels per group (SEVNet's 1x3x3 convs) im2col
 // writes kH*kW copies of the input for a GEMM only 8 rows tall. Instead the output is
-// computed directly, in blocks of 16 output positions x 8 output channels accumulated in
-// registers (acc[8][16]) over (c, kh, kw), from zero-padded copies of the input planes.
+// computed directly, in blocks of 48 output positions (3 vectors) x 8 output channels
+// accumulated in 24 registers over (c, kh, kw), from zero-padded copies of the input
+// planes: per tap, 3 loads and 8 broadcasts feed 24 FMAs.
 //
 // Note [direct planes]: pad each input plane of a frame with zeros (pH rows above and
 // below, pW columns left and right: Hp x Wp) and split it into its sH x sW phases (phase
@@ -281,9 +282,21 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
 // of width Wq, q = ho * Wq + wo, every tap is then a fixed offset into one phase plane:
 // the whole frame is one long row of Ho * Wq outputs (columns wo >= Wo are computed and
 // dropped), so narrow planes (7x7 and 4x4 at SEVNet's last stages) and stride 2 (its
-// downsampling blocks) fill the 16-wide blocks like wide unit-stride ones, with no im2col.
+// downsampling blocks) fill the blocks like wide unit-stride ones, with no im2col.
 constexpr std::int64_t kDirectOg = 8;
-constexpr std::int64_t kDirectBlock = 16;
+constexpr std::int64_t kDirectVecs = 3;     // output vectors per block: 8 x 3 accumulators
+constexpr std::int64_t kPlaneTail = 64;     // zeros after each phase plane, >= one block
+
+#if defined(__AVX512F__)
+constexpr int kPlaneVecBytes = 64;
+#else
+constexpr int kPlaneVecBytes = 32;
+#endif
+template <typename T>
+struct PlaneVec {
+  typedef T type __attribute__((vector_size(kPlaneVecBytes)));
+  static constexpr std::int64_t kLanes = kPlaneVecBytes / sizeof(T);
+};
 
 bool direct_planes(const Conv3dGeometry& g) {
   return g.kT == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && !g.pointwise();
@@ -295,7 +308,7 @@ struct PlaneShape {
 
 PlaneShape plane_shape(const Conv3dGeometry& g) {
   const std::int64_t Hq = (g.H + 2 * g.pH + g.sH - 1) / g.sH, Wq = (g.W + 2 * g.pW + g.sW - 1) / g.sW;
-  return {Hq, Wq, Hq * Wq + kDirectBlock + (g.kW - 1) * g.dW};
+  return {Hq, Wq, Hq * Wq + kPlaneTail + (g.kW - 1) * g.dW};
 }
 
 // Values of scratch one channel's phase planes take.
@@ -341,21 +354,29 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
     return;
   }
   for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
-  for (std::int64_t q0 = 0; q0 < Q; q0 += kDirectBlock) {
-    T acc[kDirectOg][kDirectBlock] = {};
+  using V = typename PlaneVec<T>::type;
+  constexpr std::int64_t kL = PlaneVec<T>::kLanes, kBlock = kDirectVecs * kL;
+  static_assert(kBlock <= kPlaneTail);
+  for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
+    V acc[kDirectOg][kDirectVecs] = {};
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
         for (std::int64_t kw = 0; kw < g.kW; ++kw) {
           const T* s = scratch + c * per_c + tap_offset(g, ps, kh, kw) + q0;
           const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
-          for (std::int64_t o = 0; o < kDirectOg; ++o)
-#pragma omp simd
-            for (std::int64_t j = 0; j < kDirectBlock; ++j) acc[o][j] += wv[o] * s[j];
+          V sv[kDirectVecs];
+          for (std::int64_t j = 0; j < kDirectVecs; ++j) std::memcpy(&sv[j], s + j * kL, sizeof(V));
+          for (std::int64_t o = 0; o < kDirectOg; ++o) {
+            const T w = wv[o];
+            for (std::int64_t j = 0; j < kDirectVecs; ++j) acc[o][j] += w * sv[j];
+          }
         }
+    alignas(64) T out[kDirectOg][kBlock];
+    std::memcpy(out, acc, sizeof(out));
     std::int64_t ho = q0 / ps.Wq, wo = q0 % ps.Wq;
-    for (std::int64_t j = 0; j < kDirectBlock && q0 + j < Q; ++j) {
+    for (std::int64_t j = 0; j < kBlock && q0 + j < Q; ++j) {
       if (wo < g.Wo)
-        for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = acc[o][j];
+        for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = out[o][j];
       if (++wo == ps.Wq) {
         wo = 0;
         ++ho;
@@ -369,16 +390,6 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
 // where gy_grid is the output gradient on the width-Wq grid, zero in the dropped columns.
 // Vector accumulators, one per (c, kh, kw, o), live in acc (Cg*kH*kW*8 vectors) across
 // frames; for each (c, kh) up to 3 x 8 of them stay in registers over the frame.
-#if defined(__AVX512F__)
-constexpr int kPlaneVecBytes = 64;
-#else
-constexpr int kPlaneVecBytes = 32;
-#endif
-template <typename T>
-struct PlaneVec {
-  typedef T type __attribute__((vector_size(kPlaneVecBytes)));
-  static constexpr std::int64_t kLanes = kPlaneVecBytes / sizeof(T);
-};
 
 template <typename T>
 std::int64_t grid_len(const Conv3dGeometry& g) {  // Ho * Wq rounded up to whole vectors
