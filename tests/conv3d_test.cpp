@@ -138,6 +138,10 @@ INSTANTIATE_TEST_SUITE_P(
         // Weight gradient split over (sample, frame) between threads, across samples.
         ConvCase{"PointwiseFramesSplit", {3, 16, 3, 4, 8}, 16, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
+        // Frames of 192 values or more take the per-range GEMMs with zero rows; smaller
+        // ones the zero-framed copy (shifted_rows_gemm in conv3d_cpu.cpp).
+        ConvCase{"Temporal3x1x1LargeFrames", {1, 4, 3, 12, 17}, 5, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1),
+                 true},
         ConvCase{"Temporal2x1x1ShortClip", {2, 2, 1, 2, 3}, 3, {2, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), true},
         // Groups of 8 output channels with unit width stride take the direct kernel
         // (Note [direct grouped conv]): long rows, a partial last block, height stride,

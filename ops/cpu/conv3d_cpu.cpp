@@ -165,6 +165,26 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
     return true;
   };
   std::vector<const T*> rows(static_cast<std::size_t>(a.K));
+  // Small frames (SEVNet's last stages: 7x7, 4x4) would leave most of the edge ranges'
+  // 48-column tiles empty (a third of the work at 8x112's stage 5); there the source is
+  // copied once with zero frames around it and every output frame is one GEMM.
+  std::int64_t lo_shift = 0, hi_shift = 0;
+  for (std::int64_t kt = 0; kt < kT; ++kt) {
+    lo_shift = std::min(lo_shift, shift[kt]);
+    hi_shift = std::max(hi_shift, shift[kt]);
+  }
+  const std::int64_t front = std::max<std::int64_t>(0, -lo_shift);
+  const std::int64_t padded = std::max(src_frames + front, frames + hi_shift + front);
+  if (kT > 1 && HW < 4 * 48) {
+    thread_local std::vector<T> pad;
+    pad.assign(static_cast<std::size_t>(J * padded * HW), T(0));
+    for (std::int64_t j = 0; j < J; ++j)
+      std::copy(src + j * src_stride, src + j * src_stride + src_frames * HW, pad.data() + (j * padded + front) * HW);
+    for (std::int64_t j = 0; j < J; ++j)
+      for (std::int64_t kt = 0; kt < kT; ++kt) rows[j * kT + kt] = pad.data() + (j * padded + front + shift[kt]) * HW;
+    row_gemm(a, frames * HW, rows.data(), dst, dst_stride, false);
+    return;
+  }
   thread_local std::vector<T> zeros;
   for (std::int64_t t0 = 0, t1; t0 < frames; t0 = t1) {
     for (t1 = t0 + 1; t1 < frames && same_taps(t0, t1); ++t1) {
