@@ -337,6 +337,17 @@ std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane
 // Fills dst (plane_scratch(g) values) with the phase planes of one input plane src (H x W).
 template <typename T>
 void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
+  if (g.sH == 1 && g.sW == 1) {  // one phase: zero only the border and the tail
+    std::fill(dst, dst + g.pH * ps.Wq, T(0));
+    for (std::int64_t h = 0; h < g.H; ++h) {
+      T* row = dst + (h + g.pH) * ps.Wq;
+      std::fill(row, row + g.pW, T(0));
+      std::copy(src + h * g.W, src + (h + 1) * g.W, row + g.pW);
+      std::fill(row + g.pW + g.W, row + ps.Wq, T(0));
+    }
+    std::fill(dst + (g.H + g.pH) * ps.Wq, dst + ps.phase, T(0));
+    return;
+  }
   std::fill(dst, dst + plane_scratch(g), T(0));
   for (std::int64_t h = 0; h < g.H; ++h) {
     const std::int64_t i = h + g.pH;  // padded row
