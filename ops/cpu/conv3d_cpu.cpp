@@ -9,6 +9,7 @@
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
 
+#include "vidgrad/core/cpu_memory.h"
 #include "vidgrad/core/parallel.h"
 
 #include <Eigen/Core>
@@ -631,6 +632,34 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
   }
   if (g.temporal_only() || g.pointwise()) {
     rows_conv(g, w, gy, gx, true);
+    return;
+  }
+  if (direct_planes(g) && g.sT == 1 && g.pT == 0 && (g.sH > 1 || g.sW > 1)) {
+    // Strided grouped convs (SEVNet's downsampling 1x3x3): the input gradient of a stride
+    // s conv is that of the stride-1 conv with the same padding given gy spread onto the
+    // stride-1 output grid (zeros in between), which the direct-plane kernel computes;
+    // 1/(sH*sW) of its multiplies are useful, still several times faster than col2im.
+    Conv3dGeometry u = g;
+    u.sH = u.sW = 1;
+    u.Ho = g.H + 2 * g.pH - g.dH * (g.kH - 1);
+    u.Wo = g.W + 2 * g.pW - g.dW * (g.kW - 1);
+    const std::size_t bytes = static_cast<std::size_t>(g.N * g.O * g.To * u.Ho * u.Wo) * sizeof(T);
+    struct Buffer {  // from the block cache: no fresh pages on every call
+      void* p;
+      std::size_t n;
+      ~Buffer() { cpu_memory::release(p, n); }
+    } spread{cpu_memory::allocate(bytes), bytes};
+    T* sp = static_cast<T*>(spread.p);
+#pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
+    for (std::int64_t p = 0; p < g.N * g.O * g.To; ++p)
+      for (std::int64_t h = 0; h < u.Ho; ++h) {
+        T* row = sp + (p * u.Ho + h) * u.Wo;
+        std::fill(row, row + u.Wo, T(0));
+        if (h % g.sH != 0 || h / g.sH >= g.Ho) continue;
+        const T* src = gy + (p * g.Ho + h / g.sH) * g.Wo;
+        for (std::int64_t wo = 0; wo < g.Wo; ++wo) row[wo * g.sW] = src[wo];
+      }
+    conv3d_backward_input(u, sp, w, gx);
     return;
   }
   const bool outer = items_parallel(items, Og * K * L);
