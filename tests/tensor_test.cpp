@@ -1,7 +1,9 @@
 // Tensor storage, views, copies, the random generator, and the shape ops' gradients.
 #include "test_util.h"
 
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include "vidgrad/core/cpu_memory.h"
 #include "vidgrad/core/cuda/context.h"
@@ -200,4 +202,39 @@ TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
   EXPECT_EQ(cm::stats().cached_bytes, 0u);
   void* small = cm::allocate(1000);  // below 1 MiB: the C library's
   cm::release(small, 1000);
+}
+
+// The loader's threads allocate batch tensors while the training thread allocates
+// activations: concurrent use of the block cache must hand out disjoint blocks.
+TEST(CpuMemory, ConcurrentThreadsGetDisjointBlocks) {
+  namespace cm = vidgrad::cpu_memory;
+  const std::size_t MiB = std::size_t{1} << 20;
+  std::atomic<int> failures{0};
+  auto worker = [&](unsigned seed) {
+    std::mt19937 rng(seed);
+    std::vector<std::pair<unsigned char*, std::size_t>> live;
+    for (int i = 0; i < 200; ++i) {
+      const std::size_t n = (1 + rng() % 6) * MiB + rng() % 5000;
+      auto* p = static_cast<unsigned char*>(cm::allocate(n));
+      const auto tag = static_cast<unsigned char>(seed * 31 + i);
+      for (std::size_t k = 0; k < n; k += 4096) p[k] = tag;
+      p[n - 1] = tag;
+      live.emplace_back(p, n);
+      if (live.size() > 3) {
+        const std::size_t k = rng() % live.size();
+        auto [q, m] = live[k];
+        const unsigned char t = q[0];
+        for (std::size_t j = 0; j < m; j += 4096)
+          if (q[j] != t) ++failures;
+        if (q[m - 1] != t) ++failures;
+        cm::release(q, m);
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+      }
+    }
+    for (auto [q, m] : live) cm::release(q, m);
+  };
+  std::vector<std::thread> threads;
+  for (unsigned t = 1; t <= 4; ++t) threads.emplace_back(worker, t);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0) << "a block was written by another thread";
 }
