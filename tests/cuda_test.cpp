@@ -203,7 +203,7 @@ struct ConvCase {
   bool bias;
 };
 
-std::vector<ConvCase> conv_cases() {
+[[maybe_unused]] std::vector<ConvCase> conv_cases() {  // unused without the CUDA backend
   auto opt = [](std::array<std::int64_t, 3> s, std::array<std::int64_t, 3> p, std::array<std::int64_t, 3> d,
                 std::int64_t groups) {
     Conv3dOptions o;
