@@ -11,8 +11,10 @@
 // stem's large blocks serve the later stages' smaller ones, which per-size free lists
 // could not (they held 1.6x the peak in use). A miss maps a new segment, first unmapping
 // wholly free segments, oldest first, while the mapped total would pass the peak in use
-// so far plus 1/8: resident memory stays near what malloc would have reached (with no
-// slack at all, a few segments were unmapped and mapped again every training step).
+// so far plus 1/8: peak resident memory stays near what malloc would have reached (with
+// no slack at all, a few segments were unmapped and mapped again every training step).
+// Memory freed after a transient peak stays mapped until a segment needs the room or
+// empty_cache() is called, as with a GPU caching allocator.
 #include "vidgrad/core/cpu_memory.h"
 
 #include <sys/mman.h>
