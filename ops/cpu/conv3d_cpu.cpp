@@ -429,6 +429,20 @@ std::int64_t grid_len(const Conv3dGeometry& g) {  // Ho * Wq rounded up to whole
   return (g.Ho * plane_shape(g).Wq + kL - 1) / kL * kL;
 }
 
+// Scratch values one frame of direct_plane_weight takes (phase planes of every channel,
+// then the 8 output-gradient grids), and how many frames go in one chunk.
+template <typename T>
+std::int64_t weight_frame_scratch(const Conv3dGeometry& g) {
+  return g.Cg() * plane_scratch(g) + kDirectOg * grid_len<T>(g);
+}
+template <typename T>
+std::int64_t weight_chunk_frames(const Conv3dGeometry& g) {
+  return std::clamp<std::int64_t>((std::int64_t{1} << 16) / weight_frame_scratch<T>(g), 1, g.To);
+}
+
+// Frames are taken in chunks (weight_chunk_frames): the accumulators of each (c, kh) are
+// loaded once per chunk, not once per frame, which matters for 7x7 and 4x4 planes where a
+// frame is only a few vectors long. scratch holds weight_chunk_frames * weight_frame_scratch.
 template <typename T>
 void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename PlaneVec<T>::type* acc,
                          T* scratch) {
@@ -436,17 +450,21 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
   constexpr std::int64_t kL = PlaneVec<T>::kLanes, kKw = 3;
   const PlaneShape ps = plane_shape(g);
   const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L(), HoWo = g.Ho * g.Wo, Qv = grid_len<T>(g);
-  T* gpad = scratch + Cg * per_c;  // (8, Qv)
-  for (std::int64_t to = 0; to < g.To; ++to) {
-    const std::int64_t ti = to * g.sT - g.pT;
-    if (ti < 0 || ti >= g.T) continue;
-    for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
-    for (std::int64_t o = 0; o < kDirectOg; ++o) {
-      T* dst = gpad + o * Qv;
-      std::fill(dst, dst + Qv, T(0));
-      const T* src = gy + o * L + to * HoWo;
-      for (std::int64_t ho = 0; ho < g.Ho; ++ho)
-        std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * ps.Wq);
+  const std::int64_t fs = weight_frame_scratch<T>(g), chunk = weight_chunk_frames<T>(g);
+  for (std::int64_t to0 = 0; to0 < g.To; to0 += chunk) {
+    std::int64_t nf = 0;  // frames of this chunk that read the input
+    for (std::int64_t to = to0; to < std::min(g.To, to0 + chunk); ++to) {
+      const std::int64_t ti = to * g.sT - g.pT;
+      if (ti < 0 || ti >= g.T) continue;
+      T* slot = scratch + nf++ * fs;
+      for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, slot + c * per_c);
+      for (std::int64_t o = 0; o < kDirectOg; ++o) {
+        T* dst = slot + Cg * per_c + o * Qv;
+        std::fill(dst, dst + Qv, T(0));
+        const T* src = gy + o * L + to * HoWo;
+        for (std::int64_t ho = 0; ho < g.Ho; ++ho)
+          std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * ps.Wq);
+      }
     }
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
@@ -454,18 +472,22 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
           const std::int64_t nkw = std::min(kKw, g.kW - kw0);
           V* a = acc + ((c * g.kH + kh) * g.kW + kw0) * kDirectOg;  // a[kw * 8 + o]
           V r[kKw][kDirectOg];
-          const T* xs[kKw];
+          std::int64_t off[kKw];
           for (std::int64_t kw = 0; kw < kKw; ++kw) {
-            xs[kw] = scratch + c * per_c + tap_offset(g, ps, kh, kw0 + (kw < nkw ? kw : 0));
+            off[kw] = c * per_c + tap_offset(g, ps, kh, kw0 + (kw < nkw ? kw : 0));
             for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = kw < nkw ? a[kw * kDirectOg + o] : V{};
           }
-          for (std::int64_t q = 0; q < Qv; q += kL) {
-            V xv[kKw];
-            for (std::int64_t kw = 0; kw < kKw; ++kw) std::memcpy(&xv[kw], xs[kw] + q, sizeof(V));
-            for (std::int64_t o = 0; o < kDirectOg; ++o) {
-              V gv;
-              std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
-              for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
+          for (std::int64_t f = 0; f < nf; ++f) {
+            const T* slot = scratch + f * fs;
+            const T* gpad = slot + Cg * per_c;
+            for (std::int64_t q = 0; q < Qv; q += kL) {
+              V xv[kKw];
+              for (std::int64_t kw = 0; kw < kKw; ++kw) std::memcpy(&xv[kw], slot + off[kw] + q, sizeof(V));
+              for (std::int64_t o = 0; o < kDirectOg; ++o) {
+                V gv;
+                std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
+                for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
+              }
             }
           }
           for (std::int64_t kw = 0; kw < nkw; ++kw)
@@ -700,7 +722,7 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
       using V = typename PlaneVec<T>::type;
       constexpr std::int64_t kL = PlaneVec<T>::kLanes;
       std::vector<V> acc(static_cast<std::size_t>(K * Og), V{});
-      T* buf = col_buffer<T>(Cg * plane_scratch(g) + Og * grid_len<T>(g));
+      T* buf = col_buffer<T>(weight_chunk_frames<T>(g) * weight_frame_scratch<T>(g));
       for (std::int64_t n = 0; n < g.N; ++n)
         direct_plane_weight(g, x + (n * g.C + gr * Cg) * g.in_volume(), gy + (n * g.O + gr * Og) * L, acc.data(),
                             buf);
