@@ -1,16 +1,21 @@
-// conv3d on the CPU as GEMMs (im2col built in cache-sized tiles; kT x 1 x 1 convs with no
-// im2col at all). For sample n and group g:
-//   forward      Y[Og, L]  = W_g[Og, K] * col(X_ng)[K, L]
-//   input grad   col[K, L] = W_g^T * GY_ng, then col2im adds it back into GX_ng
-//   weight grad  GW_g     += GY_ng * col(X_ng)^T
-// with K = C/groups * kT*kH*kW and L = To*Ho*Wo. Work is spread over (n, g) pairs when
-// there are enough of them to feed every thread (grouped and depthwise convs, batches);
-// otherwise (n, g) runs in order and Eigen's GEMM and im2col use the threads.
+// conv3d on the CPU. Which computation each conv gets (docs/design.md has the table):
+//   1x1x1 and kT x 1 x 1 (pointwise, temporal_only): row GEMM over (time-shifted) input
+//     rows for the forward and input gradient (Note [row GEMM]); Eigen GEMMs per tap over
+//     (sample, frame) ranges for the weight gradient.
+//   8 output channels per group, 1 x kH x kW: direct kernels on padded, stride-split frame
+//     planes (Note [direct planes]).
+//   ungrouped with wide output rows (the stem): one row GEMM per output row
+//     (Note [strided rows]) for the forward.
+//   everything else, and the remaining passes: im2col in cache-sized tiles + Eigen GEMM
+//     per (sample, group): Y = W_g * col(X), col = W_g^T * GY then col2im, GW += GY * col^T.
+// Work is spread over (sample, group) items when there are enough to feed every thread;
+// otherwise the GEMMs and copies use the threads.
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
+#include "vidgrad/ops/cpu/simd.h"
 
-#include "vidgrad/core/cpu_memory.h"
 #include "vidgrad/core/parallel.h"
+#include "vidgrad/core/storage.h"
 
 #include <Eigen/Core>
 #include <omp.h>
@@ -117,10 +122,11 @@ T* col_buffer(std::int64_t elements) {
   return buf.data();
 }
 
-// ---- kT x 1 x 1 convolutions as kT GEMMs over time-shifted column ranges (temporal_only) ----
+// ---- pointwise and kT x 1 x 1 convolutions (temporal_only) ----
 // With HW = H*W, tap kt reads input frame to + off (off = kt*dT - pT) for output frame
 // to; the frames where that is inside [0, T) form one contiguous column range of both
-// the (Cg, T*HW) input and the (Og, To*HW) output, so each tap is a single GEMM.
+// the (Cg, T*HW) input and the (Og, To*HW) output (tap_range; the weight gradient is one
+// GEMM per tap over it).
 
 template <typename T>
 using StridedMap = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>>;
@@ -136,18 +142,6 @@ inline TapRange tap_range(const Conv3dGeometry& g, std::int64_t kt) {
   const std::int64_t lo = std::max<std::int64_t>(0, -off);
   const std::int64_t hi = std::max(lo, std::min(g.To, g.T - off));
   return {lo, hi, off};
-}
-
-// Copies group gr's weight (Og, Cg, kT) into per-tap matrices taps[kt] = (Og, Cg).
-template <typename T>
-std::vector<T> split_taps(const Conv3dGeometry& g, const T* w, std::int64_t gr) {
-  const std::int64_t Og = g.Og(), Cg = g.Cg();
-  std::vector<T> taps(static_cast<std::size_t>(g.kT * Og * Cg));
-  const T* wg = w + gr * Og * Cg * g.kT;
-  for (std::int64_t o = 0; o < Og; ++o)
-    for (std::int64_t c = 0; c < Cg; ++c)
-      for (std::int64_t kt = 0; kt < g.kT; ++kt) taps[(kt * Og + o) * Cg + c] = wg[(o * Cg + c) * g.kT + kt];
-  return taps;
 }
 
 // dst (M, frames*HW) = A * rows, where row j*kT + kt is source channel j (of src_frames
@@ -263,7 +257,10 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
   const std::int64_t Cg = g.Cg(), Og = g.Og(), L = g.L(), units = g.N * g.To, per = g.kT * Og * Cg;
   const int threads =
       static_cast<int>(std::min<std::int64_t>(omp_in_parallel() ? 1 : omp_get_max_threads(), units));
-  std::vector<T> partial(static_cast<std::size_t>(threads * g.groups * per), T(0));
+  const std::int64_t partial_size = threads * g.groups * per;
+  const Storage partial_buf(static_cast<std::size_t>(partial_size) * sizeof(T), Device::cpu());  // block cache
+  T* partial = static_cast<T*>(partial_buf.data());
+  std::fill(partial, partial + partial_size, T(0));
 #pragma omp parallel num_threads(threads) if (threads > 1 && g.N * g.O * Cg * g.kT * L >= kMinParallelWork)
   {
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -272,7 +269,7 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
       const std::int64_t f0 = std::max<std::int64_t>(0, u0 - n * g.To), f1 = std::min(g.To, u1 - n * g.To);
       for (std::int64_t gr = 0; gr < g.groups; ++gr)
         temporal_backward_weight(g, gy + (n * g.O + gr * Og) * L, x + (n * g.C + gr * Cg) * g.in_volume(),
-                                 partial.data() + (t * g.groups + gr) * per, f0, f1);
+                                 partial + (t * g.groups + gr) * per, f0, f1);
     }
   }
 #pragma omp parallel for schedule(static) if (threads > 1 && g.O * Cg * g.kT >= kMinParallelWork)
@@ -280,7 +277,7 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
     const std::int64_t gr = row / Og, o = row % Og;
     for (std::int64_t kt = 0; kt < g.kT; ++kt) {
       T* dst = gw + row * Cg * g.kT + kt;
-      const T* src = partial.data() + gr * per + (kt * Og + o) * Cg;
+      const T* src = partial + gr * per + (kt * Og + o) * Cg;
       for (std::int64_t c = 0; c < Cg; ++c) dst[c * g.kT] = src[c];
       for (int t = 1; t < threads; ++t)
         for (std::int64_t c = 0; c < Cg; ++c) dst[c * g.kT] += src[t * g.groups * per + c];
@@ -307,17 +304,6 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
 constexpr std::int64_t kDirectOg = 8;
 constexpr std::int64_t kDirectVecs = 3;     // output vectors per block: 8 x 3 accumulators
 constexpr std::int64_t kPlaneTail = 64;     // zeros after each phase plane, >= one block
-
-#if defined(__AVX512F__)
-constexpr int kPlaneVecBytes = 64;
-#else
-constexpr int kPlaneVecBytes = 32;
-#endif
-template <typename T>
-struct PlaneVec {
-  typedef T type __attribute__((vector_size(kPlaneVecBytes)));
-  static constexpr std::int64_t kLanes = kPlaneVecBytes / sizeof(T);
-};
 
 bool direct_planes(const Conv3dGeometry& g) {
   return g.kT == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && !g.pointwise();
@@ -386,8 +372,8 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
     return;
   }
   for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
-  using V = typename PlaneVec<T>::type;
-  constexpr std::int64_t kL = PlaneVec<T>::kLanes, kBlock = kDirectVecs * kL;
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
   static_assert(kBlock <= kPlaneTail);
   for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
     V acc[kDirectOg][kDirectVecs] = {};
@@ -425,7 +411,7 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
 
 template <typename T>
 std::int64_t grid_len(const Conv3dGeometry& g) {  // Ho * Wq rounded up to whole vectors
-  constexpr std::int64_t kL = PlaneVec<T>::kLanes;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
   return (g.Ho * plane_shape(g).Wq + kL - 1) / kL * kL;
 }
 
@@ -444,10 +430,10 @@ std::int64_t weight_chunk_frames(const Conv3dGeometry& g) {
 // loaded once per chunk, not once per frame, which matters for 7x7 and 4x4 planes where a
 // frame is only a few vectors long. scratch holds weight_chunk_frames * weight_frame_scratch.
 template <typename T>
-void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename PlaneVec<T>::type* acc,
+void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename Vec<T>::type* acc,
                          T* scratch) {
-  using V = typename PlaneVec<T>::type;
-  constexpr std::int64_t kL = PlaneVec<T>::kLanes, kKw = 3;
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes, kKw = 3;
   const PlaneShape ps = plane_shape(g);
   const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L(), HoWo = g.Ho * g.Wo, Qv = grid_len<T>(g);
   const std::int64_t fs = weight_frame_scratch<T>(g), chunk = weight_chunk_frames<T>(g);
@@ -666,12 +652,8 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
     u.Ho = g.H + 2 * g.pH - g.dH * (g.kH - 1);
     u.Wo = g.W + 2 * g.pW - g.dW * (g.kW - 1);
     const std::size_t bytes = static_cast<std::size_t>(g.N * g.O * g.To * u.Ho * u.Wo) * sizeof(T);
-    struct Buffer {  // from the block cache: no fresh pages on every call
-      void* p;
-      std::size_t n;
-      ~Buffer() { cpu_memory::release(p, n); }
-    } spread{cpu_memory::allocate(bytes), bytes};
-    T* sp = static_cast<T*>(spread.p);
+    const Storage spread(bytes, Device::cpu());  // from the block cache: no fresh pages each call
+    T* sp = static_cast<T*>(spread.data());
 #pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
     for (std::int64_t p = 0; p < g.N * g.O * g.To; ++p)
       for (std::int64_t h = 0; h < u.Ho; ++h) {
@@ -719,8 +701,8 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
   auto run_group = [&](std::int64_t gr) {
     Map<T> gwg(gw + gr * Og * K, Og, K);
     if (direct_planes(g)) {
-      using V = typename PlaneVec<T>::type;
-      constexpr std::int64_t kL = PlaneVec<T>::kLanes;
+      using V = typename Vec<T>::type;
+      constexpr std::int64_t kL = Vec<T>::kLanes;
       std::vector<V> acc(static_cast<std::size_t>(K * Og), V{});
       T* buf = col_buffer<T>(weight_chunk_frames<T>(g) * weight_frame_scratch<T>(g));
       for (std::int64_t n = 0; n < g.N; ++n)

@@ -1,5 +1,5 @@
-// CPU conv3d kernels: im2col + Eigen GEMM per (sample, group), with the 1x1x1 case
-// reading the input directly as the GEMM operand. All pointers are contiguous NCTHW data.
+// CPU conv3d kernels (conv3d_cpu.cpp says which computation each conv shape gets). All
+// pointers are contiguous NCTHW data.
 #pragma once
 
 #include <cstdint>
@@ -22,8 +22,8 @@ struct Conv3dGeometry {
   bool pointwise() const {
     return kT == 1 && kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pT == 0 && pH == 0 && pW == 0;
   }
-  // kT x 1 x 1 with unit time stride and no spatial stride/padding: one GEMM per temporal
-  // tap over time-shifted column ranges, no im2col (SEVNet's 3x1x1 convs).
+  // kT x 1 x 1 with unit time stride and no spatial stride/padding: GEMMs over
+  // time-shifted input rows, no im2col (SEVNet's 3x1x1 convs).
   bool temporal_only() const {
     return kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pH == 0 && pW == 0 && !pointwise();
   }

@@ -15,6 +15,7 @@
 // keeps MR x NR = 8 x 48 floats in 24 vector registers (AVX-512) and does 24 FMAs per
 // k for 3 loads and 8 broadcasts.
 #include "vidgrad/ops/cpu/row_gemm.h"
+#include "vidgrad/ops/cpu/simd.h"
 
 #include "vidgrad/core/parallel.h"
 
@@ -27,19 +28,11 @@ namespace vidgrad::cpu {
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64, kNv = 3;  // 32 zmm: 24 accumulators
-#else
-constexpr int kVecBytes = 32, kNv = 1;  // 16 ymm: 8 accumulators
-#endif
+// Vectors per micro-tile row: 32 zmm hold 24 accumulators; 16 ymm only 8.
+constexpr int kNv = kVecBytes == 64 ? 3 : 1;
 
 template <typename T>
-struct VecOf {
-  typedef T type __attribute__((vector_size(kVecBytes)));
-};
-
-template <typename T>
-constexpr std::int64_t kLanes = kVecBytes / sizeof(T);
+constexpr std::int64_t kLanes = Vec<T>::kLanes;
 template <typename T>
 constexpr std::int64_t kNr = kNv * kLanes<T>;
 constexpr std::int64_t kMr = kRowGemmMr;
@@ -51,7 +44,7 @@ constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 template <typename T>
 void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* c, std::int64_t ldc, std::int64_t rows,
                   std::int64_t cols, bool load_c) {
-  using V = typename VecOf<T>::type;
+  using V = typename Vec<T>::type;
   constexpr std::int64_t L = kLanes<T>, NR = kNr<T>;
   V acc[kMr][kNv];
   for (auto& row : acc)
