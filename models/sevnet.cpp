@@ -60,15 +60,17 @@ class Block : public nn::Module {
   }
 
   Tensor forward(const Tensor& x) override {
+    // relu(concat(h, s)) = concat(relu(h), relu(s)): without SE, a downsample module's
+    // ReLU runs inside the branch's last BN and the shortcut's BN, not as a pass of its own.
+    const bool relu_in_bn = downsample_ && !se_;
     Tensor h = x;
-    for (std::size_t i = 0; i < convs_.size(); ++i) {
-      const Tensor c = convs_[i]->forward(h);
-      h = i + 1 < convs_.size() ? bns_[i]->forward_relu(c) : bns_[i]->forward(c);
-    }
+    for (std::size_t i = 0; i < convs_.size(); ++i)
+      h = convs_[i]->forward_bn(h, *bns_[i], i + 1 < convs_.size() || relu_in_bn);
     if (se_) h = se_->forward(h);
-    if (!downsample_) return relu(add(x, h));
-    const Tensor s = shortcut_bn_->forward(shortcut_conv_->forward(pool_->forward(x)));
-    return relu(concat({h, s}, 1));
+    if (!downsample_) return add_relu(x, h);
+    const Tensor s = shortcut_conv_->forward_bn(pool_->forward(x), *shortcut_bn_, relu_in_bn);
+    const Tensor joined = concat({h, s}, 1);
+    return relu_in_bn ? joined : relu(joined);
   }
 
   std::string type_name() const override { return downsample_ ? "SevDownsample" : "SevModule"; }
@@ -100,7 +102,7 @@ class Stem : public nn::Module {
     bn2_ = register_module("bn2", std::make_shared<BatchNorm3d>(channels));
   }
   Tensor forward(const Tensor& x) override {
-    return bn2_->forward_relu(conv2_->forward(bn1_->forward_relu(conv1_->forward(x))));
+    return conv2_->forward_bn(conv1_->forward_bn(x, *bn1_, true), *bn2_, true);
   }
   std::string type_name() const override { return "SevStem"; }
 

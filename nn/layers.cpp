@@ -36,9 +36,27 @@ Conv3d::Conv3d(const Conv3dConfig& cfg, Generator& init) : cfg_(cfg) {
 
 Tensor Conv3d::forward(const Tensor& x) {
   Tensor y = conv3d(x, weight, bias, cfg_.opts);
+  record_cost(y);
+  return y;
+}
+
+void Conv3d::record_cost(const Tensor& y) {
   CostRecorder::record(this, y.numel() * (cfg_.in_channels / cfg_.opts.groups) * cfg_.kernel[0] * cfg_.kernel[1] *
                                  cfg_.kernel[2],
                        y.shape());
+}
+
+Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu) {
+  if (bn.is_training() || autograd::GradMode::enabled()) {
+    const Tensor c = forward(x);
+    return relu ? bn.forward_relu(c) : bn.forward(c);
+  }
+  Conv3dOptions opts = cfg_.opts;
+  opts.relu = relu;
+  Tensor y = conv3d_batch_norm_inference(x, weight, bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                         bn.eps(), opts);
+  record_cost(y);
+  CostRecorder::record(&bn, 0, y.shape());
   return y;
 }
 

@@ -25,16 +25,22 @@ struct Conv3dConfig {
 
 // weight (O, C/groups, kT, kH, kW): Kaiming-normal, fan_out, ReLU gain: std = sqrt(2 / (O kT kH kW)).
 // bias (O): zeros.
+class BatchNorm3d;
+
 class Conv3d : public Module {
  public:
   Conv3d(const Conv3dConfig& cfg, Generator& init);
   Tensor forward(const Tensor& x) override;
+  // bn(forward(x)), relu'd with relu. In evaluation (bn in eval mode, grad mode off) one
+  // fused pass, conv3d_batch_norm_inference; else the two modules one after the other.
+  Tensor forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu);
   std::string type_name() const override { return "Conv3d"; }
   const Conv3dConfig& config() const { return cfg_; }
 
   Tensor weight, bias;
 
  private:
+  void record_cost(const Tensor& y);
   Conv3dConfig cfg_;
 };
 
@@ -47,6 +53,7 @@ class BatchNorm3d : public Module {
   // relu(forward(x)) in one pass (BatchNormOptions::relu).
   Tensor forward_relu(const Tensor& x);
   std::string type_name() const override { return "BatchNorm3d"; }
+  double eps() const { return eps_; }
 
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 

@@ -1,9 +1,14 @@
 // conv3d: argument checks, output geometry, device dispatch and the backward node.
 #include "vidgrad/ops/conv3d.h"
 
+#include <cmath>
+#include <vector>
+
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/ops/batch_norm.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
+#include "vidgrad/ops/cpu/elementwise_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
 #endif
@@ -68,7 +73,8 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
-        cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), b.defined() ? b.data<T>() : nullptr, y.data<T>());
+        cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(),
+                               {.bias = b.defined() ? b.data<T>() : nullptr, .relu = opts.relu});
       });
       break;
 #ifdef VIDGRAD_WITH_CUDA
@@ -76,6 +82,7 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
       dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
         cuda::conv3d_forward<T>(g, x.device_data<T>(), w.device_data<T>(), b.defined() ? b.device_data<T>() : nullptr,
                                 y.device_data<T>(), x.device().index);
+        if (opts.relu) cuda::relu_forward<T>(y.device_data<T>(), y.device_data<T>(), y.numel(), x.device().index);
       });
       break;
 #endif
@@ -86,10 +93,29 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
     autograd::attach(
         y, "conv3d", {input, weight, bias},
         [g, x_saved = weight.requires_grad() ? x.detach() : Tensor(),
-         w_saved = input.requires_grad() ? w.detach() : Tensor()](
+         w_saved = input.requires_grad() ? w.detach() : Tensor(), y_saved = opts.relu ? y.detach() : Tensor()](
             const Tensor& gy_in, const std::vector<bool>& needs) {
-          const Tensor gy = gy_in.contiguous();
+          Tensor gy = gy_in.contiguous();
           const Device dev = gy.device();
+          if (y_saved.defined()) {  // through the ReLU: the gradient passes where y > 0
+            Tensor masked = Tensor::empty(gy.shape(), gy.dtype(), dev);
+            dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
+              switch (dev.type) {
+                case DeviceType::kCPU:
+                  cpu::binary_map<T>(gy.data<T>(), y_saved.data<T>(), masked.data<T>(), gy.numel(),
+                                     [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
+                  break;
+#ifdef VIDGRAD_WITH_CUDA
+                case DeviceType::kCUDA:
+                  cuda::relu_backward<T>(gy.device_data<T>(), y_saved.device_data<T>(), masked.device_data<T>(),
+                                         gy.numel(), dev.index);
+                  break;
+#endif
+                default: ops_detail::no_kernel("conv3d backward", dev);
+              }
+            });
+            gy = masked;
+          }
           std::vector<Tensor> grads(3);
           if (needs[0]) grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), dev);
           if (needs[1]) grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype(), dev);
@@ -118,6 +144,61 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
           return grads;
         });
   }
+  return y;
+}
+
+Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
+                                   const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                                   const Tensor& running_var, double eps, const Conv3dOptions& opts) {
+  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias}),
+           "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
+           "and batch_norm to record a graph");
+  const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
+  const std::int64_t O = g.O;
+  ops_detail::check_same("conv3d_batch_norm_inference", {{"input", &input},
+                                                          {"bn_weight", &bn_weight},
+                                                          {"bn_bias", &bn_bias},
+                                                          {"running_mean", &running_mean},
+                                                          {"running_var", &running_var}});
+  VG_CHECK(running_mean.defined() && running_var.defined(),
+           "conv3d_batch_norm_inference: running_mean and running_var are required");
+  VG_CHECK(eps >= 0, "conv3d_batch_norm_inference: eps must be >= 0, got " << eps);
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"bn_weight", &bn_weight},
+                                {"bn_bias", &bn_bias}, {"running_mean", &running_mean}, {"running_var", &running_var}})
+    VG_CHECK(!t->defined() || (t->dim() == 1 && t->shape()[0] == O),
+             "conv3d_batch_norm_inference: " << name << " must have shape [" << O << "] (the conv's output channels), got "
+                                             << shape_str(t->shape()));
+  if (input.device().type != DeviceType::kCPU) {  // composed: the device's conv, then its fused BN + ReLU
+    Conv3dOptions plain = opts;
+    plain.relu = false;
+    return batch_norm(conv3d(input, weight, conv_bias, plain), bn_weight, bn_bias, running_mean, running_var,
+                      {.training = false, .eps = eps, .relu = opts.relu});
+  }
+  const Tensor x = input.contiguous(), w = weight.contiguous();
+  Tensor y = Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
+  dispatch_floating(x.dtype(), "conv3d_batch_norm_inference", [&]<typename T>() {
+    auto values = [&](const Tensor& t, double fallback) {
+      std::vector<double> v(static_cast<std::size_t>(O), fallback);
+      if (t.defined()) {
+        const Tensor c = t.contiguous();
+        for (std::int64_t o = 0; o < O; ++o) v[o] = static_cast<double>(c.data<T>()[o]);
+      }
+      return v;
+    };
+    const std::vector<double> gamma = values(bn_weight, 1.0), beta = values(bn_bias, 0.0),
+                              mean = values(running_mean, 0.0), var = values(running_var, 1.0),
+                              cb = values(conv_bias, 0.0);
+    std::vector<T> scale(static_cast<std::size_t>(O)), shift(static_cast<std::size_t>(O));
+    for (std::int64_t o = 0; o < O; ++o) {
+      VG_CHECK(var[o] + eps > 0, "conv3d_batch_norm_inference: running_var[" << o << "] + eps = " << var[o] + eps
+                                                                             << " is not positive");
+      const double s = gamma[o] / std::sqrt(var[o] + eps);
+      scale[o] = static_cast<T>(s);
+      shift[o] = static_cast<T>(beta[o] + (cb[o] - mean[o]) * s);
+    }
+    cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(),
+                           {.scale = scale.data(), .bias = shift.data(), .relu = opts.relu});
+  });
   return y;
 }
 

@@ -17,7 +17,7 @@ using autograd::needs_graph;
 
 namespace {
 
-enum class BinaryOp { kAdd, kSub, kMul };
+enum class BinaryOp { kAdd, kSub, kMul, kAddRelu };
 
 // out = a op b; same shapes and contiguous take the flat path.
 Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
@@ -39,18 +39,26 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
           case BinaryOp::kAdd: run([](T x, T y) { return x + y; }); break;
           case BinaryOp::kSub: run([](T x, T y) { return x - y; }); break;
           case BinaryOp::kMul: run([](T x, T y) { return x * y; }); break;
+          case BinaryOp::kAddRelu:
+            run([](T x, T y) {
+              const T v = x + y;
+              return v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
+            });
+            break;
         }
       });
       break;
 #ifdef VIDGRAD_WITH_CUDA
     case DeviceType::kCUDA: {
       const cuda::StridedPair layout = ops_detail::broadcast_layout(name, a, b, shape);
-      const cuda::Binary kind = op == BinaryOp::kAdd ? cuda::Binary::kAdd
-                                : op == BinaryOp::kSub ? cuda::Binary::kSub
-                                                       : cuda::Binary::kMul;
+      const cuda::Binary kind = op == BinaryOp::kAdd || op == BinaryOp::kAddRelu ? cuda::Binary::kAdd
+                                : op == BinaryOp::kSub                              ? cuda::Binary::kSub
+                                                                                    : cuda::Binary::kMul;
       dispatch_floating(a.dtype(), name, [&]<typename T>() {
         cuda::binary<T>(kind, a.device_data<T>(), b.device_data<T>(), out.device_data<T>(), layout, out.numel(),
                         a.device().index);
+        if (op == BinaryOp::kAddRelu)
+          cuda::relu_forward<T>(out.device_data<T>(), out.device_data<T>(), out.numel(), a.device().index);
       });
       break;
     }
@@ -58,6 +66,28 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
     default: ops_detail::no_kernel(name, a.device());
   }
   return out;
+}
+
+// The gradient through a ReLU given its output y: g where y > 0, else 0.
+Tensor relu_mask(const Tensor& g_in, const Tensor& y) {
+  const Tensor g = g_in.contiguous();
+  Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+  dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
+    switch (g.device().type) {
+      case DeviceType::kCPU:
+        cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
+                           [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
+        break;
+#ifdef VIDGRAD_WITH_CUDA
+      case DeviceType::kCUDA:
+        cuda::relu_backward<T>(g.device_data<T>(), y.device_data<T>(), gx.device_data<T>(), g.numel(),
+                               g.device().index);
+        break;
+#endif
+      default: ops_detail::no_kernel("relu backward", g.device());
+    }
+  });
+  return gx;
 }
 
 }  // namespace
@@ -83,25 +113,8 @@ Tensor relu(const Tensor& x_in) {
   }
   if (needs_graph({&x_in})) {
     // Saves the output, not the input: y > 0 exactly where x > 0.
-    attach(y, "relu", {x_in}, [y = y.detach()](const Tensor& g_in, const std::vector<bool>&) {
-      const Tensor g = g_in.contiguous();
-      Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
-      dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
-        switch (g.device().type) {
-          case DeviceType::kCPU:
-            cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
-                               [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
-            break;
-#ifdef VIDGRAD_WITH_CUDA
-          case DeviceType::kCUDA:
-            cuda::relu_backward<T>(g.device_data<T>(), y.device_data<T>(), gx.device_data<T>(), g.numel(),
-                                  g.device().index);
-            break;
-#endif
-          default: ops_detail::no_kernel("relu backward", g.device());
-        }
-      });
-      return std::vector<Tensor>{gx};
+    attach(y, "relu", {x_in}, [y = y.detach()](const Tensor& g, const std::vector<bool>&) {
+      return std::vector<Tensor>{relu_mask(g, y)};
     });
   }
   return y;
@@ -157,6 +170,19 @@ Tensor add(const Tensor& a, const Tensor& b) {
     attach(out, "add", {a, b}, [sa = a.shape(), sb = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
       return std::vector<Tensor>{needs[0] ? sum_to(g, sa) : Tensor(), needs[1] ? sum_to(g, sb) : Tensor()};
     });
+  }
+  return out;
+}
+
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("add_relu", BinaryOp::kAddRelu, a, b);
+  if (needs_graph({&a, &b})) {
+    attach(out, "add_relu", {a, b},
+           [y = out.detach(), sa = a.shape(), sb = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
+             const Tensor masked = relu_mask(g, y);
+             return std::vector<Tensor>{needs[0] ? sum_to(masked, sa) : Tensor(),
+                                        needs[1] ? sum_to(masked, sb) : Tensor()};
+           });
   }
   return out;
 }

@@ -9,6 +9,8 @@ namespace vidgrad {
 Tensor relu(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor add(const Tensor& a, const Tensor& b);
+// relu(add(a, b)) in one pass over memory (a residual connection's join).
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, double s);  // a * s, s a constant

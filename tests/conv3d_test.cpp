@@ -3,6 +3,7 @@
 // dilation and groups in {1, 2, C/8, C}; and the error messages.
 #include "test_util.h"
 
+#include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
 
@@ -118,6 +119,45 @@ TEST_P(Conv3dShapes, TiledIm2colMatchesUntiled) {
     EXPECT_TRUE(all_close(tiled[i], reference[i], 1e-12, 1e-10)) << "output/gradient " << i;
 }
 
+// opts.relu: relu(conv + b) as each output is stored, on every conv path; the gradient
+// passes where the output is positive.
+TEST_P(Conv3dShapes, FusedReluMatchesReferenceAndGradient) {
+  const auto& c = GetParam();
+  Conv3dOptions opts = c.opts;
+  opts.relu = true;
+  Tensor x = randn(c.input, 21, DType::kFloat32), w = randn(weight_shape(), 22, DType::kFloat32);
+  Tensor b = c.bias ? randn({c.out_channels}, 23, DType::kFloat32) : Tensor();
+  EXPECT_TRUE(all_close(conv3d(x, w, b, opts), relu(conv3d_reference(x, w, b, c.opts)), 1e-4, 1e-4));
+  std::vector<Tensor> in{param(c.input, 24), param(weight_shape(), 25)};
+  if (c.bias) in.push_back(param({c.out_channels}, 26));
+  EXPECT_GRADCHECK(
+      [opts](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), opts); }, in);
+}
+
+// Inference conv + batch norm (+ ReLU) in one pass against the reference conv followed by
+// the batch-norm formula, in float32 on every conv path, and float64 against the two ops.
+TEST_P(Conv3dShapes, BatchNormInferenceMatchesComposition) {
+  const auto& c = GetParam();
+  const std::int64_t O = c.out_channels;
+  autograd::NoGradGuard no_grad;
+  for (bool with_relu : {false, true}) {
+    Conv3dOptions opts = c.opts;
+    opts.relu = with_relu;
+    for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+      Tensor x = randn(c.input, 31, dt), w = randn(weight_shape(), 32, dt);
+      Tensor b = c.bias ? randn({O}, 33, dt) : Tensor();
+      Tensor gamma = randn({O}, 34, dt), beta = randn({O}, 35, dt), mean = randn({O}, 36, dt);
+      Tensor var = add(mul(randn({O}, 37, dt), randn({O}, 37, dt)), Tensor::full({O}, 0.5, dt));
+      Tensor y = conv3d_batch_norm_inference(x, w, b, gamma, beta, mean, var, 1e-3, opts);
+      Tensor expect = batch_norm(conv3d_reference(x, w, b, c.opts), gamma.to(DType::kFloat64), beta.to(DType::kFloat64),
+                                 mean.to(DType::kFloat64), var.to(DType::kFloat64),
+                                 {.training = false, .eps = 1e-3, .relu = with_relu});
+      const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
+      EXPECT_TRUE(all_close(y, expect, tol, tol)) << "relu " << with_relu << " " << dtype_name(dt);
+    }
+  }
+}
+
 Conv3dOptions opt(std::array<std::int64_t, 3> stride, std::array<std::int64_t, 3> pad,
                   std::array<std::int64_t, 3> dil, std::int64_t groups) {
   return Conv3dOptions{stride, pad, dil, groups};
@@ -204,8 +244,19 @@ void check_row_gemm(std::int64_t M, std::int64_t K, std::int64_t N, bool accumul
       for (std::int64_t k = 0; k < K; ++k) acc += static_cast<double>(a[m * K + k]) * rows[k][n];
       expect[m * ldc + n] = static_cast<T>(acc);
     }
+  // The epilogue (scale, bias, ReLU per row) on half the cases.
+  const bool with_epilogue = (M + K + N) % 2 == 0;
+  std::vector<T> scale(M), bias(M);
+  for (std::int64_t m = 0; m < M; ++m) {
+    scale[m] = static_cast<T>(dist(rng));
+    bias[m] = static_cast<T>(dist(rng));
+  }
+  const cpu::GemmEpilogue<T> ep{.scale = scale.data(), .bias = bias.data(), .relu = true};
+  if (with_epilogue)
+    for (std::int64_t m = 0; m < M; ++m)
+      for (std::int64_t n = 0; n < N; ++n) expect[m * ldc + n] = ep.apply(expect[m * ldc + n], m);
   cpu::row_gemm(cpu::PackedA<T>(M, K, [&](std::int64_t m, std::int64_t k) { return a[m * K + k]; }), N, rows.data(),
-                c.data(), ldc, accumulate);
+                c.data(), ldc, accumulate, with_epilogue ? ep : cpu::GemmEpilogue<T>{});
   const double tol = std::is_same_v<T, float> ? 1e-4 * std::sqrt(static_cast<double>(K)) : 1e-12;
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(c.size()); ++i)
     ASSERT_NEAR(c[i], expect[i], tol * (1 + std::abs(static_cast<double>(expect[i]))))
@@ -240,6 +291,26 @@ TEST(Conv3d, GroupedWeightGradientOverFrameChunksMatchesLinearity) {
       EXPECT_NEAR(lhs, rhs, 1e-9 * (1 + std::abs(rhs))) << "stride " << stride;
     }
   }
+}
+
+TEST(Conv3d, BatchNormInferenceRefusesGraphsAndBadShapes) {
+  Tensor x = randn({1, 8, 2, 4, 4}, 1, DType::kFloat32), w = randn({8, 8, 1, 1, 1}, 2, DType::kFloat32);
+  Tensor ones = Tensor::full({8}, 1.0, DType::kFloat32), zeros = Tensor::zeros({8}, DType::kFloat32);
+  Tensor wp = w.clone();
+  wp.set_requires_grad(true);
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, wp, {}, ones, zeros, zeros, ones, 1e-5), "conv3d_batch_norm_inference",
+                   "forward-only", "requires grad");
+  {
+    autograd::NoGradGuard no_grad;  // then allowed, and equal to the plain conv with an identity BN
+    EXPECT_TRUE(all_close(conv3d_batch_norm_inference(x, wp, {}, ones, zeros, zeros, ones, 0), conv3d(x, w), 1e-6, 1e-6));
+  }
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, w, {}, ones, zeros, Tensor::zeros({7}, DType::kFloat32), ones, 1e-5),
+                   "conv3d_batch_norm_inference", "running_mean", "[8]", "[7]");
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, w, {}, ones, zeros, zeros, Tensor::full({8}, -1.0, DType::kFloat32),
+                                               1e-5),
+                   "conv3d_batch_norm_inference", "running_var[0]", "not positive");
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, w, {}, ones, zeros, zeros, ones.to(DType::kFloat64), 1e-5),
+                   "conv3d_batch_norm_inference", "running_var", "float64");
 }
 
 TEST(Conv3d, FloatAndDoubleAgree) {

@@ -10,6 +10,8 @@
 #include <functional>
 
 #include "test_util.h"
+
+#include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/core/cuda/context.h"
 #include "vidgrad/models/sevnet.h"
 #include "vidgrad/nn/layers.h"
@@ -179,6 +181,36 @@ TEST(CudaParity, Elementwise) {
     expect_parity("mul non-contiguous", {a, c},
                   [](const auto& in) { return mul(in[0].permute({3, 1, 2, 0}), in[1].permute({3, 1, 2, 0})); });
     expect_parity("mul scalar", {a}, [](const auto& in) { return mul(in[0], -1.5); });
+    expect_parity("add_relu", {a, c}, [](const auto& in) { return add_relu(in[0], in[1]); });
+    expect_parity("add_relu broadcast", {a, b}, [](const auto& in) { return add_relu(in[0], in[1]); });
+  }
+}
+
+// The fused conv forms: conv3d with opts.relu (forward and backward through the mask), and
+// the forward-only inference conv + batch norm (+ ReLU), CPU epilogue against the GPU's
+// conv followed by its batch norm.
+TEST(CudaParity, FusedConvReluAndInferenceBatchNorm) {
+  REQUIRE_CUDA();
+  for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+    const Tensor x = randn({2, 16, 3, 6, 7}, 60, dt), gamma = randn({16}, 62, dt), beta = randn({16}, 63, dt);
+    const Tensor mean = randn({16}, 64, dt), var = add(mul(gamma, gamma), Tensor::full({16}, 0.3, dt));
+    for (const auto& [kernel, opts] : {std::pair<Shape, Conv3dOptions>{{16, 16, 1, 1, 1}, {}},
+                                       {{16, 2, 1, 3, 3}, {.stride = {1, 2, 2}, .padding = {0, 1, 1}, .groups = 8}},
+                                       {{16, 16, 3, 1, 1}, {.padding = {1, 0, 0}}}}) {
+      const Tensor w = randn(kernel, 61, dt);
+      Conv3dOptions o = opts;
+      o.relu = true;
+      expect_parity("conv3d relu", {x, w}, [o](const auto& in) { return conv3d(in[0], in[1], Tensor(), o); });
+      autograd::NoGradGuard no_grad;
+      for (bool r : {false, true}) {
+        o.relu = r;
+        const Tensor on_cpu = conv3d_batch_norm_inference(x, w, {}, gamma, beta, mean, var, 1e-5, o);
+        const Tensor on_gpu = conv3d_batch_norm_inference(x.to(kGpu), w.to(kGpu), {}, gamma.to(kGpu), beta.to(kGpu),
+                                                          mean.to(kGpu), var.to(kGpu), 1e-5, o);
+        const Tolerance tol = tolerance_for(dt);
+        EXPECT_TRUE(all_close(on_gpu.to(Device::cpu()), on_cpu, tol.atol, tol.rtol)) << "relu " << r;
+      }
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// relu, sigmoid, broadcasting add/sub/mul, sum and mean: forward against reference loops
+// relu, sigmoid, broadcasting add/sub/mul/add_relu, sum and mean: forward against reference loops
 // in float32, gradients against finite differences in float64.
 #include "test_util.h"
 
@@ -47,6 +47,7 @@ TEST_P(Broadcast, ForwardMatchesReferenceLoop) {
   check(add(a, b), [](double x, double y) { return x + y; });
   check(sub(a, b), [](double x, double y) { return x - y; });
   check(mul(a, b), [](double x, double y) { return x * y; });
+  check(add_relu(a, b), [](double x, double y) { return std::max(x + y, 0.0); });
 }
 
 TEST_P(Broadcast, GradMatchesFiniteDifference) {
@@ -55,6 +56,7 @@ TEST_P(Broadcast, GradMatchesFiniteDifference) {
   EXPECT_GRADCHECK([](const std::vector<Tensor>& x) { return add(x[0], x[1]); }, in);
   EXPECT_GRADCHECK([](const std::vector<Tensor>& x) { return sub(x[0], x[1]); }, in);
   EXPECT_GRADCHECK([](const std::vector<Tensor>& x) { return mul(x[0], x[1]); }, in);
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& x) { return add_relu(x[0], x[1]); }, in);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, Broadcast,

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/models/complexity.h"
 #include "vidgrad/models/sevnet.h"
 
@@ -76,6 +77,37 @@ TEST_P(SevNetVariants, ForwardAndBackwardOnOddSizes) {
     }
     net.zero_grad();
   }
+}
+
+// In evaluation with grad mode off every conv-BN(-ReLU) runs fused
+// (conv3d_batch_norm_inference); with grad mode on, the same modules run one after the
+// other. Both must give the same logits, with non-trivial BN statistics and weights.
+TEST_P(SevNetVariants, FusedEvaluationMatchesSeparateModules) {
+  models::SevNetConfig base;
+  base.num_classes = 5;
+  base.depths = {1, 2, 1, 1};
+  models::SevNetConfig cfg = models::config_for(GetParam(), base);
+  cfg.group_width = 2;
+  models::SevNet net(cfg);
+  std::uint64_t seed = 100;
+  auto refill = [&](Tensor t, double lo) {  // in place, positive values from lo when lo > 0
+    const std::vector<float> r = testing::randn(t.shape(), seed++, DType::kFloat32).to_vector<float>();
+    float* p = t.data<float>();
+    for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = lo > 0 ? static_cast<float>(lo) + r[i] * r[i] : r[i];
+  };
+  for (auto& [name, b] : net.named_buffers())
+    if (name.find("running_") != std::string::npos) refill(b, name.find("running_var") != std::string::npos ? 0.2 : 0);
+  for (auto& [name, p] : net.named_parameters())
+    if (name.find("bn") != std::string::npos) refill(p, name.find(".weight") != std::string::npos ? 0.5 : 0);
+  net.eval();
+  const Tensor x = testing::randn({2, 3, 4, 33, 33}, 9, DType::kFloat32);
+  const Tensor separate = net.forward(x).detach();
+  Tensor fused;
+  {
+    autograd::NoGradGuard no_grad;
+    fused = net.forward(x);
+  }
+  EXPECT_TRUE(testing::all_close(fused, separate, 1e-4, 1e-4));
 }
 
 INSTANTIATE_TEST_SUITE_P(Names, SevNetVariants,

@@ -151,7 +151,7 @@ inline TapRange tap_range(const Conv3dGeometry& g, std::int64_t kt) {
 template <typename T>
 void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t* shift, const T* src,
                        std::int64_t src_stride, std::int64_t src_frames, std::int64_t HW, T* dst, std::int64_t dst_stride,
-                       std::int64_t frames) {
+                       std::int64_t frames, const GemmEpilogue<T>& ep) {
   const std::int64_t J = a.K / kT;
   auto valid = [&](std::int64_t t, std::int64_t kt) { return t + shift[kt] >= 0 && t + shift[kt] < src_frames; };
   auto same_taps = [&](std::int64_t t, std::int64_t u) {
@@ -177,7 +177,7 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
       std::copy(src + j * src_stride, src + j * src_stride + src_frames * HW, pad.data() + (j * padded + front) * HW);
     for (std::int64_t j = 0; j < J; ++j)
       for (std::int64_t kt = 0; kt < kT; ++kt) rows[j * kT + kt] = pad.data() + (j * padded + front + shift[kt]) * HW;
-    row_gemm(a, frames * HW, rows.data(), dst, dst_stride, false);
+    row_gemm(a, frames * HW, rows.data(), dst, dst_stride, false, ep);
     return;
   }
   thread_local std::vector<T> zeros;
@@ -190,15 +190,17 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
       for (std::int64_t j = 0; j < J; ++j)
         rows[j * kT + kt] = valid(t0, kt) ? src + j * src_stride + (t0 + shift[kt]) * HW : zeros.data();
     }
-    row_gemm(a, cols, rows.data(), dst + t0 * HW, dst_stride, false);
+    row_gemm(a, cols, rows.data(), dst + t0 * HW, dst_stride, false, ep);
   }
 }
 
 // 1x1x1 and kT x 1 x 1 convs (pointwise or temporal_only) through row_gemm: the forward
 // (y = W * shifted x) and the input gradient (gx = W^T * gy shifted back) are both one
-// GEMM of depth channels * kT per range of frames, with no im2col (Note [row GEMM]).
+// GEMM of depth channels * kT per range of frames, with no im2col (Note [row GEMM]). The
+// forward's bias and ReLU are applied as the output is stored (ep.bias: all O values).
 template <typename T>
-void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad) {
+void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad,
+               const GemmEpilogue<T>& ep = {}) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), HW = g.H * g.W, items = g.N * g.groups;
   const std::int64_t src_ch = input_grad ? Og : Cg, dst_ch = input_grad ? Cg : Og;
   const std::int64_t src_vol = input_grad ? g.L() : g.in_volume(), dst_vol = input_grad ? g.in_volume() : g.L();
@@ -219,8 +221,9 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
   }
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
+    const GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
     shifted_rows_gemm(packed[gr], g.kT, shift.data(), src + (n * g.groups + gr) * src_ch * src_vol, src_vol,
-                      src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames);
+                      src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames, group_ep);
   };
   // Small frames give each GEMM too few columns to split; then samples go to threads.
   if (omp_get_max_threads() > 1 && items >= omp_get_max_threads() && dst_frames * HW < 4096) {
@@ -361,14 +364,16 @@ inline std::int64_t tap_offset(const Conv3dGeometry& g, const PlaneShape& ps, st
 
 // Output frame `to` of one sample-group: y (8, To*Ho*Wo) from x (Cg, T, H, W). wt is the
 // group's weight reordered to (Cg, kH, kW, 8); scratch holds Cg * plane_scratch(g) values.
+// ep (from the group's first channel) applies as the outputs are stored.
 template <typename T>
-void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t to, T* scratch) {
+void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t to, T* scratch,
+                  const GemmEpilogue<T>& ep) {
   const PlaneShape ps = plane_shape(g);
   const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L();
   const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * ps.Wq, ti = to * g.sT - g.pT;
   T* yt = y + to * HoWo;
   if (ti < 0 || ti >= g.T) {  // every tap reads padding
-    for (std::int64_t o = 0; o < kDirectOg; ++o) std::fill(yt + o * L, yt + o * L + HoWo, T(0));
+    for (std::int64_t o = 0; o < kDirectOg; ++o) std::fill(yt + o * L, yt + o * L + HoWo, ep.apply(T(0), o));
     return;
   }
   for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
@@ -394,7 +399,7 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
     std::int64_t ho = q0 / ps.Wq, wo = q0 % ps.Wq;
     for (std::int64_t j = 0; j < kBlock && q0 + j < Q; ++j) {
       if (wo < g.Wo)
-        for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = out[o][j];
+        for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = ep.apply(out[o][j], o);
       if (++wo == ps.Wq) {
         wo = 0;
         ++ho;
@@ -494,7 +499,7 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
 bool strided_rows_forward(const Conv3dGeometry& g) { return g.groups == 1 && g.Wo >= 32 && !g.pointwise(); }
 
 template <typename T>
-void strided_rows_conv(const Conv3dGeometry& g, const T* x, const T* w, T* y) {
+void strided_rows_conv(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
   const std::int64_t K = g.K(), L = g.L(), rows = g.To * g.Ho, padded = g.W + 2 * g.pW;
   const std::int64_t phase_len = (padded + g.sW - 1) / g.sW, in_rows = g.C * g.kT * g.kH;
   const PackedA<T> a(g.O, K, [&](std::int64_t o, std::int64_t k) { return w[o * K + k]; });
@@ -524,7 +529,7 @@ void strided_rows_conv(const Conv3dGeometry& g, const T* x, const T* w, T* y) {
           ptrs[q * g.kW + kw] = dst + (off % g.sW) * phase_len + off / g.sW;
         }
       }
-      row_gemm(a, g.Wo, ptrs.data(), y + n * g.O * L + p * g.Wo, L, false);
+      row_gemm(a, g.Wo, ptrs.data(), y + n * g.O * L + p * g.Wo, L, false, ep);
     }
   }
 }
@@ -548,18 +553,13 @@ bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
 }  // namespace
 
 template <typename T>
-void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y) {
+void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   if (g.temporal_only() || g.pointwise() || strided_rows_forward(g)) {
     if (strided_rows_forward(g) && !g.temporal_only())
-      strided_rows_conv(g, x, w, y);
+      strided_rows_conv(g, x, w, y, ep);
     else
-      rows_conv(g, w, x, y, false);
-    if (b) {
-#pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
-      for (std::int64_t r = 0; r < g.N * g.O; ++r)
-        for (std::int64_t i = 0; i < L; ++i) y[r * L + i] += b[r % g.O];
-    }
+      rows_conv(g, w, x, y, false, ep);
     return;
   }
   const bool outer = items_parallel(items, Og * K * L);
@@ -568,19 +568,20 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
     Map<T> yg(y + (n * g.O + gr * Og) * L, Og, L);
     if (direct_planes(g)) {
+      const GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
       std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
       for (std::int64_t o = 0; o < Og; ++o)
         for (std::int64_t k = 0; k < K; ++k) wt[k * Og + o] = w[(gr * Og + o) * K + k];
       const std::int64_t scratch = Cg * plane_scratch(g);
       if (outer) {  // this thread owns the item
         T* buf = col_buffer<T>(scratch);
-        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf);
+        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf, group_ep);
       } else {
 #pragma omp parallel if (g.To > 1 && L * Og * K >= kMinParallelWork)
         {
           T* buf = col_buffer<T>(scratch);
 #pragma omp for schedule(static)
-          for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf);
+          for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg.data(), to, buf, group_ep);
         }
       }
     } else {
@@ -589,12 +590,12 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b,
         const std::int64_t p1 = std::min(rows, p0 + step), cols = (p1 - p0) * g.Wo;
         T* buf = col_buffer<T>(K * cols);
         im2col(g, xg, buf, p0, p1);
-        StridedMap<T>(yg.data() + p0 * g.Wo, Og, cols, Eigen::OuterStride<>(L)).noalias() =
-            ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(buf, K, cols);
+        StridedMap<T> tile(yg.data() + p0 * g.Wo, Og, cols, Eigen::OuterStride<>(L));
+        tile.noalias() = ConstMap<T>(w + gr * Og * K, Og, K) * ConstMap<T>(buf, K, cols);
+        if (ep.active())  // while the tile is in cache
+          for (std::int64_t o = 0; o < Og; ++o)
+            for (std::int64_t i = 0; i < cols; ++i) tile(o, i) = ep.apply(tile(o, i), gr * Og + o);
       }
-    }
-    if (b) {
-      for (std::int64_t o = 0; o < Og; ++o) yg.row(o).array() += b[gr * Og + o];
     }
   };
   if (outer) {
@@ -635,7 +636,7 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
         for (std::int64_t c = 0; c < Cg; ++c)
           for (std::int64_t k = 0; k < taps; ++k)
             wt[((gr * Cg + c) * Og + o) * taps + (taps - 1 - k)] = w[((gr * Og + o) * Cg + c) * taps + k];
-    conv3d_forward<T>(*t, gy, wt.data(), nullptr, gx);
+    conv3d_forward<T>(*t, gy, wt.data(), gx, {});
     return;
   }
   if (g.temporal_only() || g.pointwise()) {
@@ -757,7 +758,7 @@ void set_conv_tile_elements(std::int64_t elements) {
 }
 
 #define VIDGRAD_INSTANTIATE(T)                                                              \
-  template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, const T*, T*); \
+  template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&); \
   template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*);   \
   template void conv3d_backward_weight<T>(const Conv3dGeometry&, const T*, const T*, T*);  \
   template void conv3d_backward_bias<T>(const Conv3dGeometry&, const T*, T*);

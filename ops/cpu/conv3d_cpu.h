@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "vidgrad/ops/cpu/row_gemm.h"
+
 namespace vidgrad::cpu {
 
 struct Conv3dGeometry {
@@ -33,9 +35,11 @@ struct Conv3dGeometry {
 // shrink it to exercise tiling on small shapes; results do not depend on it.
 void set_conv_tile_elements(std::int64_t elements);
 
-// y (N, O, To, Ho, Wo) = conv(x, w) + b. b may be null.
+// y (N, O, To, Ho, Wo) = ep(conv(x, w)): the epilogue (per output channel scale and bias,
+// then ReLU, each optional) is applied as the output is stored, with no extra pass. A
+// conv's bias is ep.bias; an inference batch norm folds into ep.scale and ep.bias.
 template <typename T>
-void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, const T* b, T* y);
+void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep = {});
 
 // gx (N, C, T, H, W) = input gradient given gy (N, O, To, Ho, Wo). Written, not accumulated.
 template <typename T>

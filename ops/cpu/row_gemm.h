@@ -35,9 +35,31 @@ struct PackedA {
   }
 };
 
+// Applied to each finished value as it is stored: c[m, n] = relu?(sum * scale[m] + bias[m]),
+// so a conv's bias, an inference batch norm and a following ReLU cost no extra pass over
+// the output.
+template <typename T>
+struct GemmEpilogue {
+  const T* scale = nullptr;  // per row of C, or null (1)
+  const T* bias = nullptr;   // per row of C, or null (0)
+  bool relu = false;
+  bool active() const { return scale || bias || relu; }
+  // The same epilogue for the rows from `first` on.
+  GemmEpilogue from_row(std::int64_t first) const {
+    return {scale ? scale + first : nullptr, bias ? bias + first : nullptr, relu};
+  }
+  T apply(T v, std::int64_t m) const {
+    if (scale) v *= scale[m];
+    if (bias) v += bias[m];
+    return !relu || v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
+  }
+};
+
 // C[m, n] for m < a.M, n < N at c + m * ldc + n. b_rows[k] + n for n < N must be
 // readable for every k < a.K. Threads split N (none when called inside a parallel region).
+// With accumulate, the epilogue applies to the old value plus the product.
 template <typename T>
-void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate);
+void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate,
+              const GemmEpilogue<T>& epilogue = {});
 
 }  // namespace vidgrad::cpu
