@@ -394,15 +394,35 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
             for (std::int64_t j = 0; j < kDirectVecs; ++j) acc[o][j] += w * sv[j];
           }
         }
-    alignas(64) T out[kDirectOg][kBlock];
-    std::memcpy(out, acc, sizeof(out));
-    std::int64_t ho = q0 / ps.Wq, wo = q0 % ps.Wq;
-    for (std::int64_t j = 0; j < kBlock && q0 + j < Q; ++j) {
-      if (wo < g.Wo)
-        for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + ho * g.Wo + wo] = ep.apply(out[o][j], o);
-      if (++wo == ps.Wq) {
-        wo = 0;
-        ++ho;
+    for (std::int64_t o = 0; o < kDirectOg; ++o)
+      for (std::int64_t j = 0; j < kDirectVecs; ++j) {
+        if (ep.scale) acc[o][j] *= ep.scale[o];
+        if (ep.bias) acc[o][j] += ep.bias[o];
+        if (ep.relu) acc[o][j] = acc[o][j] > T(0) ? acc[o][j] : V{};  // as relu(): NaN becomes 0
+      }
+    // Each vector's lanes are grid positions q .. q + kL - 1: a run in output row ho from
+    // column wo (up to Wo), and, where the vector crosses the end of the grid row, a run at
+    // the start of row ho + 1. Both are masked stores; planes narrower than a vector (a
+    // vector then spans several rows) store lane by lane.
+    for (std::int64_t j = 0; j < kDirectVecs; ++j) {
+      const std::int64_t q = q0 + j * kL;
+      if (q >= Q) break;
+      const std::int64_t ho = q / ps.Wq, wo = q % ps.Wq, b = ps.Wq - wo;
+      const std::int64_t first = std::clamp<std::int64_t>(g.Wo - wo, 0, kL);
+      const std::int64_t second = b < kL && ho + 1 < g.Ho ? std::min(kL - b, g.Wo) : 0;
+      const std::int64_t off1 = ho * g.Wo + wo, off2 = (ho + 1) * g.Wo - b;
+      if (ps.Wq >= kL && (second == 0 || off2 >= 0)) {
+        const std::uint32_t m1 = (std::uint32_t{1} << first) - 1, m2 = ((std::uint32_t{1} << second) - 1) << b;
+        for (std::int64_t o = 0; o < kDirectOg; ++o) {
+          if (m1) store_lanes(yt + o * L + off1, acc[o][j], m1);
+          if (m2) store_lanes(yt + o * L + off2, acc[o][j], m2);
+        }
+        continue;
+      }
+      for (std::int64_t i = 0; i < kL && q + i < Q; ++i) {
+        const std::int64_t h = (q + i) / ps.Wq, w = (q + i) % ps.Wq;
+        if (w < g.Wo)
+          for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + h * g.Wo + w] = acc[o][j][i];
       }
     }
   }

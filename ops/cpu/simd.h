@@ -4,6 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace vidgrad::cpu {
 
@@ -29,6 +34,21 @@ inline typename Vec<T>::type load_vec(const T* p) {
 template <typename T>
 inline void store_vec(T* p, typename Vec<T>::type v) {
   *reinterpret_cast<typename Vec<T>::unaligned*>(p) = v;
+}
+
+// p[i] = v[i] for the lanes i whose bit is set in mask; the other lanes' memory is not
+// touched (AVX-512 masked stores do not fault there).
+template <typename T>
+inline void store_lanes(T* p, typename Vec<T>::type v, std::uint32_t mask) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(mask), reinterpret_cast<__m512>(v));
+  else
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(mask), reinterpret_cast<__m512d>(v));
+#else
+  for (int i = 0; i < static_cast<int>(Vec<T>::kLanes); ++i)
+    if (mask >> i & 1u) p[i] = v[i];
+#endif
 }
 
 }  // namespace vidgrad::cpu
