@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 namespace vidgrad::cpu {
 
@@ -134,7 +135,131 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
   }
 }
 
+// ---- C += A B^T with both operands along the reduction (weight gradients) ----
+
+// out[k] = (rows[0][k0 + k], ..., rows[kL - 1][k0 + k]) for k < kL: a kL x kL block of
+// kL rows transposed in registers by log2(kL) rounds of interleaving row i with row
+// i + kL/2 (each round rotates the index bits; after all of them row k holds column k).
+// Row r reads zeros outside [lo[r], hi[r]); rows without data have lo = hi = 0.
+template <typename T>
+inline void transpose_block(const T* const* rows, const std::int64_t* lo, const std::int64_t* hi, std::int64_t k0,
+                            typename Vec<T>::type* out) {
+  using V = typename Vec<T>::type;
+  constexpr int L = static_cast<int>(Vec<T>::kLanes);
+  V r[L];
+  for (int i = 0; i < L; ++i) {
+    if (k0 >= lo[i] && k0 + L <= hi[i]) {
+      r[i] = load_vec(rows[i] + k0);
+    } else {
+      r[i] = V{};
+      for (int k = 0; k < L; ++k)
+        if (k0 + k >= lo[i] && k0 + k < hi[i]) r[i][k] = rows[i][k0 + k];
+    }
+  }
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I IV __attribute__((vector_size(sizeof(V))));
+  IV zip_lo, zip_hi;  // lanes (a0 b0 a1 b1 ...), of the low and of the high halves
+  for (int k = 0; k < L; ++k) {
+    zip_lo[k] = (k % 2 ? L : 0) + k / 2;
+    zip_hi[k] = (k % 2 ? L : 0) + L / 2 + k / 2;
+  }
+  for (int round = 1; round < L; round *= 2) {
+    V t[L];
+    for (int i = 0; i < L / 2; ++i) {
+      t[2 * i] = __builtin_shuffle(r[i], r[i + L / 2], zip_lo);
+      t[2 * i + 1] = __builtin_shuffle(r[i], r[i + L / 2], zip_hi);
+    }
+    for (int i = 0; i < L; ++i) r[i] = t[i];
+  }
+  for (int k = 0; k < L; ++k) out[k] = r[k];
+}
+
+// Packs rows [r0, r0 + count) of an operand (zero rows past n_rows) over k in
+// [k0, k0 + kc): the value of row r0 + j at k0 + k goes to dst(j)[k * width + j % piece],
+// where rows come in pieces of `piece` (a multiple of 8 dividing kL or a multiple of kL):
+// B panels are one piece of 48 rows, A's 8-row panels pieces of 8.
+template <typename T, typename Dst>
+void pack_transposed(const T* const* rows, const std::int64_t* lo, const std::int64_t* hi, std::int64_t n_rows,
+                     std::int64_t r0, std::int64_t count, std::int64_t k0, std::int64_t kc, std::int64_t width,
+                     std::int64_t piece, Dst&& dst) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t L = Vec<T>::kLanes;
+  for (std::int64_t j0 = 0; j0 < count; j0 += L) {
+    const std::int64_t n = std::max<std::int64_t>(0, std::min({L, count - j0, n_rows - r0 - j0}));
+    if (n == 0) {  // rows past the operand: zeros
+      for (std::int64_t j = j0; j < std::min(count, j0 + L); ++j)
+        for (std::int64_t k = 0; k < kc; ++k) dst(j)[k * width + j % piece] = T(0);
+      continue;
+    }
+    const T* rp[L];
+    std::int64_t rl[L], rh[L];
+    for (std::int64_t i = 0; i < L; ++i) {
+      const std::int64_t r = r0 + j0 + i;
+      rp[i] = i < n ? rows[r] : nullptr;
+      rl[i] = i < n ? (lo ? lo[r] : 0) : 0;
+      rh[i] = i < n ? (hi ? hi[r] : k0 + kc) : 0;
+    }
+    const std::int64_t m = std::min(L, count - j0);  // lanes stored (zeros past n)
+    std::int64_t k = 0;
+    for (; k + L <= kc; k += L) {
+      V out[L];
+      transpose_block<T>(rp, rl, rh, k0 + k, out);
+      for (std::int64_t kk = 0; kk < L; ++kk)
+        for (std::int64_t p0 = 0; p0 < m; p0 += std::min(piece, L)) {  // one piece (or all kL lanes) at a time
+          const std::int64_t w = std::min({piece, L, m - p0});
+          T* d = dst(j0 + p0) + (k + kk) * width + (j0 + p0) % piece;
+          const T* src = reinterpret_cast<const T*>(&out[kk]) + p0;
+          if (w == L)
+            store_vec(d, out[kk]);
+          else if (w == kMr)
+            std::memcpy(d, src, kMr * sizeof(T));  // a constant size: one vector store
+          else
+            for (std::int64_t i = 0; i < w; ++i) d[i] = src[i];
+        }
+    }
+    for (; k < kc; ++k)  // the last few positions, one value at a time
+      for (std::int64_t i = 0; i < m; ++i) {
+        const std::int64_t kk = k0 + k;
+        dst(j0 + i)[k * width + (j0 + i) % piece] = i < n && kk >= rl[i] && kk < rh[i] ? rp[i][kk] : T(0);
+      }
+  }
+}
+
 }  // namespace
+
+// Note [transposed row GEMM]: a weight gradient reduces over positions, along which both
+// operands (output gradient rows, input rows) are contiguous, so neither is the k-major
+// operand the micro-kernel wants. Blocks of kNtKc positions are transposed while packed
+// (kL x kL register transposes): A (all M rows, 8-row panels) once per block, B in
+// 48-row panels, each B panel then meeting every A panel in the same 8 x 48 micro-kernel
+// as row_gemm. Eigen did the same packing, but once per tap and per call, through a
+// generic packer.
+template <typename T>
+void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const* a_rows, const T* const* b_rows,
+                 const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc) {
+  constexpr std::int64_t NR = kNr<T>, L = kLanes<T>;
+  if (M == 0 || N == 0 || K == 0) return;
+  const std::int64_t m_panels = (M + kMr - 1) / kMr;
+  // Positions per block: packed A (all rows) within about 128 KiB of L2, 64 to 256.
+  const std::int64_t kc_max = std::clamp<std::int64_t>((std::int64_t{1} << 15) / (m_panels * kMr) / L * L, 64, 256);
+  thread_local std::vector<T> ap, bp;
+  ap.resize(static_cast<std::size_t>(m_panels * kMr * kc_max));
+  bp.resize(static_cast<std::size_t>(kc_max * NR));
+  for (std::int64_t k0 = 0; k0 < K; k0 += kc_max) {
+    const std::int64_t kc = std::min(kc_max, K - k0);
+    T* const a_pack = ap.data();
+    pack_transposed<T>(a_rows, nullptr, nullptr, M, 0, m_panels * kMr, k0, kc, kMr, kMr,
+                       [&](std::int64_t j) { return a_pack + (j / kMr) * kc * kMr; });
+    T* const b_pack = bp.data();
+    for (std::int64_t n0 = 0; n0 < N; n0 += NR) {
+      const std::int64_t cols = std::min(NR, N - n0);
+      pack_transposed<T>(b_rows, b_lo, b_hi, N, n0, NR, k0, kc, NR, NR, [&](std::int64_t) { return b_pack; });
+      for (std::int64_t mp = 0; mp < m_panels; ++mp)
+        micro_kernel(kc, a_pack + mp * kc * kMr, b_pack, NR, c + mp * kMr * ldc + n0, ldc, std::min(kMr, M - mp * kMr),
+                     cols, true, static_cast<const GemmEpilogue<T>*>(nullptr));
+    }
+  }
+}
 
 template <typename T>
 void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate,
@@ -159,6 +284,10 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
   }
 }
 
+template void row_gemm_nt<float>(std::int64_t, std::int64_t, std::int64_t, const float* const*, const float* const*,
+                                 const std::int64_t*, const std::int64_t*, float*, std::int64_t);
+template void row_gemm_nt<double>(std::int64_t, std::int64_t, std::int64_t, const double* const*,
+                                  const double* const*, const std::int64_t*, const std::int64_t*, double*, std::int64_t);
 template void row_gemm<float>(const PackedA<float>&, std::int64_t, const float* const*, float*, std::int64_t, bool,
                               const GemmEpilogue<float>&);
 template void row_gemm<double>(const PackedA<double>&, std::int64_t, const double* const*, double*, std::int64_t,
