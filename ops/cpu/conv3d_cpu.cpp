@@ -349,11 +349,19 @@ template <typename T>
 void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
   if (g.sH == 1 && g.sW == 1) {  // one phase: zero only the border and the tail
     std::fill(dst, dst + g.pH * ps.Wq, T(0));
+    // Each padded row as whole vectors of masked loads (zeros in the padding columns); a
+    // row's last vector may spill into the next row, written after it, or into the bottom
+    // border and tail, zeroed last (the tail holds more than a vector).
+    constexpr std::int64_t kL = Vec<T>::kLanes;
+    static_assert(kPlaneTail >= kL);
     for (std::int64_t h = 0; h < g.H; ++h) {
       T* row = dst + (h + g.pH) * ps.Wq;
-      std::fill(row, row + g.pW, T(0));
-      std::copy(src + h * g.W, src + (h + 1) * g.W, row + g.pW);
-      std::fill(row + g.pW + g.W, row + ps.Wq, T(0));
+      const T* s = src + h * g.W - g.pW;  // s[j] for padded column j in [pW, pW + W)
+      for (std::int64_t j0 = 0; j0 < ps.Wq; j0 += kL) {
+        const std::int64_t a = std::clamp<std::int64_t>(g.pW - j0, 0, kL), b = std::clamp<std::int64_t>(g.pW + g.W - j0, 0, kL);
+        const std::uint32_t mask = ((std::uint32_t{1} << b) - 1) & ~((std::uint32_t{1} << a) - 1);
+        store_vec(row + j0, load_lanes(s + j0, mask));
+      }
     }
     std::fill(dst + (g.H + g.pH) * ps.Wq, dst + ps.phase, T(0));
     return;

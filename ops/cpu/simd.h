@@ -36,6 +36,23 @@ inline void store_vec(T* p, typename Vec<T>::type v) {
   *reinterpret_cast<typename Vec<T>::unaligned*>(p) = v;
 }
 
+// v[i] = p[i] for the lanes i whose bit is set in mask, else 0; the other lanes' memory is
+// not read (AVX-512 masked loads do not fault there).
+template <typename T>
+inline typename Vec<T>::type load_lanes(const T* p, std::uint32_t mask) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<typename Vec<T>::type>(_mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), p));
+  else
+    return reinterpret_cast<typename Vec<T>::type>(_mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), p));
+#else
+  typename Vec<T>::type v{};
+  for (int i = 0; i < static_cast<int>(Vec<T>::kLanes); ++i)
+    if (mask >> i & 1u) v[i] = p[i];
+  return v;
+#endif
+}
+
 // p[i] = v[i] for the lanes i whose bit is set in mask; the other lanes' memory is not
 // touched (AVX-512 masked stores do not fault there).
 template <typename T>
