@@ -40,9 +40,9 @@ void for_each_window(const Pool3dGeometry& g, F&& f) {
   }
 }
 
-// Average pooling walks one output row (to, ho) at a time: for each input row of its
-// window and each kernel column kw, one strided pass over the row's outputs (no per-output
-// window arithmetic); each output still sums its window in (t, h, w) order.
+// Average pooling works on whole rows: per kernel column kw, the range of outputs wo that
+// read an input column (one strided pass over a row, no per-output window arithmetic), and
+// per axis the windows of the output rows.
 struct RowTaps {
   std::vector<Window> wt, wh;
   std::vector<std::int64_t> lo, hi;  // per kw: outputs wo in [lo, hi) read an input column
@@ -74,32 +74,80 @@ inline std::int64_t row_divisor(const Pool3dGeometry& g, const Window& wt, const
 
 }  // namespace
 
+// Separably: first each input row's sums over the kernel columns (one strided pass per
+// kw into a row of Wo partial sums, every input row once), then each output row as the sum
+// of its window's (t, h) partial rows, contiguous adds. Summing every output's 3x3 window
+// straight from the input instead re-read each input row for every output row and kernel
+// column that covers it.
 template <typename T>
 void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
   const RowTaps r = row_taps(g);
-#pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
-  for (std::int64_t p = 0; p < g.planes; ++p) {
-    const T* xp = x + p * in_plane;
-    for (std::int64_t to = 0; to < g.To; ++to)
-      for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
-        const Window &wt = r.wt[to], &wh = r.wh[ho];
-        T* yrow = y + p * out_plane + (to * g.Ho + ho) * g.Wo;
-        std::fill(yrow, yrow + g.Wo, T(0));
-        for (std::int64_t t = wt.lo; t < wt.hi; ++t)
-          for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
-            const T* row = xp + (t * g.H + h) * g.W;
-            for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-              const std::int64_t off = kw - g.pW;
-              for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) yrow[wo] += row[wo * g.sW + off];
-            }
+  // Column phases of an input row: phase b holds columns b, b + sW, ...; output wo of
+  // kernel column kw then reads element wo + (kw - pW - b) / sW of phase b = (kw - pW) mod sW,
+  // so every kw is a contiguous pass.
+  const std::int64_t phase_len = (g.W + g.sW - 1) / g.sW;
+  const std::vector<T> cw(r.cw.begin(), r.cw.end());  // column divisors, exact small integers
+  std::vector<std::int64_t> src_off(static_cast<std::size_t>(g.kW));  // kernel column kw: its phase and shift
+  for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+    const std::int64_t off = kw - g.pW, b = ((off % g.sW) + g.sW) % g.sW;
+    src_off[kw] = (g.sW == 1 ? 0 : b * phase_len) + (off - b) / g.sW;
+  }
+#pragma omp parallel if (g.planes * in_plane >= kMinParallelWork)
+  {
+    std::vector<T> partial(static_cast<std::size_t>(g.T * g.H * g.Wo)), phases(static_cast<std::size_t>(g.sW * phase_len));
+#pragma omp for schedule(static)
+    for (std::int64_t p = 0; p < g.planes; ++p) {
+      const T* xp = x + p * in_plane;
+      for (std::int64_t row = 0; row < g.T * g.H; ++row) {
+        const T* in = xp + row * g.W;
+        T* ps = partial.data() + row * g.Wo;
+        const T* ph = in;  // unit stride: the row itself
+        if (g.sW > 1 && g.W < 64) {  // short rows: strided passes beat building the phases
+          std::fill(ps, ps + g.Wo, T(0));
+          for (std::int64_t kw = 0; kw < g.kW; ++kw)
+            for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) ps[wo] += in[wo * g.sW + kw - g.pW];
+          continue;
+        }
+        if (g.sW == 2) {
+          T *even = phases.data(), *odd = phases.data() + phase_len;
+          for (std::int64_t i = 0; i < g.W / 2; ++i) {  // a de-interleave the compiler vectorises
+            even[i] = in[2 * i];
+            odd[i] = in[2 * i + 1];
           }
-        const std::int64_t dr = row_divisor(g, wt, wh);
-        for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
-          const std::int64_t d = dr * r.cw[wo];
-          yrow[wo] = d > 0 ? yrow[wo] / static_cast<T>(d) : T(0);
+          if (g.W % 2) even[g.W / 2] = in[g.W - 1];
+          ph = phases.data();
+        } else if (g.sW > 2) {
+          for (std::int64_t b = 0; b < g.sW; ++b)
+            for (std::int64_t i = 0; b + i * g.sW < g.W; ++i) phases[b * phase_len + i] = in[b + i * g.sW];
+          ph = phases.data();
+        }
+        std::fill(ps, ps + g.Wo, T(0));
+        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+          const T* src = ph + src_off[kw];  // src[wo] = input column wo * sW + kw - pW
+#pragma omp simd
+          for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) ps[wo] += src[wo];
         }
       }
+      for (std::int64_t to = 0; to < g.To; ++to)
+        for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+          const Window &wt = r.wt[to], &wh = r.wh[ho];
+          T* yrow = y + p * out_plane + (to * g.Ho + ho) * g.Wo;
+          std::fill(yrow, yrow + g.Wo, T(0));
+          for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+            for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
+              const T* ps = partial.data() + (t * g.H + h) * g.Wo;
+#pragma omp simd
+              for (std::int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] += ps[wo];
+            }
+          const T dr = static_cast<T>(row_divisor(g, wt, wh));
+#pragma omp simd
+          for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+            const T d = dr * cw[wo];
+            yrow[wo] = d > T(0) ? yrow[wo] / d : T(0);
+          }
+        }
+    }
   }
 }
 
