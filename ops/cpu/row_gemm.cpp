@@ -229,11 +229,11 @@ void pack_transposed(const T* const* rows, const std::int64_t* lo, const std::in
 
 // Note [transposed row GEMM]: a weight gradient reduces over positions, along which both
 // operands (output gradient rows, input rows) are contiguous, so neither is the k-major
-// operand the micro-kernel wants. Blocks of kNtKc positions are transposed while packed
-// (kL x kL register transposes): A (all M rows, 8-row panels) once per block, B in
-// 48-row panels, each B panel then meeting every A panel in the same 8 x 48 micro-kernel
-// as row_gemm. Eigen did the same packing, but once per tap and per call, through a
-// generic packer.
+// operand the micro-kernel wants. Blocks of 64 to 256 positions (so that packed A stays
+// within about 128 KiB) are transposed while packed (kL x kL register transposes): A (all
+// M rows, 8-row panels) once per block, B in 48-row panels, each B panel then meeting
+// every A panel in the same 8 x 48 micro-kernel as row_gemm. Eigen did the same packing,
+// but once per tap and per call, through a generic packer.
 template <typename T>
 void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const* a_rows, const T* const* b_rows,
                  const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc) {
