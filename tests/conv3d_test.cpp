@@ -178,8 +178,8 @@ INSTANTIATE_TEST_SUITE_P(
         // Weight gradient split over (sample, frame) between threads, across samples.
         ConvCase{"PointwiseFramesSplit", {3, 16, 3, 4, 8}, 16, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
-        // Frames of 192 values or more take the per-range GEMMs with zero rows; smaller
-        // ones the zero-framed copy (shifted_rows_gemm in conv3d_cpu.cpp).
+        // Large frames: shifted rows whose valid column ranges start and end mid-panel
+        // (shifted_rows_gemm in conv3d_cpu.cpp).
         ConvCase{"Temporal3x1x1LargeFrames", {1, 4, 3, 12, 17}, 5, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1),
                  true},
         ConvCase{"Temporal2x1x1ShortClip", {2, 2, 1, 2, 3}, 3, {2, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), true},
@@ -237,11 +237,20 @@ void check_row_gemm(std::int64_t M, std::int64_t K, std::int64_t N, bool accumul
   std::vector<const T*> rows(K);
   for (std::int64_t k = 0; k < K; ++k) rows[k] = pool.data() + ((k * 7) % (K + 3)) * (N + 5) + (k % 5);
   const std::int64_t ldc = N + 7;
+  // Valid column ranges per row of B (zeros outside) on a third of the cases.
+  const bool with_ranges = (M + K + N) % 3 == 0;
+  std::vector<std::int64_t> lo(K, 0), hi(K, N);
+  if (with_ranges)
+    for (std::int64_t k = 0; k < K; ++k) {
+      lo[k] = k % 4 == 0 ? 0 : (k * 7) % (N + 1);
+      hi[k] = k % 4 == 0 ? N : std::min<std::int64_t>(N, lo[k] + (k * 13) % (N + 1));
+    }
   expect = c;
   for (std::int64_t m = 0; m < M; ++m)
     for (std::int64_t n = 0; n < N; ++n) {
       double acc = accumulate ? static_cast<double>(c[m * ldc + n]) : 0.0;
-      for (std::int64_t k = 0; k < K; ++k) acc += static_cast<double>(a[m * K + k]) * rows[k][n];
+      for (std::int64_t k = 0; k < K; ++k)
+        if (n >= lo[k] && n < hi[k]) acc += static_cast<double>(a[m * K + k]) * rows[k][n];
       expect[m * ldc + n] = static_cast<T>(acc);
     }
   // The epilogue (scale, bias, ReLU per row) on half the cases.
@@ -256,7 +265,8 @@ void check_row_gemm(std::int64_t M, std::int64_t K, std::int64_t N, bool accumul
     for (std::int64_t m = 0; m < M; ++m)
       for (std::int64_t n = 0; n < N; ++n) expect[m * ldc + n] = ep.apply(expect[m * ldc + n], m);
   cpu::row_gemm(cpu::PackedA<T>(M, K, [&](std::int64_t m, std::int64_t k) { return a[m * K + k]; }), N, rows.data(),
-                c.data(), ldc, accumulate, with_epilogue ? ep : cpu::GemmEpilogue<T>{});
+                c.data(), ldc, accumulate, with_epilogue ? ep : cpu::GemmEpilogue<T>{}, with_ranges ? lo.data() : nullptr,
+                with_ranges ? hi.data() : nullptr);
   const double tol = std::is_same_v<T, float> ? 1e-4 * std::sqrt(static_cast<double>(K)) : 1e-12;
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(c.size()); ++i)
     ASSERT_NEAR(c[i], expect[i], tol * (1 + std::abs(static_cast<double>(expect[i]))))

@@ -146,58 +146,35 @@ inline TapRange tap_range(const Conv3dGeometry& g, std::int64_t kt) {
 
 // dst (M, frames*HW) = A * rows, where row j*kT + kt is source channel j (of src_frames
 // frames, src_stride apart) shifted so that destination frame t reads source frame
-// t + shift[kt]; taps that fall outside the source read zeros. Destination frames with the
-// same set of valid taps form one row_gemm (three ranges for a padded 3x1x1 conv).
+// t + shift[kt]; taps that fall outside the source read zeros. One row_gemm over all
+// destination frames: each shifted row is valid on a range of columns and the GEMM's
+// packing writes zeros outside it, so there is no zero-padded copy of the source and no
+// split into frame ranges (whose edge ranges left 48-column tiles mostly empty on 7x7 and
+// 4x4 frames).
 template <typename T>
 void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t* shift, const T* src,
                        std::int64_t src_stride, std::int64_t src_frames, std::int64_t HW, T* dst, std::int64_t dst_stride,
                        std::int64_t frames, const GemmEpilogue<T>& ep) {
   const std::int64_t J = a.K / kT;
-  auto valid = [&](std::int64_t t, std::int64_t kt) { return t + shift[kt] >= 0 && t + shift[kt] < src_frames; };
-  auto same_taps = [&](std::int64_t t, std::int64_t u) {
-    for (std::int64_t kt = 0; kt < kT; ++kt)
-      if (valid(t, kt) != valid(u, kt)) return false;
-    return true;
-  };
   std::vector<const T*> rows(static_cast<std::size_t>(a.K));
-  // Small frames (SEVNet's last stages: 7x7, 4x4) would leave most of the edge ranges'
-  // 48-column tiles empty (a third of the work at 8x112's stage 5); there the source is
-  // copied once with zero frames around it and every output frame is one GEMM.
-  std::int64_t lo_shift = 0, hi_shift = 0;
+  std::vector<std::int64_t> lo(static_cast<std::size_t>(a.K)), hi(static_cast<std::size_t>(a.K));
   for (std::int64_t kt = 0; kt < kT; ++kt) {
-    lo_shift = std::min(lo_shift, shift[kt]);
-    hi_shift = std::max(hi_shift, shift[kt]);
-  }
-  const std::int64_t front = std::max<std::int64_t>(0, -lo_shift);
-  const std::int64_t padded = std::max(src_frames + front, frames + hi_shift + front);
-  if (kT > 1 && HW < 4 * 48) {
-    thread_local std::vector<T> pad;
-    pad.assign(static_cast<std::size_t>(J * padded * HW), T(0));
-    for (std::int64_t j = 0; j < J; ++j)
-      std::copy(src + j * src_stride, src + j * src_stride + src_frames * HW, pad.data() + (j * padded + front) * HW);
-    for (std::int64_t j = 0; j < J; ++j)
-      for (std::int64_t kt = 0; kt < kT; ++kt) rows[j * kT + kt] = pad.data() + (j * padded + front + shift[kt]) * HW;
-    row_gemm(a, frames * HW, rows.data(), dst, dst_stride, false, ep);
-    return;
-  }
-  thread_local std::vector<T> zeros;
-  for (std::int64_t t0 = 0, t1; t0 < frames; t0 = t1) {
-    for (t1 = t0 + 1; t1 < frames && same_taps(t0, t1); ++t1) {
+    // Destination frames t with 0 <= t + shift < src_frames.
+    const std::int64_t t0 = std::clamp<std::int64_t>(-shift[kt], 0, frames);
+    const std::int64_t t1 = std::clamp<std::int64_t>(src_frames - shift[kt], t0, frames);
+    for (std::int64_t j = 0; j < J; ++j) {
+      rows[j * kT + kt] = src + j * src_stride + shift[kt] * HW;  // read only at columns [lo, hi)
+      lo[j * kT + kt] = t0 * HW;
+      hi[j * kT + kt] = t1 * HW;
     }
-    const std::int64_t cols = (t1 - t0) * HW;
-    for (std::int64_t kt = 0; kt < kT; ++kt) {
-      if (!valid(t0, kt) && static_cast<std::int64_t>(zeros.size()) < cols) zeros.assign(static_cast<std::size_t>(cols), T(0));
-      for (std::int64_t j = 0; j < J; ++j)
-        rows[j * kT + kt] = valid(t0, kt) ? src + j * src_stride + (t0 + shift[kt]) * HW : zeros.data();
-    }
-    row_gemm(a, cols, rows.data(), dst + t0 * HW, dst_stride, false, ep);
   }
+  row_gemm(a, frames * HW, rows.data(), dst, dst_stride, false, ep, lo.data(), hi.data());
 }
 
 // 1x1x1 and kT x 1 x 1 convs (pointwise or temporal_only) through row_gemm: the forward
 // (y = W * shifted x) and the input gradient (gx = W^T * gy shifted back) are both one
-// GEMM of depth channels * kT per range of frames, with no im2col (Note [row GEMM]). The
-// forward's bias and ReLU are applied as the output is stored (ep.bias: all O values).
+// GEMM of depth channels * kT per sample-group, with no im2col (Note [row GEMM]). The
+// forward's epilogue is applied as the output is stored (ep: all O channels).
 template <typename T>
 void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad,
                const GemmEpilogue<T>& ep = {}) {

@@ -102,8 +102,9 @@ void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* 
 
 // Panels [p_lo, p_hi) of C; see the Note.
 template <typename T>
-void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc,
-                     bool accumulate, const GemmEpilogue<T>& epilogue, std::int64_t p_lo, std::int64_t p_hi) {
+void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, const std::int64_t* b_lo,
+                     const std::int64_t* b_hi, T* c, std::int64_t ldc, bool accumulate,
+                     const GemmEpilogue<T>& epilogue, std::int64_t p_lo, std::int64_t p_hi) {
   const bool with_epilogue = epilogue.active();
   constexpr std::int64_t NR = kNr<T>;
   thread_local std::vector<T> packed;
@@ -114,12 +115,16 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
     const std::int64_t pe = std::min(p_hi, pb + kPanels);
     for (std::int64_t k0 = 0; k0 < a.K; k0 += kKc) {
       const std::int64_t kc = std::min(kKc, a.K - k0);
-      // Row k of the block is one copy of (pe - pb) * NR columns, zero past N.
-      const std::int64_t width = (pe - pb) * NR, cols_all = std::min(width, N - pb * NR);
+      // Row k of the block is one copy of (pe - pb) * NR columns, zero past N and outside
+      // the row's valid range.
+      const std::int64_t width = (pe - pb) * NR, c0 = pb * NR, c1 = std::min(N, c0 + width);
       for (std::int64_t k = 0; k < kc; ++k) {
         T* dst = bp + k * width;
-        std::memcpy(dst, b_rows[k0 + k] + pb * NR, static_cast<std::size_t>(cols_all) * sizeof(T));
-        std::fill(dst + cols_all, dst + width, T(0));
+        const std::int64_t lo = b_lo ? std::clamp(b_lo[k0 + k], c0, c1) : c0;
+        const std::int64_t hi = b_hi ? std::clamp(b_hi[k0 + k], lo, c1) : c1;
+        std::fill(dst, dst + (lo - c0), T(0));
+        std::memcpy(dst + (lo - c0), b_rows[k0 + k] + lo, static_cast<std::size_t>(hi - lo) * sizeof(T));
+        std::fill(dst + (hi - c0), dst + width, T(0));
       }
       const bool last = k0 + kc == a.K && with_epilogue;
       for (std::int64_t p = pb; p < pe; ++p) {
@@ -263,7 +268,7 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
 
 template <typename T>
 void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate,
-              const GemmEpilogue<T>& epilogue) {
+              const GemmEpilogue<T>& epilogue, const std::int64_t* b_lo, const std::int64_t* b_hi) {
   if (a.M == 0 || N == 0) return;
   if (a.K == 0) {
     for (std::int64_t m = 0; m < a.M; ++m)
@@ -274,13 +279,13 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
   const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && panels > 1 &&
                         a.M * a.K * N >= 32 * kMinParallelWork;
   if (!parallel) {
-    row_gemm_panels(a, N, b_rows, c, ldc, accumulate, epilogue, 0, panels);
+    row_gemm_panels(a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, 0, panels);
     return;
   }
 #pragma omp parallel
   {
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    row_gemm_panels(a, N, b_rows, c, ldc, accumulate, epilogue, panels * t / nt, panels * (t + 1) / nt);
+    row_gemm_panels(a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, panels * t / nt, panels * (t + 1) / nt);
   }
 }
 
@@ -289,8 +294,8 @@ template void row_gemm_nt<float>(std::int64_t, std::int64_t, std::int64_t, const
 template void row_gemm_nt<double>(std::int64_t, std::int64_t, std::int64_t, const double* const*,
                                   const double* const*, const std::int64_t*, const std::int64_t*, double*, std::int64_t);
 template void row_gemm<float>(const PackedA<float>&, std::int64_t, const float* const*, float*, std::int64_t, bool,
-                              const GemmEpilogue<float>&);
+                              const GemmEpilogue<float>&, const std::int64_t*, const std::int64_t*);
 template void row_gemm<double>(const PackedA<double>&, std::int64_t, const double* const*, double*, std::int64_t,
-                               bool, const GemmEpilogue<double>&);
+                               bool, const GemmEpilogue<double>&, const std::int64_t*, const std::int64_t*);
 
 }  // namespace vidgrad::cpu

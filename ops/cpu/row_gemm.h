@@ -55,12 +55,14 @@ struct GemmEpilogue {
   }
 };
 
-// C[m, n] for m < a.M, n < N at c + m * ldc + n. b_rows[k] + n for n < N must be
-// readable for every k < a.K. Threads split N (none when called inside a parallel region).
-// With accumulate, the epilogue applies to the old value plus the product.
+// C[m, n] for m < a.M, n < N at c + m * ldc + n. Row k of B is b_rows[k][n], read only
+// for n in [b_lo[k], b_hi[k]) and zero elsewhere (b_lo, b_hi null: all of [0, N)), so a
+// time-shifted row needs no zero-padded copy. Threads split N (none when called inside a
+// parallel region). With accumulate, the epilogue applies to the old value plus the product.
 template <typename T>
 void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate,
-              const GemmEpilogue<T>& epilogue = {});
+              const GemmEpilogue<T>& epilogue = {}, const std::int64_t* b_lo = nullptr,
+              const std::int64_t* b_hi = nullptr);
 
 // C[m, n] += sum over k < K of a_rows[m][k] * b_rows[n][k]: both operands run along the
 // reduction (a weight gradient: m an output channel, n an input channel and tap, k a
