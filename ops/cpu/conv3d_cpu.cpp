@@ -217,7 +217,8 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
 // padding: each output-gradient block is packed once for all taps, where Eigen packed it
 // once per tap (conv3d_bench, min of 3 runs, two interleaved runs each: stage2 3x1x1
 // 9.96/8.89 -> 6.79/7.03 ms, stage4 5.78/5.02 -> 4.34/4.62). Pointwise convs stay on Eigen:
-// with 64 channels the 48-column panels run a third empty (stage2 1x1x1 3.4 -> 4.6-5.1 ms).
+// there the transposed GEMM was no faster (before narrow panels got their own kernel,
+// stage2 1x1x1 3.4 -> 4.6-5.1 ms; after, within the noise of two runs at every stage).
 template <typename T>
 void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps, std::int64_t f0,
                               std::int64_t f1) {
@@ -335,7 +336,8 @@ void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T*
       T* row = dst + (h + g.pH) * ps.Wq;
       const T* s = src + h * g.W - g.pW;  // s[j] for padded column j in [pW, pW + W)
       for (std::int64_t j0 = 0; j0 < ps.Wq; j0 += kL) {
-        const std::int64_t a = std::clamp<std::int64_t>(g.pW - j0, 0, kL), b = std::clamp<std::int64_t>(g.pW + g.W - j0, 0, kL);
+        const std::int64_t a = std::clamp<std::int64_t>(g.pW - j0, 0, kL);
+        const std::int64_t b = std::clamp<std::int64_t>(g.pW + g.W - j0, 0, kL);
         const std::uint32_t mask = ((std::uint32_t{1} << b) - 1) & ~((std::uint32_t{1} << a) - 1);
         store_vec(row + j0, load_lanes(s + j0, mask));
       }
@@ -417,7 +419,8 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
       const std::int64_t second = b < kL && ho + 1 < g.Ho ? std::min(kL - b, g.Wo) : 0;
       const std::int64_t off1 = ho * g.Wo + wo, off2 = (ho + 1) * g.Wo - b;
       if (ps.Wq >= kL && (second == 0 || off2 >= 0)) {
-        const std::uint32_t m1 = (std::uint32_t{1} << first) - 1, m2 = ((std::uint32_t{1} << second) - 1) << b;
+        const std::uint32_t m1 = (std::uint32_t{1} << first) - 1;
+        const std::uint32_t m2 = second > 0 ? ((std::uint32_t{1} << second) - 1) << b : 0;  // b < kL here
         for (std::int64_t o = 0; o < kDirectOg; ++o) {
           if (m1) store_lanes(yt + o * L + off1, acc[o][j], m1);
           if (m2) store_lanes(yt + o * L + off2, acc[o][j], m2);

@@ -56,40 +56,41 @@ template <typename T>
 // c[i, n] (i < rows, n < cols) (=|+=) sum over k < kc of a[k][i] * b[k * ldb + n]; a is an
 // MR-row panel of packed A, b one NR-column panel of the packed B block. ep (null unless
 // this is the last block of k) is applied with its rows starting at this panel's first.
-template <typename T>
+// NV vectors per row of the tile: kNv, or fewer for a narrow last panel (micro_tile).
+template <typename T, int NV>
 void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* c, std::int64_t ldc, std::int64_t rows,
                   std::int64_t cols, bool load_c, const GemmEpilogue<T>* ep) {
   using V = typename Vec<T>::type;
-  constexpr std::int64_t L = kLanes<T>, NR = kNr<T>;
-  V acc[kMr][kNv];
+  constexpr std::int64_t L = kLanes<T>, NR = NV * L;
+  V acc[kMr][NV];
 #pragma GCC unroll 8
   for (auto& row : acc)
 #pragma GCC unroll 8
     for (auto& v : row) v = V{};
   for (std::int64_t k = 0; k < kc; ++k) {
-    V bv[kNv];
+    V bv[NV];
 #pragma GCC unroll 8
-    for (int j = 0; j < kNv; ++j) bv[j] = load_vec(b + k * ldb + j * L);
+    for (int j = 0; j < NV; ++j) bv[j] = load_vec(b + k * ldb + j * L);
 #pragma GCC unroll 8
     for (std::int64_t i = 0; i < kMr; ++i) {
       const T s = a[k * kMr + i];
 #pragma GCC unroll 8
-      for (int j = 0; j < kNv; ++j) acc[i][j] += s * bv[j];
+      for (int j = 0; j < NV; ++j) acc[i][j] += s * bv[j];
     }
   }
   if (rows != kMr || cols != NR) {
-    V tile[kMr][kNv];  // copied by value: taking acc's address would keep it in memory
+    V tile[kMr][NV];  // copied by value: taking acc's address would keep it in memory
 #pragma GCC unroll 8
     for (std::int64_t i = 0; i < kMr; ++i)
 #pragma GCC unroll 8
-      for (int j = 0; j < kNv; ++j) tile[i][j] = acc[i][j];
+      for (int j = 0; j < NV; ++j) tile[i][j] = acc[i][j];
     store_edge(reinterpret_cast<const T*>(tile), NR, c, ldc, rows, cols, load_c, ep);  // vectors alias T
     return;
   }
 #pragma GCC unroll 8
   for (std::int64_t i = 0; i < kMr; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < kNv; ++j) {
+    for (int j = 0; j < NV; ++j) {
       if (load_c) acc[i][j] += load_vec(c + i * ldc + j * L);
       if (ep) {
         if (ep->scale) acc[i][j] *= ep->scale[i];
@@ -98,6 +99,19 @@ void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* 
       }
       store_vec(c + i * ldc + j * L, acc[i][j]);
     }
+}
+
+// One micro-tile: a panel with at most 16 or 32 valid columns (the last one of a row of
+// 56 outputs, 64 channels, ...) runs a one- or two-vector kernel instead of computing 48
+// columns and dropping most of them.
+template <typename T>
+inline void micro_tile(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* c, std::int64_t ldc,
+                       std::int64_t rows, std::int64_t cols, bool load_c, const GemmEpilogue<T>* ep) {
+  if constexpr (kNv == 3) {
+    if (cols <= kLanes<T>) return micro_kernel<T, 1>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
+    if (cols <= 2 * kLanes<T>) return micro_kernel<T, 2>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
+  }
+  micro_kernel<T, kNv>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
 }
 
 // Panels [p_lo, p_hi) of C; see the Note.
@@ -131,7 +145,7 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
           const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr);
-          micro_kernel(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
+          micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
                        last ? &ep : nullptr);
         }
@@ -260,7 +274,7 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
       const std::int64_t cols = std::min(NR, N - n0);
       pack_transposed<T>(b_rows, b_lo, b_hi, N, n0, NR, k0, kc, NR, NR, [&](std::int64_t) { return b_pack; });
       for (std::int64_t mp = 0; mp < m_panels; ++mp)
-        micro_kernel(kc, a_pack + mp * kc * kMr, b_pack, NR, c + mp * kMr * ldc + n0, ldc, std::min(kMr, M - mp * kMr),
+        micro_tile(kc, a_pack + mp * kc * kMr, b_pack, NR, c + mp * kMr * ldc + n0, ldc, std::min(kMr, M - mp * kMr),
                      cols, true, static_cast<const GemmEpilogue<T>*>(nullptr));
     }
   }
