@@ -6,9 +6,9 @@
 
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/ops/batch_norm.h"
+#include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
-#include "vidgrad/ops/cpu/elementwise_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
 #endif
@@ -97,25 +97,7 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
             const Tensor& gy_in, const std::vector<bool>& needs) {
           Tensor gy = gy_in.contiguous();
           const Device dev = gy.device();
-          if (y_saved.defined()) {  // through the ReLU: the gradient passes where y > 0
-            Tensor masked = Tensor::empty(gy.shape(), gy.dtype(), dev);
-            dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
-              switch (dev.type) {
-                case DeviceType::kCPU:
-                  cpu::binary_map<T>(gy.data<T>(), y_saved.data<T>(), masked.data<T>(), gy.numel(),
-                                     [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
-                  break;
-#ifdef VIDGRAD_WITH_CUDA
-                case DeviceType::kCUDA:
-                  cuda::relu_backward<T>(gy.device_data<T>(), y_saved.device_data<T>(), masked.device_data<T>(),
-                                         gy.numel(), dev.index);
-                  break;
-#endif
-                default: ops_detail::no_kernel("conv3d backward", dev);
-              }
-            });
-            gy = masked;
-          }
+          if (y_saved.defined()) gy = relu_grad(gy, y_saved);  // through the ReLU: passes where y > 0
           std::vector<Tensor> grads(3);
           if (needs[0]) grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), dev);
           if (needs[1]) grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype(), dev);

@@ -68,9 +68,14 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-// The gradient through a ReLU given its output y: g where y > 0, else 0.
-Tensor relu_mask(const Tensor& g_in, const Tensor& y) {
-  const Tensor g = g_in.contiguous();
+}  // namespace
+
+Tensor relu_grad(const Tensor& g_in, const Tensor& y_in) {
+  ops_detail::check_floating("relu_grad", "g", g_in);
+  ops_detail::check_same("relu_grad", {{"g", &g_in}, {"y", &y_in}});
+  VG_CHECK(g_in.shape() == y_in.shape(), "relu_grad: g has shape " << shape_str(g_in.shape()) << " but y has "
+                                                                   << shape_str(y_in.shape()));
+  const Tensor g = g_in.contiguous(), y = y_in.contiguous();
   Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
   dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
     switch (g.device().type) {
@@ -89,8 +94,6 @@ Tensor relu_mask(const Tensor& g_in, const Tensor& y) {
   });
   return gx;
 }
-
-}  // namespace
 
 Tensor relu(const Tensor& x_in) {
   ops_detail::check_floating("relu", "x", x_in);
@@ -114,7 +117,7 @@ Tensor relu(const Tensor& x_in) {
   if (needs_graph({&x_in})) {
     // Saves the output, not the input: y > 0 exactly where x > 0.
     attach(y, "relu", {x_in}, [y = y.detach()](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{relu_mask(g, y)};
+      return std::vector<Tensor>{relu_grad(g, y)};
     });
   }
   return y;
@@ -179,7 +182,7 @@ Tensor add_relu(const Tensor& a, const Tensor& b) {
   if (needs_graph({&a, &b})) {
     attach(out, "add_relu", {a, b},
            [y = out.detach(), sa = a.shape(), sb = b.shape()](const Tensor& g, const std::vector<bool>& needs) {
-             const Tensor masked = relu_mask(g, y);
+             const Tensor masked = relu_grad(g, y);
              return std::vector<Tensor>{needs[0] ? sum_to(masked, sa) : Tensor(),
                                         needs[1] ? sum_to(masked, sb) : Tensor()};
            });

@@ -77,6 +77,13 @@ TEST(Elementwise, ReluAndSigmoidMatchReference) {
   EXPECT_TRUE(all_close(sigmoid(x), Tensor::from_vector(s, x.shape()), 1e-6, 1e-6));
 }
 
+TEST(Elementwise, ReluGradPassesWhereTheOutputIsPositive) {
+  const Tensor g = Tensor::from_vector(std::vector<double>{1, 2, 3, 4}, {4});
+  const Tensor y = Tensor::from_vector(std::vector<double>{0.5, 0, -1, 2}, {4});
+  EXPECT_EQ(relu_grad(g, y).to_vector<double>(), (std::vector<double>{1, 0, 0, 4}));
+  EXPECT_THROW_MSG(relu_grad(g, Tensor::zeros({3}, DType::kFloat64)), "relu_grad", "[4]", "[3]");
+}
+
 TEST(Elementwise, ReluGradMatchesFiniteDifference) {
   EXPECT_GRADCHECK([](const std::vector<Tensor>& x) { return relu(x[0]); }, {param({2, 3, 3, 5, 3}, 6)});
 }
