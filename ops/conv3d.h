@@ -22,8 +22,8 @@ struct Conv3dOptions {
   std::array<std::int64_t, 3> dilation{1, 1, 1};
   std::int64_t groups = 1;
   // Return relu(conv + bias) instead, the ReLU applied as each output is stored (no second
-  // pass over the output; with batch norm folded into weight and bias this is a whole
-  // inference conv-BN-ReLU in one pass, see nn::Conv3d::forward_bn).
+  // pass over the output; conv3d_batch_norm_inference below adds an inference batch norm
+  // to the same store, see nn::Conv3d::forward_bn).
   bool relu = false;
 };
 

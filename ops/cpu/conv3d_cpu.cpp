@@ -1,7 +1,8 @@
 // conv3d on the CPU. Which computation each conv gets (docs/design.md has the table):
 //   1x1x1 and kT x 1 x 1 (pointwise, temporal_only): row GEMM over (time-shifted) input
-//     rows for the forward and input gradient (Note [row GEMM]); Eigen GEMMs per tap over
-//     (sample, frame) ranges for the weight gradient.
+//     rows for the forward and input gradient (Note [row GEMM]); for the weight gradient,
+//     over (sample, frame) ranges, the transposed row GEMM (kT > 1, Note [transposed row
+//     GEMM]) or an Eigen GEMM (pointwise).
 //   8 output channels per group, 1 x kH x kW: direct kernels on padded, stride-split frame
 //     planes (Note [direct planes]).
 //   ungrouped with wide output rows (the stem): one row GEMM per output row
@@ -125,8 +126,7 @@ T* col_buffer(std::int64_t elements) {
 // ---- pointwise and kT x 1 x 1 convolutions (temporal_only) ----
 // With HW = H*W, tap kt reads input frame to + off (off = kt*dT - pT) for output frame
 // to; the frames where that is inside [0, T) form one contiguous column range of both
-// the (Cg, T*HW) input and the (Og, To*HW) output (tap_range; the weight gradient is one
-// GEMM per tap over it).
+// the (Cg, T*HW) input and the (Og, To*HW) output (tap_range).
 
 template <typename T>
 using StridedMap = Eigen::Map<RowMat<T>, 0, Eigen::OuterStride<>>;
