@@ -4,6 +4,7 @@
 
 #include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/core/strided.h"
 
 namespace vidgrad::autograd {
@@ -135,7 +136,13 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
                                             "to the first call to backward through it twice");
     Tensor g = std::move(pending[n]);
     pending.erase(n);
-    std::vector<Tensor> grads = n->backward(g, n->needs);
+    std::vector<Tensor> grads;
+    {
+      profile::Scope scope(n->name.c_str(), profile::enabled() ? (n->detail.empty() ? "" : n->detail + " ") + "backward"
+                                                               : std::string());
+      grads = n->backward(g, n->needs);
+    }
+    profile::Scope engine_scope("autograd engine");  // accumulating gradients, freeing the node
     VG_CHECK(grads.size() == n->edges.size(), "backward: " << n->name << " returned " << grads.size()
                                                           << " gradients for " << n->edges.size() << " inputs");
     for (std::size_t i = 0; i < n->edges.size(); ++i) {

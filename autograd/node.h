@@ -31,6 +31,7 @@ struct Node {
   using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs)>;
 
   std::string name;          // the op, for error messages and graph dumps
+  std::string detail;        // set by some ops while profiling (core/profile.h): "1x3x3 gw8 s2 ..."
   std::vector<Edge> edges;   // one per input
   std::vector<bool> needs;   // edges[i].needed(), cached
   Shape output_shape;        // shape of the output: incoming gradients are checked against it

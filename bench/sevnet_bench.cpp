@@ -1,6 +1,6 @@
 // sevnet_bench: `vidgrad bench` without the CLI and the video pipeline, for machines that
 // build vidgrad with -DVIDGRAD_VIDEO=OFF (the GPU check). Same flags:
-//   sevnet_bench --device cuda --batch 8 --frames 16 --size 224 [--inference] [--tf32]
+//   sevnet_bench --device cuda --batch 8 --frames 16 --size 224 [--inference] [--tf32] [--profile]
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
       else if (flag == "--warmup") o.warmup = std::stoi(value());
       else if (flag == "--inference") o.inference = true;
       else if (flag == "--tf32") o.tf32 = true;
+      else if (flag == "--profile") o.profile = true;
       else throw std::runtime_error("unknown flag " + flag);
     }
     vidgrad::bench::run_step_benchmark(o);

@@ -7,12 +7,14 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <numeric>
 #include <string>
 #include <vector>
 
 #include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/core/cuda/context.h"
 #include "vidgrad/core/parallel.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/models/sevnet.h"
 #include "vidgrad/ops/ops.h"
 #include "vidgrad/optim/sgd.h"
@@ -26,6 +28,7 @@ struct StepBenchOptions {
   bool inference = false;
   std::string device = "cpu";
   bool tf32 = false;
+  bool profile = false;  // print where the timed steps' time went, per op (core/profile.h)
 };
 
 struct StepBenchResult {
@@ -33,6 +36,21 @@ struct StepBenchResult {
   double clips_per_s = 0;
   std::size_t peak_device_bytes = 0;  // CUDA only: the caching allocator's peak
 };
+
+// The profiler's table: per op (and conv shape), time per step, share of the timed steps,
+// calls per step. Exclusive times; what no scope covers (module code, allocation between
+// ops, the loss's scalar) is the "(outside ops)" row.
+inline void print_profile(int steps, double total_s) {
+  const std::vector<profile::Entry> entries = profile::entries();
+  double covered = 0;
+  for (const auto& e : entries) covered += e.seconds;
+  std::printf("%-52s %10s %7s %8s\n", "op (host wall time, exclusive)", "ms/step", "share", "calls");
+  auto row = [&](const std::string& name, double s, double calls) {
+    std::printf("%-52s %10.2f %6.1f%% %8.0f\n", name.c_str(), 1e3 * s / steps, 100.0 * s / total_s, calls / steps);
+  };
+  for (const auto& e : entries) row(e.name, e.seconds, static_cast<double>(e.calls));
+  row("(outside ops)", total_s - covered, 0);
+}
 
 inline StepBenchResult run_step_benchmark(const StepBenchOptions& a) {
   if (a.threads > 0) set_num_threads(a.threads);
@@ -55,6 +73,10 @@ inline StepBenchResult run_step_benchmark(const StepBenchOptions& a) {
   std::vector<double> times;
   for (int i = 0; i < a.warmup + a.steps; ++i) {
     if (device.is_cuda() && i == a.warmup) cuda::reset_peak_memory(device.index);
+    if (a.profile && i == a.warmup) {
+      profile::reset();
+      profile::set_enabled(true);
+    }
     sync();
     const auto t = std::chrono::steady_clock::now();
     if (a.inference) {
@@ -82,6 +104,10 @@ inline StepBenchResult run_step_benchmark(const StepBenchOptions& a) {
   if (device.is_cuda())
     std::printf(", peak device memory %.0f MiB", static_cast<double>(r.peak_device_bytes) / (1 << 20));
   std::printf("\n");
+  if (a.profile) {
+    profile::set_enabled(false);
+    print_profile(a.steps, std::accumulate(times.begin(), times.end(), 0.0));
+  }
   return r;
 }
 

@@ -2,9 +2,11 @@
 #include "vidgrad/ops/conv3d.h"
 
 #include <cmath>
+#include <sstream>
 #include <vector>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/batch_norm.h"
 #include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/common.h"
@@ -63,10 +65,24 @@ cpu::Conv3dGeometry geometry(const Tensor& x, const Tensor& w, const Tensor& b, 
   return g;
 }
 
+// The profiler's name for a conv: kernel, group width, stride, channels and output size,
+// e.g. "1x3x3 gw8 s2 64->128 @28x28"; empty when profiling is off.
+std::string profile_label(const cpu::Conv3dGeometry& g) {
+  if (!profile::enabled()) return {};
+  std::ostringstream s;
+  s << g.kT << "x" << g.kH << "x" << g.kW;
+  if (g.groups > 1) s << " gw" << g.Cg();
+  if (g.sT > 1 || g.sH > 1 || g.sW > 1) s << " s(" << g.sT << "," << g.sH << "," << g.sW << ")";
+  s << " " << g.C << "->" << g.O << " @" << g.Ho << "x" << g.Wo;
+  return s.str();
+}
+
 }  // namespace
 
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts) {
   const cpu::Conv3dGeometry g = geometry(input, weight, bias, opts);
+  const std::string label = profile_label(g);
+  profile::Scope scope("conv3d", label);
   const Tensor x = input.contiguous(), w = weight.contiguous();
   const Tensor b = bias.defined() ? bias.contiguous() : Tensor();
   Tensor y = Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
@@ -105,8 +121,14 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
           dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
             switch (dev.type) {
               case DeviceType::kCPU:
-                if (needs[0]) cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>());
-                if (needs[1]) cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x_saved.data<T>(), grads[1].data<T>());
+                if (needs[0]) {
+                  profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " input grad" : "");
+                  cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>());
+                }
+                if (needs[1]) {
+                  profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " weight grad" : "");
+                  cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x_saved.data<T>(), grads[1].data<T>());
+                }
                 if (needs[2]) cpu::conv3d_backward_bias<T>(g, gy.data<T>(), grads[2].data<T>());
                 break;
 #ifdef VIDGRAD_WITH_CUDA
@@ -125,6 +147,7 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
           });
           return grads;
         });
+    y.grad_fn()->detail = label;
   }
   return y;
 }
@@ -136,6 +159,7 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
            "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
            "and batch_norm to record a graph");
   const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
+  profile::Scope scope("conv3d+bn", profile_label(g));
   const std::int64_t O = g.O;
   ops_detail::check_same("conv3d_batch_norm_inference", {{"input", &input},
                                                           {"bn_weight", &bn_weight},

@@ -6,6 +6,7 @@
 
 #include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/elementwise_cpu.h"
 #include "vidgrad/ops/elementwise.h"
@@ -13,6 +14,7 @@
 namespace vidgrad {
 
 Tensor dropout(const Tensor& x_in, double p, bool training, Generator& gen) {
+  profile::Scope scope("dropout");
   ops_detail::check_floating("dropout", "input", x_in);
   VG_CHECK(p >= 0.0 && p <= 1.0, "dropout: probability must be in [0, 1], got " << p);
   if (!training || p == 0.0) return x_in;

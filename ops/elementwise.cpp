@@ -3,6 +3,7 @@
 #include "vidgrad/ops/elementwise.h"
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/elementwise_cpu.h"
 #include "vidgrad/ops/shape.h"
@@ -21,6 +22,7 @@ enum class BinaryOp { kAdd, kSub, kMul, kAddRelu };
 
 // out = a op b; same shapes and contiguous take the flat path.
 Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
+  profile::Scope scope(name);
   ops_detail::check_floating(name, "a", a);
   ops_detail::check_floating(name, "b", b);
   ops_detail::check_same(name, {{"a", &a}, {"b", &b}});
@@ -71,6 +73,7 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor relu_grad(const Tensor& g_in, const Tensor& y_in) {
+  profile::Scope scope("relu_grad");
   ops_detail::check_floating("relu_grad", "g", g_in);
   ops_detail::check_same("relu_grad", {{"g", &g_in}, {"y", &y_in}});
   VG_CHECK(g_in.shape() == y_in.shape(), "relu_grad: g has shape " << shape_str(g_in.shape()) << " but y has "
@@ -96,6 +99,7 @@ Tensor relu_grad(const Tensor& g_in, const Tensor& y_in) {
 }
 
 Tensor relu(const Tensor& x_in) {
+  profile::Scope scope("relu");
   ops_detail::check_floating("relu", "x", x_in);
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -124,6 +128,7 @@ Tensor relu(const Tensor& x_in) {
 }
 
 Tensor sigmoid(const Tensor& x_in) {
+  profile::Scope scope("sigmoid");
   ops_detail::check_floating("sigmoid", "x", x_in);
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

@@ -2,6 +2,7 @@
 #include "vidgrad/ops/linear.h"
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/gemm.h"
 #ifdef VIDGRAD_WITH_CUDA
@@ -11,6 +12,7 @@
 namespace vidgrad {
 
 Tensor linear(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in) {
+  profile::Scope scope("linear");
   ops_detail::check_floating("linear", "input", x_in);
   ops_detail::check_rank("linear", "weight", weight_in, 2, "(out, in)");
   ops_detail::check_same("linear", {{"input", &x_in}, {"weight", &weight_in}, {"bias", &bias_in}});

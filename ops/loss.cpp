@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
@@ -36,6 +37,7 @@ void log_softmax_kernel(const T* x, T* y, std::int64_t outer, std::int64_t K, st
 }  // namespace
 
 Tensor log_softmax(const Tensor& x_in, std::int64_t dim_in) {
+  profile::Scope scope("log_softmax");
   ops_detail::check_floating("log_softmax", "input", x_in);
   VG_CHECK(x_in.dim() >= 1, "log_softmax: input must have rank >= 1, got a scalar");
   const int d = normalize_dim(dim_in, x_in.dim(), "log_softmax");
@@ -93,6 +95,7 @@ Tensor log_softmax(const Tensor& x_in, std::int64_t dim_in) {
 }
 
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, double label_smoothing) {
+  profile::Scope scope("cross_entropy");
   ops_detail::check_rank("cross_entropy", "logits", logits_in, 2, "(N, K)");
   ops_detail::check_floating("cross_entropy", "logits", logits_in);
   ops_detail::check_rank("cross_entropy", "targets", targets_in, 1, "(N)");

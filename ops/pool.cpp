@@ -6,6 +6,7 @@
 
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/core/parallel.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/pool_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
@@ -41,6 +42,7 @@ cpu::Pool3dGeometry geometry(const char* op, const Tensor& x, const Pool3dOption
 }  // namespace
 
 Tensor avg_pool3d(const Tensor& x_in, const Pool3dOptions& opts) {
+  profile::Scope scope("avg_pool3d");
   const cpu::Pool3dGeometry g = geometry("avg_pool3d", x_in, opts);
   const Tensor x = x_in.contiguous();
   Tensor y = Tensor::empty({x.shape()[0], x.shape()[1], g.To, g.Ho, g.Wo}, x.dtype(), x.device());
@@ -80,6 +82,7 @@ Tensor avg_pool3d(const Tensor& x_in, const Pool3dOptions& opts) {
 }
 
 Tensor max_pool3d(const Tensor& x_in, const Pool3dOptions& opts) {
+  profile::Scope scope("max_pool3d");
   Pool3dOptions o = opts;
   o.count_include_pad = false;
   const cpu::Pool3dGeometry g = geometry("max_pool3d", x_in, o);
@@ -132,6 +135,7 @@ Tensor max_pool3d(const Tensor& x_in, const Pool3dOptions& opts) {
 }
 
 Tensor global_avg_pool3d(const Tensor& x_in) {
+  profile::Scope scope("global_avg_pool3d");
   ops_detail::check_rank("global_avg_pool3d", "input", x_in, 5, "(N,C,T,H,W)");
   ops_detail::check_floating("global_avg_pool3d", "input", x_in);
   const Tensor x = x_in.contiguous();

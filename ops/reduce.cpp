@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/core/strided.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/elementwise.h"
@@ -65,6 +66,7 @@ void sum_kernel(const Tensor& x, const Reduction& r, const Tensor& out) {
 }
 
 Tensor reduce(const char* op, const Tensor& x, const std::vector<std::int64_t>& dims, bool keepdim, bool average) {
+  profile::Scope scope(op);
   ops_detail::check_floating(op, "x", x);
   const Reduction r = plan(op, x, dims, keepdim);
   Tensor out = Tensor::zeros(r.keep_shape, x.dtype(), x.device());

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/reduce.h"
 
@@ -144,6 +145,7 @@ Tensor Tensor::to(Device target, bool non_blocking) const {
 }
 
 Tensor concat(const std::vector<Tensor>& tensors, std::int64_t dim_in) {
+  profile::Scope scope("concat");
   VG_CHECK(!tensors.empty(), "concat: needs at least one tensor");
   const Tensor& first = tensors[0];
   ops_detail::check_defined("concat", "tensors[0]", first);

@@ -6,6 +6,7 @@
 
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/core/parallel.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
@@ -62,6 +63,7 @@ Tensor shift(const Tensor& x, std::int64_t fold, int dir) {
 }  // namespace
 
 Tensor temporal_shift(const Tensor& x, std::int64_t fold_div) {
+  profile::Scope scope("temporal_shift");
   ops_detail::check_rank("temporal_shift", "input", x, 5, "(N,C,T,H,W)");
   ops_detail::check_floating("temporal_shift", "input", x);
   VG_CHECK(fold_div >= 2, "temporal_shift: fold_div must be >= 2 (two folds are shifted), got " << fold_div);

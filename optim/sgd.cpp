@@ -3,6 +3,7 @@
 
 #include "vidgrad/core/parallel.h"
 #ifdef VIDGRAD_WITH_CUDA
+#include "vidgrad/core/profile.h"
 #include "vidgrad/optim/cuda/sgd_cuda.h"
 #endif
 
@@ -25,6 +26,7 @@ Sgd::Sgd(std::vector<std::pair<std::string, Tensor>> named_params, const SgdOpti
 }
 
 void Sgd::step() {
+  profile::Scope scope("sgd step");
   const float lr = static_cast<float>(opts_.lr), mom = static_cast<float>(opts_.momentum);
   const float damp = static_cast<float>(1.0 - opts_.dampening);
   for (Slot& s : slots_) {

@@ -1,8 +1,13 @@
 // The engine: backward from scalars and with explicit gradients, accumulation, no_grad,
-// detach, graph release, skipped inputs, and a gradcheck that does catch a wrong gradient.
+// detach, graph release, skipped inputs, a gradcheck that does catch a wrong gradient, and
+// the op profiler the engine feeds.
 #include "test_util.h"
 
+#include <chrono>
+#include <thread>
+
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 
 namespace vidgrad {
 namespace {
@@ -116,4 +121,72 @@ TEST(Gradcheck, RejectsFloat32Inputs) {
 }
 
 }  // namespace
+
+// Turns the profiler on for one test and leaves it off and empty.
+struct ProfilerOn {
+  ProfilerOn() {
+    profile::reset();
+    profile::set_enabled(true);
+  }
+  ~ProfilerOn() {
+    profile::set_enabled(false);
+    profile::reset();
+  }
+};
+
+const profile::Entry* find_entry(const std::vector<profile::Entry>& entries, const std::string& name) {
+  for (const auto& e : entries)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+TEST(Profile, DisabledRecordsNothing) {
+  profile::reset();
+  ASSERT_FALSE(profile::enabled());
+  Tensor x = Tensor::from_vector<double>({1, 2}, {2}).set_requires_grad(true);
+  sum(relu(x)).backward();
+  EXPECT_TRUE(profile::entries().empty());
+}
+
+TEST(Profile, TimesAreExclusiveOfNestedScopes) {
+  ProfilerOn on;
+  {
+    profile::Scope outer("outer");
+    profile::Scope inner("inner", "detail");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  { profile::Scope outer("outer"); }
+  const auto entries = profile::entries();
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_EQ(entries[0].name, "inner detail");  // largest first
+  EXPECT_EQ(entries[0].calls, 1);
+  EXPECT_GE(entries[0].seconds, 0.05);
+  const profile::Entry* outer = find_entry(entries, "outer");
+  ASSERT_NE(outer, nullptr);
+  EXPECT_EQ(outer->calls, 2);
+  EXPECT_LT(outer->seconds, entries[0].seconds);  // the sleep is the inner scope's only
+  profile::reset();
+  EXPECT_TRUE(profile::entries().empty());
+}
+
+TEST(Profile, ForwardAndBackwardOfEachOpAreNamed) {
+  ProfilerOn on;
+  Generator gen(3);
+  Tensor x = Tensor::randn({1, 16, 2, 5, 5}, gen).set_requires_grad(true);
+  Tensor w = Tensor::randn({16, 8, 1, 3, 3}, gen).set_requires_grad(true);
+  Tensor y = conv3d(x, w, {}, {.stride = {1, 2, 2}, .padding = {0, 1, 1}, .groups = 2});
+  sum(relu(y)).backward();
+  const auto entries = profile::entries();
+  const std::string conv = "conv3d 1x3x3 gw8 s(1,2,2) 16->16 @3x3";
+  for (const std::string& name : {conv, conv + " backward", conv + " input grad", conv + " weight grad",
+                                 std::string("relu"), std::string("relu backward"), std::string("sum"),
+                                 std::string("autograd engine")}) {
+    const profile::Entry* e = find_entry(entries, name);
+    ASSERT_NE(e, nullptr) << "no profile entry " << name;
+    EXPECT_GE(e->seconds, 0.0) << name;
+  }
+  EXPECT_EQ(find_entry(entries, conv)->calls, 1);
+  EXPECT_EQ(find_entry(entries, conv + " weight grad")->calls, 1);
+}
+
 }  // namespace vidgrad

@@ -274,6 +274,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--inference", ba.inference, "time forward passes in eval mode");
   bench_cmd->add_option("--device", ba.device, "cpu, cuda or cuda:N");
   bench_cmd->add_flag("--tf32", ba.tf32, "let float32 convolutions and GEMMs use TF32 tensor cores (CUDA)");
+  bench_cmd->add_flag("--profile", ba.profile, "print the time per op and conv shape (host wall time; CPU)");
 
   try {
     app.parse(argc, argv);
