@@ -1,13 +1,14 @@
-// conv3d at the SEVNet-G8 layer shapes for one 16x224x224 clip (paper Table 1): the stem
-// and, per stage, the downsampling module's stride-2 grouped 1x3x3, then the 1x1x1 C->C,
+// conv3d at the SEVNet-G8 layer shapes (paper Table 1), by default for one 16x224x224
+// clip (--batch, --frames, --size choose another input): the stem and, per stage, the downsampling module's stride-2 grouped 1x3x3, then the 1x1x1 C->C,
 // the 1x3x3 with group width 8 and the 3x1x1 C->C convs.
 // Each shape is timed for the forward, the input gradient and the weight gradient and
 // reported in GFLOP/s (2 x multiply-accumulates per second; the counter prints as
 // "GFLOP=<n>/s").
 //
-//   build/bench/conv3d_bench [--benchmark_filter=stage2] [--threads=N]
+//   build/bench/conv3d_bench [--benchmark_filter=stage2] [--threads=N] [--batch=4 --frames=8 --size=112]
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -21,28 +22,33 @@ using namespace vidgrad;
 
 struct LayerShape {
   std::string name;
-  std::int64_t C, O, T, H, W;
+  std::int64_t N, C, O, T, H, W;
   std::array<std::int64_t, 3> kernel;
   Conv3dOptions opts;
 };
 
-std::vector<LayerShape> sevnet_g8_layers() {
-  constexpr std::int64_t G = 8, T = 16;
+// N clips of T frames at size x size: the stem halves the size, then each stage's first
+// module halves it again (rounding up, as the stride-2, pad-1 convs do).
+std::vector<LayerShape> sevnet_g8_layers(std::int64_t N, std::int64_t T, std::int64_t size) {
+  constexpr std::int64_t G = 8;
+  auto half = [](std::int64_t s) { return (s + 1) / 2; };
+  const std::int64_t s1 = half(size);
   std::vector<LayerShape> layers{
-      {"stem_1x7x7_3to32", 3, 4 * G, T, 224, 224, {1, 7, 7}, {.stride = {1, 2, 2}, .padding = {0, 3, 3}}},
-      {"stem_3x1x1_32", 4 * G, 4 * G, T, 112, 112, {3, 1, 1}, {.padding = {1, 0, 0}}},
+      {"stem_1x7x7_3to32", N, 3, 4 * G, T, size, size, {1, 7, 7}, {.stride = {1, 2, 2}, .padding = {0, 3, 3}}},
+      {"stem_3x1x1_32", N, 4 * G, 4 * G, T, s1, s1, {3, 1, 1}, {.padding = {1, 0, 0}}},
   };
   const std::int64_t widths[4] = {8 * G, 16 * G, 32 * G, 64 * G};
-  const std::int64_t sizes[4] = {56, 28, 14, 7};
+  std::int64_t in = s1;
   for (int s = 0; s < 4; ++s) {
-    const std::int64_t C = widths[s], S = sizes[s];
+    const std::int64_t C = widths[s], S = half(in);
     const std::string stage = "stage" + std::to_string(s + 2) + "_C" + std::to_string(C);
     // The stage's first (downsampling) module: its grouped conv has C/2 channels, stride 2.
-    layers.push_back({stage + "_down_1x3x3_gw8_s2", C / 2, C / 2, T, 2 * S, 2 * S, {1, 3, 3},
+    layers.push_back({stage + "_down_1x3x3_gw8_s2", N, C / 2, C / 2, T, in, in, {1, 3, 3},
                       {.stride = {1, 2, 2}, .padding = {0, 1, 1}, .groups = C / 2 / G}});
-    layers.push_back({stage + "_1x1x1", C, C, T, S, S, {1, 1, 1}, {}});
-    layers.push_back({stage + "_1x3x3_gw8", C, C, T, S, S, {1, 3, 3}, {.padding = {0, 1, 1}, .groups = C / G}});
-    layers.push_back({stage + "_3x1x1", C, C, T, S, S, {3, 1, 1}, {.padding = {1, 0, 0}}});
+    layers.push_back({stage + "_1x1x1", N, C, C, T, S, S, {1, 1, 1}, {}});
+    layers.push_back({stage + "_1x3x3_gw8", N, C, C, T, S, S, {1, 3, 3}, {.padding = {0, 1, 1}, .groups = C / G}});
+    layers.push_back({stage + "_3x1x1", N, C, C, T, S, S, {3, 1, 1}, {.padding = {1, 0, 0}}});
+    in = S;
   }
   return layers;
 }
@@ -56,7 +62,7 @@ enum class Pass { kForward, kInputGrad, kWeightGrad };
 
 void run(benchmark::State& state, const LayerShape& l, Pass pass) {
   Generator gen(1);
-  Tensor x = Tensor::randn({1, l.C, l.T, l.H, l.W}, gen);
+  Tensor x = Tensor::randn({l.N, l.C, l.T, l.H, l.W}, gen);
   Tensor w = Tensor::randn({l.O, l.C / l.opts.groups, l.kernel[0], l.kernel[1], l.kernel[2]}, gen);
   if (pass == Pass::kInputGrad) x.set_requires_grad(true);
   if (pass == Pass::kWeightGrad) w.set_requires_grad(true);
@@ -89,17 +95,34 @@ void run(benchmark::State& state, const LayerShape& l, Pass pass) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --threads=N sets vidgrad's thread count (default: OpenMP's, i.e. all cores).
+  // --threads=N sets vidgrad's thread count (default: OpenMP's, i.e. all cores);
+  // --batch, --frames and --size the input (default 1 clip of 16x224x224).
   std::vector<char*> args;
+  std::int64_t batch = 1, frames = 16, size = 224;
   for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
-      vidgrad::set_num_threads(std::atoi(argv[i] + 10));
-      continue;
+    const auto value = [&](const char* flag) -> const char* {
+      const std::size_t n = std::strlen(flag);
+      return std::strncmp(argv[i], flag, n) == 0 ? argv[i] + n : nullptr;
+    };
+    if (const char* v = value("--threads=")) {
+      vidgrad::set_num_threads(std::atoi(v));
+    } else if (const char* v = value("--batch=")) {
+      batch = std::atoll(v);
+    } else if (const char* v = value("--frames=")) {
+      frames = std::atoll(v);
+    } else if (const char* v = value("--size=")) {
+      size = std::atoll(v);
+    } else {
+      args.push_back(argv[i]);
     }
-    args.push_back(argv[i]);
+  }
+  if (batch < 1 || frames < 1 || size < 32) {
+    std::fprintf(stderr, "conv3d_bench: need --batch >= 1, --frames >= 1, --size >= 32; got %lld, %lld, %lld\n",
+                 static_cast<long long>(batch), static_cast<long long>(frames), static_cast<long long>(size));
+    return 2;
   }
   int n = static_cast<int>(args.size());
-  for (const LayerShape& l : sevnet_g8_layers()) {
+  for (const LayerShape& l : sevnet_g8_layers(batch, frames, size)) {
     const std::pair<const char*, Pass> passes[] = {
         {"forward", Pass::kForward}, {"input_grad", Pass::kInputGrad}, {"weight_grad", Pass::kWeightGrad}};
     for (auto [pname, pass] : passes) {
@@ -112,6 +135,8 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&n, args.data());
   benchmark::AddCustomContext("threads", std::to_string(vidgrad::get_num_threads()));
+  benchmark::AddCustomContext("input", std::to_string(batch) + " x " + std::to_string(frames) + "x" +
+                                           std::to_string(size) + "x" + std::to_string(size));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
