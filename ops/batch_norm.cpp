@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
@@ -25,6 +26,7 @@ void check_channel_vector(const char* arg, const Tensor& t, std::int64_t C) {
 
 Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& opts) {
+  profile::Scope scope("batch_norm");
   ops_detail::check_floating("batch_norm", "input", x_in);
   VG_CHECK(x_in.dim() >= 2, "batch_norm: input must have rank >= 2 (N, C, ...), got shape " << shape_str(x_in.shape()));
   ops_detail::check_same("batch_norm", {{"input", &x_in}, {"weight", &weight}, {"bias", &bias},
@@ -110,8 +112,10 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   }
   if (autograd::needs_graph({&x_in, &weight, &bias})) {
     autograd::attach(y, opts.relu ? "batch_norm_relu" : "batch_norm", {x_in, weight, bias},
-                     [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), mean, invstd, stats, N, C,
-                      S, training = opts.training, relu_y = opts.relu ? y.detach() : Tensor()](
+                     [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(),
+                      b = bias_c.defined() && opts.relu ? bias_c.detach() : Tensor(), mean, invstd, stats, N, C, S,
+                      training = opts.training, relu = opts.relu,
+                      relu_y = opts.relu && x.device().type != DeviceType::kCPU ? y.detach() : Tensor()](
                          const Tensor& gy_in, const std::vector<bool>& needs) {
                        Tensor gy = gy_in.contiguous();
                        std::vector<Tensor> grads(3);
@@ -122,9 +126,10 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                          auto ptr = [](const Tensor& t) { return t.defined() ? t.device_data<T>() : nullptr; };
                          switch (x.device().type) {
                            case DeviceType::kCPU:
+                             // The ReLU's mask is recomputed from x (Note [ReLU mask from x]).
                              cpu::batch_norm_backward<T>(x.data<T>(), gy.data<T>(), N, C, S, mean->data(),
-                                                         invstd->data(), ptr(w), training, ptr(grads[0]),
-                                                         ptr(grads[1]), ptr(grads[2]), ptr(relu_y));
+                                                         invstd->data(), ptr(w), ptr(b), training, ptr(grads[0]),
+                                                         ptr(grads[1]), ptr(grads[2]), relu);
                              break;
 #ifdef VIDGRAD_WITH_CUDA
                            case DeviceType::kCUDA: {

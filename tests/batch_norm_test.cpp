@@ -106,6 +106,24 @@ TEST_P(BatchNormShapes, FusedReluMatchesSeparateReluAndFiniteDifferences) {
     Tensor separate = relu(batch_norm(x, w, b, rm2, rv2, {.training = training}));
     EXPECT_TRUE(all_close(fused, separate, 0, 0)) << "training=" << training;
     EXPECT_TRUE(all_close(rm, rm2, 0, 0));
+    // float32 gradients: the backward recomputes the ReLU's mask from x (Note [ReLU mask
+    // from x]); it must be the forward's, element for element.
+    {
+      Tensor xs[2], ws[2], bs[2];
+      const Tensor gy = randn(shape, 25, DType::kFloat32);
+      for (int f = 0; f < 2; ++f) {
+        xs[f] = x.clone().set_requires_grad(true);
+        ws[f] = w.clone().set_requires_grad(true);
+        bs[f] = b.clone().set_requires_grad(true);
+        Tensor m = rm.clone(), v = rv.clone();
+        Tensor y = f == 0 ? batch_norm(xs[f], ws[f], bs[f], m, v, {.training = training, .relu = true})
+                          : relu(batch_norm(xs[f], ws[f], bs[f], m, v, {.training = training}));
+        y.backward(gy);
+      }
+      EXPECT_TRUE(all_close(xs[0].grad(), xs[1].grad(), 1e-5, 1e-6)) << "training=" << training;
+      EXPECT_TRUE(all_close(ws[0].grad(), ws[1].grad(), 1e-5, 1e-6)) << "training=" << training;
+      EXPECT_TRUE(all_close(bs[0].grad(), bs[1].grad(), 1e-5, 1e-6)) << "training=" << training;
+    }
     Tensor rmd = randn({C}, 21), rvd = Tensor::full({C}, 1.7, DType::kFloat64);
     EXPECT_GRADCHECK(
         [&](const std::vector<Tensor>& t) {

@@ -11,18 +11,29 @@ template <typename T>
 void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double* mean, double* var);
 
 // y = (x - mean[c]) * invstd[c] * w[c] + b[c]; w and b may be null (1 and 0). With relu,
-// y = max(that, 0) in the same pass.
+// y = max(that, 0) in the same pass. Computed as fma(x, a, shift) with a and shift from
+// bn_affine(): the backward recomputes the ReLU's mask bit for bit (Note [ReLU mask from x]).
+template <typename T>
+struct BnAffine {
+  T a, shift;
+};
+template <typename T>
+inline BnAffine<T> bn_affine(double mean, double invstd, const T* w, const T* b, std::int64_t c) {
+  const double scale = invstd * (w ? static_cast<double>(w[c]) : 1.0);
+  return {static_cast<T>(scale), static_cast<T>((b ? static_cast<double>(b[c]) : 0.0) - mean * scale)};
+}
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
                       const double* invstd, const T* w, const T* b, T* y, bool relu = false);
 
 // Gradients given gy. With `batch_stats`, mean/invstd came from this batch and the input
 // gradient includes their dependence on x; otherwise they are constants (eval).
-// Any of gx, gw, gb may be null to skip it; all are written, not accumulated. relu_y, when
-// given, is the output of a fused ReLU: gy counts only where relu_y > 0.
+// Any of gx, gw, gb may be null to skip it; all are written, not accumulated. With relu,
+// the forward had a fused ReLU: gy counts only where its output was > 0, recomputed from x,
+// mean, invstd, w and b exactly as batch_norm_apply did (b is read only then).
 template <typename T>
 void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
-                         const double* mean, const double* invstd, const T* w, bool batch_stats, T* gx, T* gw,
-                         T* gb, const T* relu_y = nullptr);
+                         const double* mean, const double* invstd, const T* w, const T* b, bool batch_stats, T* gx,
+                         T* gw, T* gb, bool relu = false);
 
 }  // namespace vidgrad::cpu
