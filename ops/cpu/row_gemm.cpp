@@ -29,6 +29,15 @@ namespace vidgrad::cpu {
 
 namespace {
 
+// Note [B prefetch]: at the high-resolution layers (the stem's 3x1x1 conv at 112x112: 26 MB
+// of input) the rows of B come from memory, 96 to 768 rows of 1.5 KiB each per block, too
+// many streams for the hardware prefetchers; the copy then waited on memory for most of
+// its time (perf: memmove 20% of the samples beside the micro-kernel's 26%, one thread).
+// While a block computes, row_gemm_panels prefetches the rows of the block it copies next
+// into L2, one share before each panel, so the requests overlap the FMAs instead of
+// stalling the copy. conv3d_bench, 16x224 stem 3x1x1 forward, min of 4 interleaved runs:
+// 7.44 -> 5.96 ms on 2 threads, 10.7 -> 10.0 ms on one; the cached stage shapes within noise.
+
 // Vectors per micro-tile row: 32 zmm hold 24 accumulators; 16 ymm only 8.
 constexpr int kNv = kVecBytes == 64 ? 3 : 1;
 
@@ -141,7 +150,20 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         std::fill(dst + (hi - c0), dst + width, T(0));
       }
       const bool last = k0 + kc == a.K && with_epilogue;
+      // The block copied next: the next rows of these panels, or the first rows of the
+      // next panels. Its rows are prefetched a share per panel while this block computes
+      // (Note [B prefetch]).
+      const std::int64_t nk0 = k0 + kc < a.K ? k0 + kc : 0, npb = k0 + kc < a.K ? pb : pb + kPanels;
+      const std::int64_t nkc = npb < p_hi ? std::min(kKc, a.K - nk0) : 0;
+      const std::int64_t nc0 = npb * NR, nc1 = std::min(N, std::min(p_hi, npb + kPanels) * NR);
       for (std::int64_t p = pb; p < pe; ++p) {
+        for (std::int64_t k = nkc * (p - pb) / (pe - pb); k < nkc * (p - pb + 1) / (pe - pb); ++k) {
+          const std::int64_t lo = b_lo ? std::clamp(b_lo[nk0 + k], nc0, nc1) : nc0;
+          const std::int64_t hi = b_hi ? std::clamp(b_hi[nk0 + k], lo, nc1) : nc1;
+          const char* row = reinterpret_cast<const char*>(b_rows[nk0 + k] + lo);
+          for (std::int64_t off = 0; off < (hi - lo) * static_cast<std::int64_t>(sizeof(T)); off += 64)
+            __builtin_prefetch(row + off, 0, 2);
+        }
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
           const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr);
