@@ -205,6 +205,19 @@ INSTANTIATE_TEST_SUITE_P(
                  true},
         ConvCase{"DirectPlanesStride3Dilated", {1, 8, 1, 10, 13}, 8, {1, 3, 2}, opt({1, 3, 2}, {0, 2, 1}, {1, 2, 3}, 1),
                  false},
+        // The input gradient of strided direct convs by phase (Note [input gradient by
+        // phase]; output planes of at least kPhaseMinPlane = 100 values, smaller ones take
+        // the spread path above): an unpadded stride 2 leaves the last row out of every
+        // window (it gets no gradient), stride 3 with a 2-wide kernel leaves a phase
+        // without taps, and the stride may differ between the axes.
+        ConvCase{"PhasesSevNetDownsample", {1, 16, 1, 20, 20}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
+        ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
+                 false},
+        ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},
+                 opt({1, 3, 3}, {0, 1, 1}, {1, 1, 1}, 1), true},
+        ConvCase{"PhasesHeightStride2Only", {1, 8, 1, 21, 10}, 8, {1, 3, 3}, opt({1, 2, 1}, {0, 1, 1}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},
         ConvCase{"Depthwise3x3x3", {2, 4, 4, 5, 5}, 4, {3, 3, 3}, opt({1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 4), true},

@@ -20,14 +20,17 @@ struct Conv3dGeometry {
   std::int64_t K() const { return Cg() * kT * kH * kW; }  // GEMM depth: one column of im2col
   std::int64_t L() const { return To * Ho * Wo; }         // output positions per sample
   std::int64_t in_volume() const { return T * H * W; }
-  // 1x1x1, unit stride, no padding: the input already is the im2col matrix.
+  // 1x1x1, unit stride, no padding: the input already is the im2col matrix. (The output
+  // size check excludes the cropped 1x1 convs that the phased input gradient runs.)
   bool pointwise() const {
-    return kT == 1 && kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pT == 0 && pH == 0 && pW == 0;
+    return kT == 1 && kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pT == 0 && pH == 0 && pW == 0 &&
+           To == T && Ho == H && Wo == W;
   }
   // kT x 1 x 1 with unit time stride and no spatial stride/padding: GEMMs over
   // time-shifted input rows, no im2col (SEVNet's 3x1x1 convs).
   bool temporal_only() const {
-    return kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pH == 0 && pW == 0 && !pointwise();
+    return kH == 1 && kW == 1 && sT == 1 && sH == 1 && sW == 1 && pH == 0 && pW == 0 && Ho == H && Wo == W &&
+           !pointwise();
   }
 };
 
