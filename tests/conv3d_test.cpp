@@ -176,6 +176,10 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"Temporal3x1x1FullTiles", {1, 16, 3, 4, 13}, 16, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1),
                  false},
         // Weight gradient split over (sample, frame) between threads, across samples.
+        // 128 input channels: the weight gradient takes the transposed row GEMM
+        // (kPointwiseNtChannels).
+        ConvCase{"PointwiseWideTransposedGemm", {2, 128, 2, 3, 4}, 8, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
+                 true},
         ConvCase{"PointwiseFramesSplit", {3, 16, 3, 4, 8}, 16, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         // Large frames: shifted rows whose valid column ranges start and end mid-panel

@@ -237,14 +237,19 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
 // GEMM]) whose B rows are the input channels shifted by each tap, zero where the tap reads
 // padding: each output-gradient block is packed once for all taps, where Eigen packed it
 // once per tap (conv3d_bench, min of 3 runs, two interleaved runs each: stage2 3x1x1
-// 9.96/8.89 -> 6.79/7.03 ms, stage4 5.78/5.02 -> 4.34/4.62). Pointwise convs stay on Eigen:
-// there the transposed GEMM was no faster (before narrow panels got their own kernel,
-// stage2 1x1x1 3.4 -> 4.6-5.1 ms; after, within the noise of two runs at every stage).
+// 9.96/8.89 -> 6.79/7.03 ms, stage4 5.78/5.02 -> 4.34/4.62). Pointwise convs with fewer
+// than kPointwiseNtChannels channels per group stay on Eigen (conv3d_bench, two runs each,
+// Eigen / row_gemm_nt ms: 4 x 8x112 stage2 (64 ch) 1.42, 1.40 / 1.66, 1.85; stage3 (128)
+// 1.51, 1.47 / 0.95, 1.14; stage4 (256) 0.88, 0.87 / 0.88, 0.94; stage5 (512) 1.10, 1.11 /
+// 1.07, 0.94. 16x224: stage2 2.89, 3.13 / 3.94, 3.54; stage3 2.34, 2.08 / 2.16, 2.20;
+// stage4 1.67, 1.73 / 1.93, 1.52; stage5 2.03, 1.94 / 1.44, 1.44).
+constexpr std::int64_t kPointwiseNtChannels = 128;
+
 template <typename T>
 void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps, std::int64_t f0,
                               std::int64_t f1) {
   const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg(), N = g.kT * Cg;
-  if (g.kT == 1) {
+  if (g.kT == 1 && Cg < kPointwiseNtChannels) {
     const TapRange r = tap_range(g, 0);
     const std::int64_t lo = std::max(r.lo, f0), hi = std::min(r.hi, f1);
     if (hi <= lo) return;
