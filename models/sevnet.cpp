@@ -62,10 +62,15 @@ class Block : public nn::Module {
   Tensor forward(const Tensor& x) override {
     // relu(concat(h, s)) = concat(relu(h), relu(s)): without SE, a downsample module's
     // ReLU runs inside the branch's last BN and the shortcut's BN, not as a pass of its own.
-    const bool relu_in_bn = downsample_ && !se_;
+    // Without either, the residual join relu(x + h) is the last conv's too (added as its
+    // outputs are stored, in evaluation).
+    const bool relu_in_bn = downsample_ && !se_, join_in_bn = !downsample_ && !se_;
     Tensor h = x;
-    for (std::size_t i = 0; i < convs_.size(); ++i)
-      h = convs_[i]->forward_bn(h, *bns_[i], i + 1 < convs_.size() || relu_in_bn);
+    for (std::size_t i = 0; i < convs_.size(); ++i) {
+      const bool last = i + 1 == convs_.size();
+      h = convs_[i]->forward_bn(h, *bns_[i], !last || relu_in_bn || join_in_bn, last && join_in_bn ? x : Tensor());
+    }
+    if (join_in_bn) return h;
     if (se_) h = se_->forward(h);
     if (!downsample_) return add_relu(x, h);
     const Tensor s = shortcut_conv_->forward_bn(pool_->forward(x), *shortcut_bn_, relu_in_bn);

@@ -46,15 +46,16 @@ void Conv3d::record_cost(const Tensor& y) {
                        y.shape());
 }
 
-Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu) {
+Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual) {
   if (bn.is_training() || autograd::GradMode::enabled()) {
     const Tensor c = forward(x);
+    if (residual.defined()) return relu ? add_relu(bn.forward(c), residual) : add(bn.forward(c), residual);
     return relu ? bn.forward_relu(c) : bn.forward(c);
   }
   Conv3dOptions opts = cfg_.opts;
   opts.relu = relu;
   Tensor y = conv3d_batch_norm_inference(x, weight, bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                         bn.eps(), opts);
+                                         bn.eps(), opts, residual);
   record_cost(y);
   CostRecorder::record(&bn, 0, y.shape());
   return y;

@@ -31,9 +31,10 @@ class Conv3d : public Module {
  public:
   Conv3d(const Conv3dConfig& cfg, Generator& init);
   Tensor forward(const Tensor& x) override;
-  // bn(forward(x)), relu'd with relu. In evaluation (bn in eval mode, grad mode off) one
-  // fused pass, conv3d_batch_norm_inference; else the two modules one after the other.
-  Tensor forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu);
+  // bn(forward(x)) + residual (when defined, the output's shape), relu'd with relu. In
+  // evaluation (bn in eval mode, grad mode off) one fused pass,
+  // conv3d_batch_norm_inference; else the modules and ops one after the other.
+  Tensor forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual = {});
   std::string type_name() const override { return "Conv3d"; }
   const Conv3dConfig& config() const { return cfg_; }
 

@@ -154,8 +154,9 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
 
 Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
                                    const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
-                                   const Tensor& running_var, double eps, const Conv3dOptions& opts) {
-  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias}),
+                                   const Tensor& running_var, double eps, const Conv3dOptions& opts,
+                                   const Tensor& residual) {
+  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias, &residual}),
            "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
            "and batch_norm to record a graph");
   const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
@@ -174,12 +175,22 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
     VG_CHECK(!t->defined() || (t->dim() == 1 && t->shape()[0] == O),
              "conv3d_batch_norm_inference: " << name << " must have shape [" << O << "] (the conv's output channels), got "
                                              << shape_str(t->shape()));
-  if (input.device().type != DeviceType::kCPU) {  // composed: the device's conv, then its fused BN + ReLU
+  if (residual.defined()) {
+    ops_detail::check_same("conv3d_batch_norm_inference", {{"input", &input}, {"residual", &residual}});
+    const Shape out{g.N, g.O, g.To, g.Ho, g.Wo};
+    VG_CHECK(residual.shape() == out, "conv3d_batch_norm_inference: residual must have the output's shape "
+                                          << shape_str(out) << ", got " << shape_str(residual.shape()));
+  }
+  if (input.device().type != DeviceType::kCPU || (residual.defined() && !cpu::fuses_residual(g))) {
+    // Composed: the device's conv, then its fused BN (+ ReLU), then the residual join.
     Conv3dOptions plain = opts;
     plain.relu = false;
-    return batch_norm(conv3d(input, weight, conv_bias, plain), bn_weight, bn_bias, running_mean, running_var,
-                      {.training = false, .eps = eps, .relu = opts.relu});
+    const Tensor y = batch_norm(conv3d(input, weight, conv_bias, plain), bn_weight, bn_bias, running_mean, running_var,
+                                {.training = false, .eps = eps, .relu = opts.relu && !residual.defined()});
+    if (!residual.defined()) return y;
+    return opts.relu ? add_relu(y, residual) : add(y, residual);
   }
+  const Tensor r = residual.defined() ? residual.contiguous() : Tensor();
   const Tensor x = input.contiguous(), w = weight.contiguous();
   Tensor y = Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
   dispatch_floating(x.dtype(), "conv3d_batch_norm_inference", [&]<typename T>() {
@@ -203,7 +214,11 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
       shift[o] = static_cast<T>(beta[o] + (cb[o] - mean[o]) * s);
     }
     cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(),
-                           {.scale = scale.data(), .bias = shift.data(), .relu = opts.relu});
+                           {.scale = scale.data(),
+                            .bias = shift.data(),
+                            .relu = opts.relu,
+                            .residual = r.defined() ? r.data<T>() : nullptr,
+                            .ldr = g.L()});
   });
   return y;
 }

@@ -29,14 +29,17 @@ struct Conv3dOptions {
 
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias = {}, const Conv3dOptions& opts = {});
 
-// Inference conv + batch norm with running statistics (+ ReLU with opts.relu):
-//   y = relu?((conv(x, w) + conv_bias - mean) * bn_weight / sqrt(var + eps) + bn_bias)
-// conv_bias, bn_weight and bn_bias may be undefined (0, 1, 0). On the CPU the batch norm
-// is the conv's output epilogue: each output is written once, already normalised, with no
-// pass of its own. Forward only, for evaluation: it throws when grad mode is on and an
-// input requires grad (then use conv3d and batch_norm, which record a graph).
+// Inference conv + batch norm with running statistics (+ residual) (+ ReLU with opts.relu):
+//   y = relu?((conv(x, w) + conv_bias - mean) * bn_weight / sqrt(var + eps) + bn_bias + residual)
+// conv_bias, bn_weight, bn_bias and residual may be undefined (0, 1, 0, 0); a residual has
+// the output's shape (a residual block's join). On the CPU the batch norm is the conv's
+// output epilogue, and so is the residual for pointwise and kT x 1 x 1 convs: each output
+// is written once, already normalised (other convs add the residual in a pass of its own).
+// Forward only, for evaluation: it throws when grad mode is on and an input requires grad
+// (then use conv3d and batch_norm, which record a graph).
 Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
                                    const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
-                                   const Tensor& running_var, double eps, const Conv3dOptions& opts = {});
+                                   const Tensor& running_var, double eps, const Conv3dOptions& opts = {},
+                                   const Tensor& residual = {});
 
 }  // namespace vidgrad

@@ -140,22 +140,30 @@ TEST_P(Conv3dShapes, BatchNormInferenceMatchesComposition) {
   const auto& c = GetParam();
   const std::int64_t O = c.out_channels;
   autograd::NoGradGuard no_grad;
-  for (bool with_relu : {false, true}) {
-    Conv3dOptions opts = c.opts;
-    opts.relu = with_relu;
-    for (DType dt : {DType::kFloat32, DType::kFloat64}) {
-      Tensor x = randn(c.input, 31, dt), w = randn(weight_shape(), 32, dt);
-      Tensor b = c.bias ? randn({O}, 33, dt) : Tensor();
-      Tensor gamma = randn({O}, 34, dt), beta = randn({O}, 35, dt), mean = randn({O}, 36, dt);
-      Tensor var = add(mul(randn({O}, 37, dt), randn({O}, 37, dt)), Tensor::full({O}, 0.5, dt));
-      Tensor y = conv3d_batch_norm_inference(x, w, b, gamma, beta, mean, var, 1e-3, opts);
-      Tensor expect = batch_norm(conv3d_reference(x, w, b, c.opts), gamma.to(DType::kFloat64), beta.to(DType::kFloat64),
-                                 mean.to(DType::kFloat64), var.to(DType::kFloat64),
-                                 {.training = false, .eps = 1e-3, .relu = with_relu});
-      const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
-      EXPECT_TRUE(all_close(y, expect, tol, tol)) << "relu " << with_relu << " " << dtype_name(dt);
+  for (bool with_relu : {false, true})
+    for (bool with_residual : {false, true}) {  // fused in the row-GEMM convs, a pass of its own elsewhere
+      Conv3dOptions opts = c.opts;
+      opts.relu = with_relu;
+      for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+        Tensor x = randn(c.input, 31, dt), w = randn(weight_shape(), 32, dt);
+        Tensor b = c.bias ? randn({O}, 33, dt) : Tensor();
+        Tensor gamma = randn({O}, 34, dt), beta = randn({O}, 35, dt), mean = randn({O}, 36, dt);
+        Tensor var = add(mul(randn({O}, 37, dt), randn({O}, 37, dt)), Tensor::full({O}, 0.5, dt));
+        Tensor expect = batch_norm(conv3d_reference(x, w, b, c.opts), gamma.to(DType::kFloat64),
+                                   beta.to(DType::kFloat64), mean.to(DType::kFloat64), var.to(DType::kFloat64),
+                                   {.training = false, .eps = 1e-3});
+        Tensor residual;
+        if (with_residual) {
+          residual = randn(expect.shape(), 38, dt);
+          expect = add(expect, residual.to(DType::kFloat64));
+        }
+        if (with_relu) expect = relu(expect);
+        Tensor y = conv3d_batch_norm_inference(x, w, b, gamma, beta, mean, var, 1e-3, opts, residual);
+        const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
+        EXPECT_TRUE(all_close(y, expect, tol, tol))
+            << "relu " << with_relu << " residual " << with_residual << " " << dtype_name(dt);
+      }
     }
-  }
 }
 
 Conv3dOptions opt(std::array<std::int64_t, 3> stride, std::array<std::int64_t, 3> pad,
@@ -175,11 +183,11 @@ INSTANTIATE_TEST_SUITE_P(
         // Full 8 x 48 micro-kernel tiles and a partial one (Note [row GEMM]).
         ConvCase{"Temporal3x1x1FullTiles", {1, 16, 3, 4, 13}, 16, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1),
                  false},
-        // Weight gradient split over (sample, frame) between threads, across samples.
         // 128 input channels: the weight gradient takes the transposed row GEMM
         // (kPointwiseNtChannels).
         ConvCase{"PointwiseWideTransposedGemm", {2, 128, 2, 3, 4}, 8, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  true},
+        // Weight gradient split over (sample, frame) between threads, across samples.
         ConvCase{"PointwiseFramesSplit", {3, 16, 3, 4, 8}, 16, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         // Large frames: shifted rows whose valid column ranges start and end mid-panel
@@ -381,6 +389,12 @@ TEST(Conv3d, BatchNormInferenceRefusesGraphsAndBadShapes) {
                    "conv3d_batch_norm_inference", "running_var[0]", "not positive");
   EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, w, {}, ones, zeros, zeros, ones.to(DType::kFloat64), 1e-5),
                    "conv3d_batch_norm_inference", "running_var", "float64");
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, w, {}, ones, zeros, zeros, ones, 1e-5, {},
+                                               randn({1, 8, 2, 4, 3}, 3, DType::kFloat32)),
+                   "conv3d_batch_norm_inference", "residual", "[1, 8, 2, 4, 4]", "[1, 8, 2, 4, 3]");
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference(x, w, {}, ones, zeros, zeros, ones, 1e-5, {},
+                                               randn({1, 8, 2, 4, 4}, 3, DType::kFloat64)),
+                   "conv3d_batch_norm_inference", "residual", "float64");
 }
 
 TEST(Conv3d, FloatAndDoubleAgree) {

@@ -202,14 +202,18 @@ TEST(CudaParity, FusedConvReluAndInferenceBatchNorm) {
       o.relu = true;
       expect_parity("conv3d relu", {x, w}, [o](const auto& in) { return conv3d(in[0], in[1], Tensor(), o); });
       autograd::NoGradGuard no_grad;
-      for (bool r : {false, true}) {
-        o.relu = r;
-        const Tensor on_cpu = conv3d_batch_norm_inference(x, w, {}, gamma, beta, mean, var, 1e-5, o);
-        const Tensor on_gpu = conv3d_batch_norm_inference(x.to(kGpu), w.to(kGpu), {}, gamma.to(kGpu), beta.to(kGpu),
-                                                          mean.to(kGpu), var.to(kGpu), 1e-5, o);
-        const Tolerance tol = tolerance_for(dt);
-        EXPECT_TRUE(all_close(on_gpu.to(Device::cpu()), on_cpu, tol.atol, tol.rtol)) << "relu " << r;
-      }
+      for (bool r : {false, true})
+        for (bool with_residual : {false, true}) {
+          o.relu = r;
+          const Tensor res = with_residual ? randn(conv3d(x, w, Tensor(), opts).shape(), 65, dt) : Tensor();
+          const Tensor on_cpu = conv3d_batch_norm_inference(x, w, {}, gamma, beta, mean, var, 1e-5, o, res);
+          const Tensor on_gpu = conv3d_batch_norm_inference(
+              x.to(kGpu), w.to(kGpu), {}, gamma.to(kGpu), beta.to(kGpu), mean.to(kGpu), var.to(kGpu), 1e-5, o,
+              with_residual ? res.to(kGpu) : Tensor());
+          const Tolerance tol = tolerance_for(dt);
+          EXPECT_TRUE(all_close(on_gpu.to(Device::cpu()), on_cpu, tol.atol, tol.rtol))
+              << "relu " << r << " residual " << with_residual;
+        }
     }
   }
 }

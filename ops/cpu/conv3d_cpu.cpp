@@ -15,6 +15,7 @@
 #include "vidgrad/ops/cpu/row_gemm.h"
 #include "vidgrad/ops/cpu/simd.h"
 
+#include "vidgrad/core/error.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/core/storage.h"
 
@@ -219,7 +220,8 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
   }
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
-    const GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
+    GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
+    if (group_ep.residual) group_ep.residual += n * g.O * dst_vol;  // laid out like dst
     shifted_rows_gemm(packed[gr], g.kT, shift.data(), src + (n * g.groups + gr) * src_ch * src_vol, src_vol,
                       src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames, group_ep);
   };
@@ -609,6 +611,8 @@ bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
+  VG_CHECK(!ep.residual || (ep.ldr == L && fuses_residual(g)),
+           "conv3d_forward: a residual epilogue needs a pointwise or temporal conv and row stride " << L);
   if (g.temporal_only() || g.pointwise() || strided_rows_forward(g)) {
     if (strided_rows_forward(g) && !g.temporal_only())
       strided_rows_conv(g, x, w, y, ep);

@@ -34,6 +34,10 @@ struct Conv3dGeometry {
   }
 };
 
+// Whether conv3d_forward can add a residual in its epilogue (GemmEpilogue::residual, the
+// output's layout, ldr = To*Ho*Wo): only its row-GEMM convs, the pointwise and temporal ones.
+inline bool fuses_residual(const Conv3dGeometry& g) { return g.pointwise() || g.temporal_only(); }
+
 // Size, in values, of the im2col tiles (Note [im2col tiles] in conv3d_cpu.cpp). Tests
 // shrink it to exercise tiling on small shapes; results do not depend on it.
 void set_conv_tile_elements(std::int64_t elements);

@@ -58,7 +58,7 @@ template <typename T>
   for (std::int64_t i = 0; i < rows; ++i)
     for (std::int64_t n = 0; n < cols; ++n) {
       const T v = (load_c ? c[i * ldc + n] : T(0)) + tile[i * NR + n];
-      c[i * ldc + n] = ep ? ep->apply(v, i) : v;
+      c[i * ldc + n] = ep ? ep->apply(v, i, n) : v;
     }
 }
 
@@ -104,6 +104,7 @@ void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* 
       if (ep) {
         if (ep->scale) acc[i][j] *= ep->scale[i];
         if (ep->bias) acc[i][j] += ep->bias[i];
+        if (ep->residual) acc[i][j] += load_vec(ep->residual + i * ep->ldr + j * L);
         if (ep->relu) acc[i][j] = acc[i][j] > T(0) ? acc[i][j] : V{};  // as relu(): NaN becomes 0
       }
       store_vec(c + i * ldc + j * L, acc[i][j]);
@@ -166,7 +167,7 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         }
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
-          const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr);
+          const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr).from_col(n0);
           micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
                        last ? &ep : nullptr);
@@ -308,7 +309,7 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
   if (a.M == 0 || N == 0) return;
   if (a.K == 0) {
     for (std::int64_t m = 0; m < a.M; ++m)
-      for (std::int64_t n = 0; n < N; ++n) c[m * ldc + n] = epilogue.apply(accumulate ? c[m * ldc + n] : T(0), m);
+      for (std::int64_t n = 0; n < N; ++n) c[m * ldc + n] = epilogue.apply(accumulate ? c[m * ldc + n] : T(0), m, n);
     return;
   }
   const std::int64_t panels = (N + kNr<T> - 1) / kNr<T>;

@@ -35,22 +35,34 @@ struct PackedA {
   }
 };
 
-// Applied to each finished value as it is stored: c[m, n] = relu?(sum * scale[m] + bias[m]),
-// so a conv's bias, an inference batch norm and a following ReLU cost no extra pass over
-// the output.
+// Applied to each finished value as it is stored:
+//   c[m, n] = relu?(sum * scale[m] + bias[m] + residual[m * ldr + n]),
+// so a conv's bias, an inference batch norm, a residual join and a following ReLU cost no
+// extra pass over the output. Only row_gemm applies the residual (other kernels' callers
+// leave it null).
 template <typename T>
 struct GemmEpilogue {
-  const T* scale = nullptr;  // per row of C, or null (1)
-  const T* bias = nullptr;   // per row of C, or null (0)
+  const T* scale = nullptr;     // per row of C, or null (1)
+  const T* bias = nullptr;      // per row of C, or null (0)
   bool relu = false;
-  bool active() const { return scale || bias || relu; }
+  const T* residual = nullptr;  // a matrix laid out like C with row stride ldr, or null (0)
+  std::int64_t ldr = 0;
+  bool active() const { return scale || bias || relu || residual; }
   // The same epilogue for the rows from `first` on.
   GemmEpilogue from_row(std::int64_t first) const {
-    return {scale ? scale + first : nullptr, bias ? bias + first : nullptr, relu};
+    return {scale ? scale + first : nullptr, bias ? bias + first : nullptr, relu,
+            residual ? residual + first * ldr : nullptr, ldr};
   }
-  T apply(T v, std::int64_t m) const {
+  // The same epilogue for the columns from `first` on.
+  GemmEpilogue from_col(std::int64_t first) const {
+    GemmEpilogue e = *this;
+    if (e.residual) e.residual += first;
+    return e;
+  }
+  T apply(T v, std::int64_t m, std::int64_t n = 0) const {
     if (scale) v *= scale[m];
     if (bias) v += bias[m];
+    if (residual) v += residual[m * ldr + n];
     return !relu || v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
   }
 };
