@@ -2,8 +2,8 @@
 #include "vidgrad/optim/sgd.h"
 
 #include "vidgrad/core/parallel.h"
-#ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/core/profile.h"
+#ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/optim/cuda/sgd_cuda.h"
 #endif
 
