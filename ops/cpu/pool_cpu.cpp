@@ -155,11 +155,14 @@ template <typename T>
 void avg_pool3d_backward(const Pool3dGeometry& g, const T* gy, T* gx) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
   const RowTaps r = row_taps(g);
+  // Per output row, its gradient spread over one input row's columns (every kernel column's
+  // share), then added to each input row of the window as one contiguous pass: the strided
+  // scalar adds per (input row, kernel column) ran kH * kW times over the row.
 #pragma omp parallel for schedule(static) if (g.planes * in_plane >= kMinParallelWork)
   for (std::int64_t p = 0; p < g.planes; ++p) {
     T* gxp = gx + p * in_plane;
     std::fill(gxp, gxp + in_plane, T(0));
-    std::vector<T> share(static_cast<std::size_t>(g.Wo));
+    std::vector<T> share(static_cast<std::size_t>(g.Wo)), spread(static_cast<std::size_t>(g.W));
     for (std::int64_t to = 0; to < g.To; ++to)
       for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
         const Window &wt = r.wt[to], &wh = r.wh[ho];
@@ -169,13 +172,17 @@ void avg_pool3d_backward(const Pool3dGeometry& g, const T* gy, T* gx) {
           const std::int64_t d = dr * r.cw[wo];
           share[wo] = d > 0 ? grow[wo] / static_cast<T>(d) : T(0);
         }
+        std::fill(spread.begin(), spread.end(), T(0));
+        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+          const std::int64_t off = kw - g.pW;
+          for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) spread[wo * g.sW + off] += share[wo];
+        }
         for (std::int64_t t = wt.lo; t < wt.hi; ++t)
           for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
             T* row = gxp + (t * g.H + h) * g.W;
-            for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-              const std::int64_t off = kw - g.pW;
-              for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) row[wo * g.sW + off] += share[wo];
-            }
+            const T* sp = spread.data();
+#pragma omp simd
+            for (std::int64_t w = 0; w < g.W; ++w) row[w] += sp[w];
           }
       }
   }
