@@ -1,0 +1,51 @@
+// Shared between the CPU conv's two files: conv3d_cpu.cpp (dispatch, row GEMM and im2col
+// paths) and conv3d_direct.cpp (the direct kernels for 8-channel groups). Not installed
+// API: include only from those two.
+#pragma once
+
+#include <omp.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "vidgrad/core/parallel.h"
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
+#include "vidgrad/ops/cpu/row_gemm.h"
+
+namespace vidgrad::cpu {
+
+// The im2col buffer of the calling thread. It grows to the largest size asked for and is
+// kept, so steady-state training touches no fresh pages (first-touch page faults on a
+// 100 MB buffer cost more than the GEMM at some layer shapes).
+template <typename T>
+inline T* col_buffer(std::int64_t elements) {
+  thread_local std::vector<T> buf;
+  if (static_cast<std::int64_t>(buf.size()) < elements) {
+    buf.clear();
+    buf.shrink_to_fit();
+    buf.resize(static_cast<std::size_t>(elements));
+  }
+  return buf.data();
+}
+
+// Parallelise over (n, g) items when there are enough for every thread.
+inline bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
+  return omp_get_max_threads() > 1 && items >= 2 * omp_get_max_threads() && items * work_per_item >= kMinParallelWork;
+}
+
+// 8 output channels per group, at most 16 input channels per group, 1 x kH x kW, not
+// pointwise: the direct-plane kernels take it (Note [direct grouped conv] in conv3d_direct.cpp).
+bool direct_planes(const Conv3dGeometry& g);
+
+// The direct-plane forward (y from x; ep from channel 0) and weight gradient (gw written).
+template <typename T>
+void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep);
+template <typename T>
+void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
+
+// The input gradient of a direct-plane conv with spatial stride (gx written); false, with
+// nothing done, when g is not one.
+template <typename T>
+bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
+
+}  // namespace vidgrad::cpu
