@@ -6,14 +6,19 @@
 // "GFLOP=<n>/s").
 //
 //   build/bench/conv3d_bench [--benchmark_filter=stage2] [--threads=N] [--batch=4 --frames=8 --size=112]
+//                            [--winograd=off | --winograd=C]
+// --winograd=off times the 3x1x1 convs on the direct row GEMM, --winograd=C takes the
+// Winograd path from C channels on (default 32; Note [Winograd temporal conv]).
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/ops.h"
 
 namespace {
@@ -112,6 +117,11 @@ int main(int argc, char** argv) {
       frames = std::atoll(v);
     } else if (const char* v = value("--size=")) {
       size = std::atoll(v);
+    } else if (const char* v = value("--winograd=")) {
+      if (std::strcmp(v, "off") == 0)
+        vidgrad::cpu::set_winograd_temporal(false);
+      else
+        vidgrad::cpu::set_winograd_temporal(true, std::max<long long>(1, std::atoll(v)));
     } else {
       args.push_back(argv[i]);
     }

@@ -16,6 +16,7 @@
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/models/sevnet.h"
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/ops.h"
 #include "vidgrad/optim/sgd.h"
 
@@ -29,6 +30,7 @@ struct StepBenchOptions {
   std::string device = "cpu";
   bool tf32 = false;
   bool profile = false;  // print where the timed steps' time went, per op (core/profile.h)
+  bool winograd = true;  // CPU 3x1x1 convs by Winograd F(4, 3) (Note [Winograd temporal conv])
 };
 
 struct StepBenchResult {
@@ -56,6 +58,7 @@ inline StepBenchResult run_step_benchmark(const StepBenchOptions& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   const Device device = parse_device(a.device);
   cuda::set_allow_tf32(a.tf32);
+  cpu::set_winograd_temporal(a.winograd);
   models::SevNetConfig base;
   base.num_classes = a.classes;
   auto net = models::make_model(a.model, base);

@@ -371,6 +371,87 @@ TEST(Conv3d, GroupedWeightGradientOverFrameChunksMatchesLinearity) {
   }
 }
 
+// The Winograd path for 3x1x1 convs (Note [Winograd temporal conv]), reached on small
+// shapes by lowering its channel threshold: F(4, 3) tiles with a partial last tile (5 and
+// 9 frames), F(2, 3) below 4 frames, frame sizes whose (tile, position) columns cross the
+// 48-column panels mid-tile (and the weight gradient's 512-column blocks: 16x20 frames),
+// 176 channels,
+// output channels not a multiple of 8, output channels split
+// between threads (one small sample with enough work to use them), more input than output
+// channels and the reverse. For each: the float32 forward against the naive loop, conv +
+// inference batch norm with a residual and ReLU against the composition, float64
+// gradients against finite differences (input and weight gradients take the path too;
+// not on the threaded case, too large for it), and float32 results (forward, both
+// gradients) close to the direct row GEMMs' but not bitwise equal to them (so the path
+// did run; the weight gradient stays direct where it would not pay,
+// winograd_temporal_weight_grad_pays).
+TEST(Conv3d, WinogradTemporalMatchesReference) {
+  struct Case {
+    Shape input;
+    std::int64_t out;
+    bool gradcheck = true;
+    bool weight_grad = true;  // false: too few columns per channel, the direct weight gradient runs
+  };
+  const Conv3dOptions o = opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1);
+  for (const Case& c : {Case{{2, 3, 5, 3, 5}, 4}, Case{{1, 5, 9, 7, 7}, 11}, Case{{1, 4, 2, 5, 11}, 3},
+                        Case{{1, 2, 3, 1, 50}, 24}, Case{{2, 9, 4, 2, 3}, 16, true, false},
+                        Case{{1, 6, 8, 4, 13}, 6}, Case{{1, 2, 8, 16, 20}, 3}, Case{{1, 64, 4, 4, 5}, 40, false, false},
+                        Case{{1, 176, 8, 16, 17}, 176, false, false}}) {
+    SCOPED_TRACE(shape_str(c.input) + " -> " + std::to_string(c.out));
+    const Shape ws{c.out, c.input[1], 3, 1, 1};
+    // float32 rounding grows with the depth of each sum (values of unit variance sum to
+    // about sqrt(depth)), and F(4, 3)'s transforms multiply it by a few: max error 1e-5 of
+    // the output's RMS at 176 and 512 channels, 4-12 times the direct GEMM's.
+    const auto tol = [](double depth) { return std::max(1e-4, 2e-5 * std::sqrt(depth)); };
+    const double tol_y = tol(3.0 * c.input[1]), tol_gx = tol(3.0 * c.out);
+    const double tol_gw = tol(static_cast<double>(c.input[0] * c.input[2] * c.input[3] * c.input[4]));
+    cpu::set_winograd_temporal(true, 1);
+    Tensor x = randn(c.input, 51, DType::kFloat32), w = randn(ws, 52, DType::kFloat32);
+    Tensor b = randn({c.out}, 53, DType::kFloat32);
+    Tensor y = conv3d(x, w, b, o);
+    EXPECT_TRUE(all_close(y, conv3d_reference(x, w, b, o), tol_y, 1e-4));
+    {
+      autograd::NoGradGuard no_grad;
+      Tensor gamma = randn({c.out}, 54, DType::kFloat32), beta = randn({c.out}, 55, DType::kFloat32);
+      Tensor mean = randn({c.out}, 56, DType::kFloat32), var = Tensor::full({c.out}, 0.7, DType::kFloat32);
+      Tensor residual = randn(y.shape(), 57, DType::kFloat32);
+      double max_scale = 1;  // the batch norm scales the conv's rounding by |gamma| / sqrt(var + eps)
+      for (double gm : gamma.to_vector<double>()) max_scale = std::max(max_scale, std::abs(gm) / std::sqrt(0.7 + 1e-3));
+      Conv3dOptions fused = o;
+      fused.relu = true;
+      Tensor expect = relu(add(batch_norm(conv3d_reference(x, w, b, o), gamma.to(DType::kFloat64),
+                                          beta.to(DType::kFloat64), mean.to(DType::kFloat64),
+                                          var.to(DType::kFloat64), {.training = false, .eps = 1e-3}),
+                               residual.to(DType::kFloat64)));
+      EXPECT_TRUE(all_close(conv3d_batch_norm_inference(x, w, b, gamma, beta, mean, var, 1e-3, fused, residual),
+                            expect, tol_y * max_scale, 1e-4));
+    }
+    if (c.gradcheck) {
+      std::vector<Tensor> in{param(c.input, 58), param(ws, 59)};
+      EXPECT_GRADCHECK([o](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], {}, o); }, in);
+    }
+    Tensor gy = randn(y.shape(), 60, DType::kFloat32);
+    auto grads = [&] {
+      Tensor xg = x.clone(), wg = w.clone();
+      xg.set_requires_grad(true);
+      wg.set_requires_grad(true);
+      conv3d(xg, wg, b, o).backward(gy);
+      return std::pair{xg.grad(), wg.grad()};
+    };
+    const auto [gx, gw] = grads();
+    cpu::set_winograd_temporal(false);
+    Tensor direct = conv3d(x, w, b, o);
+    const auto [gx_direct, gw_direct] = grads();
+    cpu::set_winograd_temporal(true);
+    EXPECT_TRUE(all_close(y, direct, tol_y, 1e-4));
+    EXPECT_FALSE(all_close(y, direct, 0, 0)) << "the Winograd path did not run";
+    EXPECT_TRUE(all_close(gx, gx_direct, tol_gx, 1e-4));
+    EXPECT_FALSE(all_close(gx, gx_direct, 0, 0)) << "the Winograd input gradient did not run";
+    EXPECT_TRUE(all_close(gw, gw_direct, tol_gw, 1e-4));
+    EXPECT_EQ(all_close(gw, gw_direct, 0, 0), !c.weight_grad) << "the expected weight gradient path did not run";
+  }
+}
+
 TEST(Conv3d, BatchNormInferenceRefusesGraphsAndBadShapes) {
   Tensor x = randn({1, 8, 2, 4, 4}, 1, DType::kFloat32), w = randn({8, 8, 1, 1, 1}, 2, DType::kFloat32);
   Tensor ones = Tensor::full({8}, 1.0, DType::kFloat32), zeros = Tensor::zeros({8}, DType::kFloat32);

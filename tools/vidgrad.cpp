@@ -275,6 +275,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--device", ba.device, "cpu, cuda or cuda:N");
   bench_cmd->add_flag("--tf32", ba.tf32, "let float32 convolutions and GEMMs use TF32 tensor cores (CUDA)");
   bench_cmd->add_flag("--profile", ba.profile, "print the time per op and conv shape (host wall time; CPU)");
+  bench_cmd->add_flag("--winograd,!--no-winograd", ba.winograd,
+                      "3x1x1 convs by Winograd F(4, 3) (CPU; default) or by the direct GEMM");
 
   try {
     app.parse(argc, argv);

@@ -1,5 +1,8 @@
 // conv3d on the CPU. Which computation each conv gets (docs/design.md has the table):
-//   1x1x1 and kT x 1 x 1 (pointwise, temporal_only): row GEMM over (time-shifted) input
+//   3x1x1 with time padding 1, ungrouped, >= 32 channels (SEVNet's temporal convs):
+//     Winograd F(4, 3) along time (conv3d_winograd.cpp, Note [Winograd temporal conv]),
+//     forward and input gradient; the weight gradient too where it pays.
+//   other 1x1x1 and kT x 1 x 1 (pointwise, temporal_only): row GEMM over (time-shifted) input
 //     rows for the forward and input gradient (Note [row GEMM]); for the weight gradient,
 //     over (sample, frame) ranges, the transposed row GEMM (kT > 1, Note [transposed row
 //     GEMM]) or an Eigen GEMM (pointwise).
@@ -366,6 +369,10 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   VG_CHECK(!ep.residual || (ep.ldr == L && fuses_residual(g)),
            "conv3d_forward: a residual epilogue needs a pointwise or temporal conv and row stride " << L);
+  if (winograd_temporal(g)) {
+    winograd_temporal_forward(g, x, w, y, ep);
+    return;
+  }
   if (g.temporal_only() || g.pointwise() || strided_rows_forward(g)) {
     if (strided_rows_forward(g) && !g.temporal_only())
       strided_rows_conv(g, x, w, y, ep);
@@ -437,6 +444,10 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
           for (std::int64_t k = 0; k < taps; ++k)
             wt[((gr * Cg + c) * Og + o) * taps + (taps - 1 - k)] = w[((gr * Og + o) * Cg + c) * taps + k];
     conv3d_forward<T>(*t, gy, wt.data(), gx, {});
+    return;
+  }
+  if (winograd_temporal(g)) {
+    winograd_temporal_input_grad(g, gy, w, gx);
     return;
   }
   if (g.temporal_only() || g.pointwise()) {
@@ -519,6 +530,10 @@ void im2col_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw)
 
 template <typename T>
 void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+  if (winograd_temporal(g) && winograd_temporal_weight_grad_pays(g)) {
+    winograd_temporal_weight_grad(g, gy, x, gw);
+    return;
+  }
   if (g.temporal_only() || g.pointwise()) {
     temporal_weight_grad(g, gy, x, gw);
     return;

@@ -42,6 +42,13 @@ inline bool fuses_residual(const Conv3dGeometry& g) { return g.pointwise() || g.
 // shrink it to exercise tiling on small shapes; results do not depend on it.
 void set_conv_tile_elements(std::int64_t elements);
 
+// Whether 3x1x1 convs with at least min_channels channels in and out use Winograd's
+// F(4, 3) (Note [Winograd temporal conv] in conv3d_winograd.cpp; on, from 32 channels, by
+// default). Tests lower the threshold to reach it on small shapes and switch it off to
+// compare with the direct row GEMM; benchmarks switch it off to measure the gain.
+inline constexpr std::int64_t kWinogradMinChannels = 32;
+void set_winograd_temporal(bool enabled, std::int64_t min_channels = kWinogradMinChannels);
+
 // y (N, O, To, Ho, Wo) = ep(conv(x, w)): the epilogue (per output channel scale and bias,
 // then ReLU, each optional) is applied as the output is stored, with no extra pass. A
 // conv's bias is ep.bias; an inference batch norm folds into ep.scale and ep.bias.

@@ -1,6 +1,7 @@
-// Shared between the CPU conv's two files: conv3d_cpu.cpp (dispatch, row GEMM and im2col
-// paths) and conv3d_direct.cpp (the direct kernels for 8-channel groups). Not installed
-// API: include only from those two.
+// Shared between the CPU conv's files: conv3d_cpu.cpp (dispatch, row GEMM and im2col
+// paths), conv3d_direct.cpp (the direct kernels for 8-channel groups) and
+// conv3d_winograd.cpp (3x1x1 convs by Winograd's F(4, 3)). Not installed API: include only
+// from those.
 #pragma once
 
 #include <omp.h>
@@ -47,5 +48,22 @@ void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T
 // nothing done, when g is not one.
 template <typename T>
 bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
+
+// A 3x1x1 conv with time padding 1, unit time stride and dilation, no groups, at least 2
+// frames and set_winograd_temporal's channels in and out: the Winograd path takes its
+// forward, input gradient and weight gradient (Note [Winograd temporal conv] in
+// conv3d_winograd.cpp).
+bool winograd_temporal(const Conv3dGeometry& g);
+
+// y = ep(conv(x, w)) (ep as conv3d_forward's), and gx written from gy, for such a conv.
+template <typename T>
+void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep);
+template <typename T>
+void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
+// gw written from gy and x (Note [Winograd weight gradient]), for convs where that pays
+// (winograd_temporal_weight_grad_pays; the others take the direct transposed row GEMM).
+bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g);
+template <typename T>
+void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
 
 }  // namespace vidgrad::cpu

@@ -1,0 +1,480 @@
+// Note [Winograd temporal conv]: SEVNet's 3x1x1 convolutions (time padding 1, no
+// groups) are 42% of a training step and half of an inference step, and the row GEMM
+// already runs them near the FMA peak, so the remaining lever is fewer multiplications.
+// Along time each (output channel, position) is a 1-D correlation of a 3-tap filter with
+// the input frames, and Winograd's minimal filtering F(m, 3) gives m outputs from m + 2
+// inputs with m + 2 multiplications instead of 3m (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2016):
+//   y[tile] = AT * ((G * w) . (BT * d)),   d the m + 2 input frames of a tile of m
+// output frames, "." elementwise. With channels the elementwise product becomes, for each
+// of the P = m + 2 transform points p, one GEMM  M_p (O x cols) = (G w)_p (O x C) *
+// (BT x)_p (C x cols), columns being (tile, position) pairs: 6 GEMMs of depth C per 4
+// output frames instead of the direct conv's 12 (F(4, 3)), half the multiplications.
+// Transforms are sums of a few frames with small constant coefficients.
+//
+// Nothing transformed goes to memory: a thread packs one block of 48-column panels of
+// (BT x)_p for all p straight from the input frames (the GEMM's B packing, with the
+// transform folded in), and for each 8-row panel of output channels runs the micro-kernel
+// (micro_kernel.h) once per point into a small tile buffer, then applies AT and the
+// epilogue (batch norm, residual, ReLU) while storing the m output frames. The input
+// gradient of the same conv is the same correlation of gy with the taps reversed and the
+// channels swapped, so it takes the same path.
+//
+// F(4, 3) uses the points 0, +-1, +-2 and infinity; its transforms amplify rounding
+// somewhat (AT has entries up to 8), which in float32 stays within the relative error
+// the conv tests allow for the direct path (tests/conv3d_test.cpp, Winograd cases).
+#include "vidgrad/ops/cpu/conv3d_internal.h"
+#include "vidgrad/ops/cpu/micro_kernel.h"
+#include "vidgrad/ops/cpu/simd.h"
+
+#include "vidgrad/core/storage.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+namespace vidgrad::cpu {
+
+namespace {
+
+using namespace kernel;
+
+// The transforms of F(m, 3) for correlation, y[i] = sum_k g[k] d[i + k]:
+//   y = AT ((G g) . (BT d)).  (Checked for both m against the direct sum in the tests.)
+template <int Mo>
+struct Winograd;
+
+template <>
+struct Winograd<2> {
+  static constexpr int P = 4;
+  static constexpr double BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+  static constexpr double A[4][2] = {{1, 0}, {1, 1}, {1, -1}, {0, -1}};  // AT transposed
+};
+
+template <>
+struct Winograd<4> {
+  static constexpr int P = 6;
+  static constexpr double BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                      {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},
+                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                     {0, 0, 1}};
+  static constexpr double AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+  static constexpr double A[6][4] = {{1, 0, 0, 0},  {1, 1, 1, 1},   {1, -1, 1, -1},
+                                     {1, 2, 4, 8}, {1, -2, 4, -8}, {0, 0, 0, 1}};  // AT transposed
+};
+
+// out[r] = sum over j of m[r][j] * in[j], for R outputs of J inputs; unrolled, so each
+// coefficient is a constant and the zeros and ones cost nothing.
+template <typename T, int R, int J, typename V>
+inline void transform(const double (&m)[R][J], const V* in, V* out) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    V v{};
+#pragma GCC unroll 8
+    for (int j = 0; j < J; ++j)
+      if (m[r][j] != 0) v += static_cast<T>(m[r][j]) * in[j];
+    out[r] = v;
+  }
+}
+
+// The 3x1x1 correlation y (N, O, T, HW) = ep(sum over c, k of w(o, c, k) x(n, c, t + k - 1)),
+// x (N, C, T, HW), zero outside [0, T), by F(Mo, 3) (the Note). a holds (G w)_p, O x C,
+// for each point p as transformed_filters packs it.
+template <typename T, int Mo>
+void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int64_t frames, std::int64_t HW,
+                        const T* x, const T* a, T* y, const GemmEpilogue<T>& ep) {
+  using W = Winograd<Mo>;
+  using V = typename Vec<T>::type;
+  constexpr int P = W::P;
+  constexpr std::int64_t NR = kNr<T>, L = kLanes<T>;
+  const std::int64_t vol = frames * HW, tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW;
+  const std::int64_t panels = (cols_per_sample + NR - 1) / NR, m_panels = (O + kMr - 1) / kMr;
+  // Panels packed together: all points of a block within about 384 KiB of L2, so A (all
+  // P weight matrices) streams once per block.
+  const std::int64_t block =
+      std::clamp<std::int64_t>((std::int64_t{384} << 10) / (P * C * NR * static_cast<std::int64_t>(sizeof(T))), 1, 8);
+  const std::int64_t blocks = (panels + block - 1) / block;
+  // Few blocks (small frames, one sample) would leave threads idle, so output channels are
+  // split too: units of (sample, block, channel chunk), at least 4 per thread.
+  const std::int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const std::int64_t chunks = std::clamp<std::int64_t>((4 * threads + N * blocks - 1) / (N * blocks), 1, m_panels);
+  const std::int64_t units = N * blocks * chunks, a_point = m_panels * C * kMr;
+
+  // One run of columns [q, q + len) of a sample inside one tile: tile q / HW, positions
+  // from q % HW, at offset j0 of its panel.
+  struct Run {
+    std::int64_t tile, pos, len, j0;
+  };
+  auto runs_of = [&](std::int64_t c0, std::int64_t cols, Run* out) {
+    int count = 0;
+    for (std::int64_t q = c0; q < c0 + cols;) {
+      const std::int64_t tile = q / HW, pos = q % HW, len = std::min(c0 + cols - q, HW - pos);
+      out[count++] = {tile, pos, len, q - c0};
+      q += len;
+    }
+    return count;
+  };
+  // Input frame j of a run's tile, or null where it is padding.
+  auto frame_ptr = [&](const T* xn, const Run& run, int j) -> const T* {
+    const std::int64_t f = run.tile * Mo - 1 + j;
+    return f >= 0 && f < frames ? xn + f * HW + run.pos : nullptr;
+  };
+  // The input rows of a unit's block, for prefetching: (pointer, bytes) per channel and
+  // frame of each run.
+  auto block_rows = [&](std::int64_t unit, std::vector<std::pair<const char*, std::int64_t>>& rows) {
+    rows.clear();
+    if (unit >= units || unit % chunks != 0) return;  // unit % chunks: the block is packed already
+    const std::int64_t n = unit / chunks / blocks, p0 = unit / chunks % blocks * block;
+    const std::int64_t p1 = std::min(panels, p0 + block);
+    const std::int64_t c0 = p0 * NR, c1 = std::min(cols_per_sample, p1 * NR);
+    for (std::int64_t q = c0; q < c1;) {
+      const Run run{q / HW, q % HW, std::min(c1 - q, HW - q % HW), 0};
+      for (int j = 0; j < P; ++j)
+        if (const T* src = frame_ptr(x + n * C * vol, run, j))
+          for (std::int64_t c = 0; c < C; ++c)
+            rows.emplace_back(reinterpret_cast<const char*>(src + c * vol), run.len * sizeof(T));
+      q += run.len;
+    }
+  };
+
+  auto run_unit = [&](std::int64_t unit, bool packed, T* bpack, T* tile_buf,
+                      const std::vector<std::pair<const char*, std::int64_t>>& next) {
+    const std::int64_t n = unit / chunks / blocks, p0 = unit / chunks % blocks * block;
+    const std::int64_t p1 = std::min(panels, p0 + block), chunk = unit % chunks;
+    const std::int64_t mp0 = m_panels * chunk / chunks, mp1 = m_panels * (chunk + 1) / chunks;
+    const T* xn = x + n * C * vol;
+    T* yn = y + n * O * vol;
+    Run runs[NR + 1];
+    // Pack (BT x)_p for every panel of the block: [panel][p][c][NR], zero past the columns.
+    for (std::int64_t pi = p0; pi < p1 && !packed; ++pi) {
+      T* dst = bpack + (pi - p0) * P * C * NR;
+      const std::int64_t c0 = pi * NR, cols = std::min(NR, cols_per_sample - c0);
+      const int nruns = runs_of(c0, cols, runs);
+      if (cols < NR)
+        for (std::int64_t r = 0; r < P * C; ++r) std::fill(dst + r * NR + cols, dst + (r + 1) * NR, T(0));
+      for (int ri = 0; ri < nruns; ++ri) {
+        const Run& run = runs[ri];
+        const T* src[P];
+        for (int j = 0; j < P; ++j) src[j] = frame_ptr(xn, run, j);
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t v = 0; v < run.len; v += L) {
+            const std::uint32_t mask = run.len - v >= L ? ~0u : (1u << (run.len - v)) - 1u;
+            V d[P], t[P];
+#pragma GCC unroll 8
+            for (int j = 0; j < P; ++j) d[j] = src[j] ? load_lanes(src[j] + c * vol + v, mask) : V{};
+            transform<T, P, P>(W::BT, d, t);
+#pragma GCC unroll 8
+            for (int p = 0; p < P; ++p) store_lanes(dst + (p * C + c) * NR + run.j0 + v, t[p], mask);
+          }
+      }
+    }
+    // For each panel and 8-row panel of outputs: P micro-kernels, then AT and the epilogue.
+    // Meanwhile the next unit's input rows are prefetched, a share per micro-tile group
+    // (as Note [B prefetch] in row_gemm.cpp: they would otherwise come from memory in the
+    // packing loop above, a few cache lines per row).
+    const std::int64_t groups = (p1 - p0) * (mp1 - mp0);
+    std::int64_t group = 0;
+    for (std::int64_t pi = p0; pi < p1; ++pi) {
+      const T* bp = bpack + (pi - p0) * P * C * NR;
+      const std::int64_t c0 = pi * NR, cols = std::min(NR, cols_per_sample - c0);
+      const int nruns = runs_of(c0, cols, runs);
+      for (std::int64_t mp = mp0; mp < mp1; ++mp, ++group) {
+        const auto r0 = static_cast<std::int64_t>(next.size()) * group / groups;
+        const auto r1 = static_cast<std::int64_t>(next.size()) * (group + 1) / groups;
+        for (std::int64_t r = r0; r < r1; ++r)
+          for (std::int64_t off = 0; off < next[r].second; off += 64) __builtin_prefetch(next[r].first + off, 0, 2);
+        const std::int64_t rows = std::min(kMr, O - mp * kMr);
+        // The output rows this group stores (8 channels x Mo frames, a few cache lines
+        // each) and their residual: requested now, while the micro-kernels run.
+        for (std::int64_t i = 0; i < rows; ++i)
+          for (int ri = 0; ri < nruns; ++ri) {
+            const Run& run = runs[ri];
+            const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
+            const std::int64_t at = (mp * kMr + i) * vol + f0 * HW + run.pos;
+            for (std::int64_t r = 0; r < nf; ++r)
+              for (std::int64_t v = 0; v < run.len; v += 64 / static_cast<std::int64_t>(sizeof(T))) {
+                __builtin_prefetch(yn + at + r * HW + v, 1, 3);
+                if (ep.residual) __builtin_prefetch(ep.residual + n * O * vol + at + r * HW + v, 0, 3);
+              }
+          }
+        for (int p = 0; p < P; ++p)
+          micro_tile(C, a + p * a_point + mp * C * kMr, bp + p * C * NR, NR, tile_buf + p * kMr * NR, NR, rows, cols,
+                     false, static_cast<const GemmEpilogue<T>*>(nullptr));
+        for (std::int64_t i = 0; i < rows; ++i) {
+          const std::int64_t o = mp * kMr + i;
+          const V s = ep.scale ? V{} + ep.scale[o] : V{} + T(1), b = ep.bias ? V{} + ep.bias[o] : V{};
+          for (int ri = 0; ri < nruns; ++ri) {
+            const Run& run = runs[ri];
+            const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
+            T* out = yn + o * vol + f0 * HW + run.pos;
+            const T* res = ep.residual ? ep.residual + n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
+            for (std::int64_t v = 0; v < run.len; v += L) {
+              const std::uint32_t mask = run.len - v >= L ? ~0u : (1u << (run.len - v)) - 1u;
+              V t[P], u[Mo];
+#pragma GCC unroll 8
+              for (int p = 0; p < P; ++p) t[p] = load_vec(tile_buf + (p * kMr + i) * NR + run.j0 + v);
+              transform<T, Mo, P>(W::AT, t, u);
+              for (std::int64_t r = 0; r < nf; ++r) {
+                V y_r = u[r] * s + b;
+                if (res) y_r += load_lanes(res + r * HW + v, mask);
+                if (ep.relu) y_r = y_r > T(0) ? y_r : V{};  // as relu(): NaN becomes 0
+                store_lanes(out + r * HW + v, y_r, mask);
+              }
+            }
+          }
+        }
+      }
+    }
+  };
+
+  const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && units > 1 &&
+                        N * O * C * P * cols_per_sample >= 4 * kMinParallelWork;
+#pragma omp parallel if (parallel)
+  {
+    thread_local std::vector<T> bpack, tile_buf;
+    thread_local std::vector<std::pair<const char*, std::int64_t>> next;
+    bpack.resize(static_cast<std::size_t>(block * P * C * NR));
+    tile_buf.resize(static_cast<std::size_t>(P * kMr * NR));
+    // Contiguous unit ranges, so that a thread knows (and prefetches) its next unit.
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
+    for (std::int64_t unit = u0; unit < u1; ++unit) {
+      block_rows(unit + 1 < u1 ? unit + 1 : units, next);
+      run_unit(unit, unit > u0 && unit % chunks != 0, bpack.data(), tile_buf.data(), next);
+    }
+  }
+}
+
+// (G w)_p for every point p, packed as PackedA packs a matrix ([panel][k][kMr], rows past
+// `out` zero), one point after another, into the calling thread's buffer (kept between
+// calls: a fresh 6 MB each call at 512 channels cost page faults). Rows are `out`
+// channels, depth `in`; tap(o, i, k) reads the filter of output o and input i at tap k.
+template <typename T, int Mo, typename Tap>
+const T* transformed_filters(std::int64_t out, std::int64_t in, Tap&& tap) {
+  using W = Winograd<Mo>;
+  constexpr int P = W::P;
+  const std::int64_t m_panels = (out + kMr - 1) / kMr, a_point = m_panels * in * kMr;
+  thread_local std::vector<T> buf;
+  buf.resize(static_cast<std::size_t>(P * a_point));
+  T* a = buf.data();
+#pragma omp parallel for schedule(static) if (out * in >= (1 << 15))
+  for (std::int64_t mp = 0; mp < m_panels; ++mp)
+    for (std::int64_t k = 0; k < in; ++k) {
+      T g[3][kMr] = {};
+      for (std::int64_t i = 0; i < std::min(kMr, out - mp * kMr); ++i)
+        for (int t = 0; t < 3; ++t) g[t][i] = tap(mp * kMr + i, k, t);
+      for (int p = 0; p < P; ++p) {
+        T* dst = a + p * a_point + (mp * in + k) * kMr;
+        for (std::int64_t i = 0; i < kMr; ++i)  // vectorised over the panel's rows
+          dst[i] = static_cast<T>(W::G[p][0]) * g[0][i] + static_cast<T>(W::G[p][1]) * g[1][i] +
+                   static_cast<T>(W::G[p][2]) * g[2][i];
+      }
+    }
+  return a;
+}
+
+std::atomic<bool> winograd_enabled{true};
+std::atomic<std::int64_t> winograd_min_channels{kWinogradMinChannels};
+
+// Output frames per tile: 4 where there are at least 4 frames, else 2.
+int tile_frames(const Conv3dGeometry& g) { return g.To >= 4 ? 4 : 2; }
+
+template <typename T, int Mo>
+void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
+  const std::int64_t C = g.C;
+  const T* a = transformed_filters<T, Mo>(g.O, g.C, [&](std::int64_t o, std::int64_t c, int k) {
+    return w[(o * C + c) * 3 + k];
+  });
+  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep);
+}
+
+template <typename T, int Mo>
+void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+  const std::int64_t C = g.C;
+  // gx(c, t) = sum over o, k of w(o, c, k) gy(o, t + 1 - k): the correlation of gy with
+  // the taps reversed, rows c and depth o.
+  const T* a = transformed_filters<T, Mo>(g.C, g.O, [&](std::int64_t c, std::int64_t o, int k) {
+    return w[(o * C + c) * 3 + (2 - k)];
+  });
+  winograd_correlate<T, Mo>(g.N, g.O, g.C, g.To, g.H * g.W, gy, a, gx, {});
+}
+
+// Note [Winograd weight gradient]: the weight gradient of the same conv reduces, for each
+// tile, r[k] = sum over j < m of gy[j] d[j + k], k < 3: a correlation of the m output
+// gradient frames with the m + 2 input frames. By the same bilinear identity as the
+// forward (transposed), r = G^T ((AT^T gy) . (BT d)), so with channels
+//   gw(:, :, k) = sum over p of G[p][k] Q_p,   Q_p (O x C) = sum over (tile, position) of
+//                 (AT^T gy)_p (BT x)_p^T,
+// P transposed row GEMMs (Note [transposed row GEMM]) of depth (tiles x positions) instead
+// of 3 GEMMs of depth (frames x positions): 6 of depth 1/4 for F(4, 3), half the
+// multiplications again. Columns are split between threads in blocks; each transforms a
+// block of both operands into its own scratch (small enough for L2, which
+// row_gemm_nt then packs from) and accumulates its own Q; G^T is applied once at the end.
+//
+// It pays only where blocks of at least 128 columns fit (up to about 340 channels in and
+// out together) and there are at least 1.5 columns per channel: otherwise loading and
+// storing Q per block, and transforming both operands, cost more than the multiplications
+// saved (conv3d_bench, 16x224, direct / Winograd ms: stage3 (128 channels, 3136 columns)
+// 3.92 / 2.95, stage2 (64) 5.62 / 4.82, stem (32) 9.76 / 8.17; stage4 (256, 784 columns,
+// every column transformed first) 3.75 / 3.38 but slower than direct in the network
+// profile, 3.6 -> 4.2 ms; stage5 (512, 196 columns) 3.68 / 4.65).
+
+// Columns per weight-gradient block: both transformed operands within about 1 MiB.
+std::int64_t weight_grad_block(std::int64_t P, std::int64_t C, std::int64_t O, std::int64_t bytes) {
+  return (std::int64_t{1} << 20) / (P * (O + C) * bytes) / 16 * 16;
+}
+
+template <typename T, int Mo>
+void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+  using W = Winograd<Mo>;
+  using V = typename Vec<T>::type;
+  constexpr int P = W::P;
+  constexpr std::int64_t L = kLanes<T>;
+  const std::int64_t C = g.C, O = g.O, frames = g.T, HW = g.H * g.W, vol = frames * HW;
+  const std::int64_t tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW, per = P * O * C;
+  const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+
+  // Columns [q0, q1) of sample n, transformed: (AT^T gy)_p to u[(p * O + o) * ld + j] and
+  // (BT x)_p to v[(p * C + c) * ld + j], j = q - q0.
+  auto transform_columns = [&](std::int64_t n, std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
+    const T* gyn = gy + n * O * vol;
+    const T* xn = x + n * C * vol;
+    for (std::int64_t q = q0; q < q1;) {
+      const std::int64_t tile = q / HW, pos = q % HW, len = std::min(q1 - q, HW - pos), j0 = q - q0;
+      const T* gsrc[Mo];
+      for (int j = 0; j < Mo; ++j) {
+        const std::int64_t f = tile * Mo + j;
+        gsrc[j] = f < frames ? gyn + f * HW + pos : nullptr;
+      }
+      const T* xsrc[P];
+      for (int j = 0; j < P; ++j) {
+        const std::int64_t f = tile * Mo - 1 + j;
+        xsrc[j] = f >= 0 && f < frames ? xn + f * HW + pos : nullptr;
+      }
+      for (std::int64_t o = 0; o < O; ++o)
+        for (std::int64_t c0 = 0; c0 < len; c0 += L) {
+          const std::uint32_t mask = len - c0 >= L ? ~0u : (1u << (len - c0)) - 1u;
+          V d[Mo], e[P];
+#pragma GCC unroll 8
+          for (int j = 0; j < Mo; ++j) d[j] = gsrc[j] ? load_lanes(gsrc[j] + o * vol + c0, mask) : V{};
+          transform<T, P, Mo>(W::A, d, e);
+#pragma GCC unroll 8
+          for (int p = 0; p < P; ++p) store_lanes(u + (p * O + o) * ld + j0 + c0, e[p], mask);
+        }
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t c0 = 0; c0 < len; c0 += L) {
+          const std::uint32_t mask = len - c0 >= L ? ~0u : (1u << (len - c0)) - 1u;
+          V d[P], e[P];
+#pragma GCC unroll 8
+          for (int j = 0; j < P; ++j) d[j] = xsrc[j] ? load_lanes(xsrc[j] + c * vol + c0, mask) : V{};
+          transform<T, P, P>(W::BT, d, e);
+#pragma GCC unroll 8
+          for (int p = 0; p < P; ++p) store_lanes(v + (p * C + c) * ld + j0 + c0, e[p], mask);
+        }
+      q += len;
+    }
+  };
+
+  // Column blocks to threads, each transforming a block of both operands (within about
+  // 1 MiB of L2; winograd_temporal_weight_grad_pays keeps it at 128 columns or more) into
+  // its own scratch and accumulating its own Q; the Qs are added up below.
+  const std::int64_t block = std::min<std::int64_t>(weight_grad_block(P, C, O, sizeof(T)), 512);
+  const std::int64_t blocks = (cols_per_sample + block - 1) / block, units = g.N * blocks;
+  const int threads = static_cast<int>(std::min<std::int64_t>(max_threads, units));
+  const Storage partial_buf(static_cast<std::size_t>(threads * per) * sizeof(T), Device::cpu());  // block cache
+  T* partial = static_cast<T*>(partial_buf.data());
+  std::fill(partial, partial + threads * per, T(0));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    thread_local std::vector<T> scratch;
+    scratch.resize(static_cast<std::size_t>(P * (O + C) * block));
+    T* u = scratch.data();
+    T* v = scratch.data() + P * O * block;
+    std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
+    for (std::int64_t unit = units * t / nt; unit < units * (t + 1) / nt; ++unit) {
+      const std::int64_t n = unit / blocks, q0 = unit % blocks * block, q1 = std::min(cols_per_sample, q0 + block);
+      transform_columns(n, q0, q1, u, v, block);
+      for (int p = 0; p < P; ++p) {
+        for (std::int64_t o = 0; o < O; ++o) a_rows[o] = u + (p * O + o) * block;
+        for (std::int64_t c = 0; c < C; ++c) b_rows[c] = v + (p * C + c) * block;
+        row_gemm_nt<T>(O, C, q1 - q0, a_rows.data(), b_rows.data(), nullptr, nullptr, partial + t * per + p * O * C, C);
+      }
+    }
+  }
+#pragma omp parallel for schedule(static) if (max_threads > 1 && O * C >= kMinParallelWork / 8)
+  for (std::int64_t o = 0; o < O; ++o)
+    for (std::int64_t c = 0; c < C; ++c) {
+      T q[P];
+      for (int p = 0; p < P; ++p) {
+        q[p] = partial[p * O * C + o * C + c];
+        for (int t = 1; t < threads; ++t) q[p] += partial[t * per + p * O * C + o * C + c];
+      }
+      for (int k = 0; k < 3; ++k) {
+        T acc = 0;
+        for (int p = 0; p < P; ++p) acc += static_cast<T>(W::G[p][k]) * q[p];
+        gw[(o * C + c) * 3 + k] = acc;
+      }
+    }
+}
+
+}  // namespace
+
+bool winograd_temporal(const Conv3dGeometry& g) {
+  return winograd_enabled.load(std::memory_order_relaxed) && g.temporal_only() && g.groups == 1 && g.kT == 3 && g.dT == 1 && g.pT == 1 && g.To == g.T && g.To >= 2 &&
+         std::min(g.C, g.O) >= winograd_min_channels.load(std::memory_order_relaxed);
+}
+
+template <typename T>
+void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
+  if (tile_frames(g) == 4)
+    forward_impl<T, 4>(g, x, w, y, ep);
+  else
+    forward_impl<T, 2>(g, x, w, y, ep);
+}
+
+bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
+  const std::int64_t Mo = tile_frames(g), cols = g.N * ((g.To + Mo - 1) / Mo) * g.H * g.W;
+  return weight_grad_block(Mo + 2, g.C, g.O, sizeof(float)) >= 128 && 2 * cols >= 3 * (g.C + g.O);
+}
+
+template <typename T>
+void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+  if (tile_frames(g) == 4)
+    weight_grad_impl<T, 4>(g, gy, x, gw);
+  else
+    weight_grad_impl<T, 2>(g, gy, x, gw);
+}
+
+template <typename T>
+void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+  if (tile_frames(g) == 4)
+    input_grad_impl<T, 4>(g, gy, w, gx);
+  else
+    input_grad_impl<T, 2>(g, gy, w, gx);
+}
+
+void set_winograd_temporal(bool enabled, std::int64_t min_channels) {
+  winograd_enabled.store(enabled, std::memory_order_relaxed);
+  winograd_min_channels.store(min_channels, std::memory_order_relaxed);
+}
+
+#define VIDGRAD_INSTANTIATE(T)                                                                                \
+  template void winograd_temporal_forward<T>(const Conv3dGeometry&, const T*, const T*, T*,                 \
+                                             const GemmEpilogue<T>&);                                        \
+  template void winograd_temporal_input_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);             \
+  template void winograd_temporal_weight_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);
+VIDGRAD_INSTANTIATE(float)
+VIDGRAD_INSTANTIATE(double)
+#undef VIDGRAD_INSTANTIATE
+
+}  // namespace vidgrad::cpu
