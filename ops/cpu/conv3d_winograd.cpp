@@ -96,50 +96,53 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   using V = typename Vec<T>::type;
   constexpr int P = W::P;
   constexpr std::int64_t NR = kNr<T>, L = kLanes<T>;
+  // Columns are (sample, tile, position) triples, flat over the batch, so that small frames
+  // (4x4 at stage 5 of an 8x112 clip: 32 columns a sample) still fill whole panels and A
+  // streams once per block of the batch rather than once per sample.
   const std::int64_t vol = frames * HW, tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW;
-  const std::int64_t panels = (cols_per_sample + NR - 1) / NR, m_panels = (O + kMr - 1) / kMr;
+  const std::int64_t total_cols = N * cols_per_sample;
+  const std::int64_t panels = (total_cols + NR - 1) / NR, m_panels = (O + kMr - 1) / kMr;
   // Panels packed together: all points of a block within about 384 KiB of L2, so A (all
   // P weight matrices) streams once per block.
   const std::int64_t block =
       std::clamp<std::int64_t>((std::int64_t{384} << 10) / (P * C * NR * static_cast<std::int64_t>(sizeof(T))), 1, 8);
   const std::int64_t blocks = (panels + block - 1) / block;
   // Few blocks (small frames, one sample) would leave threads idle, so output channels are
-  // split too: units of (sample, block, channel chunk), at least 4 per thread.
+  // split too: units of (block, channel chunk), at least 4 per thread.
   const std::int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const std::int64_t chunks = std::clamp<std::int64_t>((4 * threads + N * blocks - 1) / (N * blocks), 1, m_panels);
-  const std::int64_t units = N * blocks * chunks, a_point = m_panels * C * kMr;
+  const std::int64_t chunks = std::clamp<std::int64_t>((4 * threads + blocks - 1) / blocks, 1, m_panels);
+  const std::int64_t units = blocks * chunks, a_point = m_panels * C * kMr;
 
-  // One run of columns [q, q + len) of a sample inside one tile: tile q / HW, positions
-  // from q % HW, at offset j0 of its panel.
+  // One run of columns [q, q + len) inside one tile of one sample: sample n, tile, positions
+  // from pos, at offset j0 of its panel.
   struct Run {
-    std::int64_t tile, pos, len, j0;
+    std::int64_t n, tile, pos, len, j0;
+  };
+  auto run_at = [&](std::int64_t q, std::int64_t end, std::int64_t j0) {
+    const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample, pos = r % HW;
+    return Run{n, r / HW, pos, std::min(end - q, HW - pos), j0};
   };
   auto runs_of = [&](std::int64_t c0, std::int64_t cols, Run* out) {
     int count = 0;
-    for (std::int64_t q = c0; q < c0 + cols;) {
-      const std::int64_t tile = q / HW, pos = q % HW, len = std::min(c0 + cols - q, HW - pos);
-      out[count++] = {tile, pos, len, q - c0};
-      q += len;
-    }
+    for (std::int64_t q = c0; q < c0 + cols; q += out[count++].len) out[count] = run_at(q, c0 + cols, q - c0);
     return count;
   };
   // Input frame j of a run's tile, or null where it is padding.
-  auto frame_ptr = [&](const T* xn, const Run& run, int j) -> const T* {
+  auto frame_ptr = [&](const Run& run, int j) -> const T* {
     const std::int64_t f = run.tile * Mo - 1 + j;
-    return f >= 0 && f < frames ? xn + f * HW + run.pos : nullptr;
+    return f >= 0 && f < frames ? x + run.n * C * vol + f * HW + run.pos : nullptr;
   };
   // The input rows of a unit's block, for prefetching: (pointer, bytes) per channel and
   // frame of each run.
   auto block_rows = [&](std::int64_t unit, std::vector<std::pair<const char*, std::int64_t>>& rows) {
     rows.clear();
     if (unit >= units || unit % chunks != 0) return;  // unit % chunks: the block is packed already
-    const std::int64_t n = unit / chunks / blocks, p0 = unit / chunks % blocks * block;
-    const std::int64_t p1 = std::min(panels, p0 + block);
-    const std::int64_t c0 = p0 * NR, c1 = std::min(cols_per_sample, p1 * NR);
+    const std::int64_t p0 = unit / chunks * block, p1 = std::min(panels, p0 + block);
+    const std::int64_t c0 = p0 * NR, c1 = std::min(total_cols, p1 * NR);
     for (std::int64_t q = c0; q < c1;) {
-      const Run run{q / HW, q % HW, std::min(c1 - q, HW - q % HW), 0};
+      const Run run = run_at(q, c1, 0);
       for (int j = 0; j < P; ++j)
-        if (const T* src = frame_ptr(x + n * C * vol, run, j))
+        if (const T* src = frame_ptr(run, j))
           for (std::int64_t c = 0; c < C; ++c)
             rows.emplace_back(reinterpret_cast<const char*>(src + c * vol), run.len * sizeof(T));
       q += run.len;
@@ -148,23 +151,20 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
 
   auto run_unit = [&](std::int64_t unit, bool packed, T* bpack, T* tile_buf,
                       const std::vector<std::pair<const char*, std::int64_t>>& next) {
-    const std::int64_t n = unit / chunks / blocks, p0 = unit / chunks % blocks * block;
-    const std::int64_t p1 = std::min(panels, p0 + block), chunk = unit % chunks;
+    const std::int64_t p0 = unit / chunks * block, p1 = std::min(panels, p0 + block), chunk = unit % chunks;
     const std::int64_t mp0 = m_panels * chunk / chunks, mp1 = m_panels * (chunk + 1) / chunks;
-    const T* xn = x + n * C * vol;
-    T* yn = y + n * O * vol;
     Run runs[NR + 1];
     // Pack (BT x)_p for every panel of the block: [panel][p][c][NR], zero past the columns.
     for (std::int64_t pi = p0; pi < p1 && !packed; ++pi) {
       T* dst = bpack + (pi - p0) * P * C * NR;
-      const std::int64_t c0 = pi * NR, cols = std::min(NR, cols_per_sample - c0);
+      const std::int64_t c0 = pi * NR, cols = std::min(NR, total_cols - c0);
       const int nruns = runs_of(c0, cols, runs);
       if (cols < NR)
         for (std::int64_t r = 0; r < P * C; ++r) std::fill(dst + r * NR + cols, dst + (r + 1) * NR, T(0));
       for (int ri = 0; ri < nruns; ++ri) {
         const Run& run = runs[ri];
         const T* src[P];
-        for (int j = 0; j < P; ++j) src[j] = frame_ptr(xn, run, j);
+        for (int j = 0; j < P; ++j) src[j] = frame_ptr(run, j);
         for (std::int64_t c = 0; c < C; ++c)
           for (std::int64_t v = 0; v < run.len; v += L) {
             const std::uint32_t mask = run.len - v >= L ? ~0u : (1u << (run.len - v)) - 1u;
@@ -185,7 +185,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
     std::int64_t group = 0;
     for (std::int64_t pi = p0; pi < p1; ++pi) {
       const T* bp = bpack + (pi - p0) * P * C * NR;
-      const std::int64_t c0 = pi * NR, cols = std::min(NR, cols_per_sample - c0);
+      const std::int64_t c0 = pi * NR, cols = std::min(NR, total_cols - c0);
       const int nruns = runs_of(c0, cols, runs);
       for (std::int64_t mp = mp0; mp < mp1; ++mp, ++group) {
         const auto r0 = static_cast<std::int64_t>(next.size()) * group / groups;
@@ -199,11 +199,11 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
           for (int ri = 0; ri < nruns; ++ri) {
             const Run& run = runs[ri];
             const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
-            const std::int64_t at = (mp * kMr + i) * vol + f0 * HW + run.pos;
+            const std::int64_t at = (run.n * O + mp * kMr + i) * vol + f0 * HW + run.pos;
             for (std::int64_t r = 0; r < nf; ++r)
               for (std::int64_t v = 0; v < run.len; v += 64 / static_cast<std::int64_t>(sizeof(T))) {
-                __builtin_prefetch(yn + at + r * HW + v, 1, 3);
-                if (ep.residual) __builtin_prefetch(ep.residual + n * O * vol + at + r * HW + v, 0, 3);
+                __builtin_prefetch(y + at + r * HW + v, 1, 3);
+                if (ep.residual) __builtin_prefetch(ep.residual + at + r * HW + v, 0, 3);
               }
           }
         for (int p = 0; p < P; ++p)
@@ -215,8 +215,8 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
           for (int ri = 0; ri < nruns; ++ri) {
             const Run& run = runs[ri];
             const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
-            T* out = yn + o * vol + f0 * HW + run.pos;
-            const T* res = ep.residual ? ep.residual + n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
+            T* out = y + (run.n * O + o) * vol + f0 * HW + run.pos;
+            const T* res = ep.residual ? ep.residual + run.n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
             for (std::int64_t v = 0; v < run.len; v += L) {
               const std::uint32_t mask = run.len - v >= L ? ~0u : (1u << (run.len - v)) - 1u;
               V t[P], u[Mo];
@@ -237,7 +237,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   };
 
   const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && units > 1 &&
-                        N * O * C * P * cols_per_sample >= 4 * kMinParallelWork;
+                        O * C * P * total_cols >= 4 * kMinParallelWork;
 #pragma omp parallel if (parallel)
   {
     thread_local std::vector<T> bpack, tile_buf;
