@@ -211,6 +211,12 @@ INSTANTIATE_TEST_SUITE_P(
                  false},
         ConvCase{"DirectPlanesWidth5Kernel", {1, 8, 2, 4, 6}, 8, {1, 2, 5}, opt({1, 1, 1}, {0, 1, 2}, {1, 1, 1}, 1),
                  false},
+        // Narrow frames with unit strides stack all frames of a sample-group into one grid
+        // (Note [stacked frames]): SEVNet's 7x7 stage, and dilation.
+        ConvCase{"DirectStackedFrames7x7", {2, 16, 3, 7, 7}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
+        ConvCase{"DirectStackedFramesDilated", {1, 16, 3, 5, 6}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 2, 2}, {1, 2, 2}, 2),
+                 false},
         // Strided grouped convs on phase-split planes: SEVNet's downsampling shape with odd
         // sizes, and unequal strides with dilation.
         ConvCase{"DirectPlanesStride2Odd", {1, 16, 1, 7, 9}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),

@@ -91,9 +91,9 @@ INSTANTIATE_TEST_SUITE_P(
         PoolCase{"SevShortcut1x3x3Stride2Pad1", {2, 3, 2, 7, 5}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
         PoolCase{"Kernel3Stride1Pad1", {1, 2, 3, 5, 4}, {{3, 3, 3}, std::array<std::int64_t, 3>{1, 1, 1}, {1, 1, 1}}},
         PoolCase{"OddSizesStride2", {1, 3, 5, 7, 9}, {{3, 2, 3}, std::array<std::int64_t, 3>{2, 2, 2}, {1, 1, 0}}},
-        // Rows of 16 columns or more: the average pool's forward splits them into column
-        // phases (even and odd for stride 2, an odd width and SEVNet's 28; stride 3 with a
-        // kernel of 4).
+        // The strided average pool sums each output row's window rows first, then that
+        // row's kernel columns: long rows, an odd width, SEVNet's shortcut shape at 16 and
+        // 28 columns, stride 3 with a kernel of 4.
         PoolCase{"WideRowsStride2OddWidth", {1, 2, 1, 3, 67}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
         PoolCase{"RowsOf16Stride2", {2, 2, 2, 4, 16}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
         PoolCase{"SevShortcutRowsOf28", {1, 2, 2, 6, 28}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},

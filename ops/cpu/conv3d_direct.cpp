@@ -164,6 +164,84 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
   }
 }
 
+// Note [stacked frames]: on narrow frames (padded width under one vector: SEVNet's 7x7 and
+// 4x4 planes at stages 4 and 5) direct_plane computed each frame's grid in its own blocks
+// (81 positions in two 48-blocks for a 7x7 frame) and stored outputs lane by lane. With
+// unit strides and no time taps, each channel's padded frames are instead stacked one
+// after another: tap (kh, kw) is still the fixed offset kh*dH*Wq + kw*dW from an output's
+// grid position, rows ho >= Ho of each frame's grid read into the next frame and are
+// dropped, and all frames of a sample-group are one long row of blocks. Outputs are stored
+// as masked vector stores per grid row. Profile, inference batch 4 8x112 (see
+// docs/performance.md).
+bool stacked_frames(const Conv3dGeometry& g) {
+  return g.sT == 1 && g.kT == 1 && g.pT == 0 && g.sH == 1 && g.sW == 1 && g.To == g.T &&
+         plane_shape(g).Wq < Vec<float>::kLanes;
+}
+
+// Values of scratch one channel's stacked frames take.
+std::int64_t stacked_scratch(const Conv3dGeometry& g) {
+  const PlaneShape ps = plane_shape(g);
+  return g.T * ps.Hq * ps.Wq + kPlaneTail + (g.kW - 1) * g.dW;
+}
+
+// All frames of one sample-group (Note [stacked frames]): y (8, T*Ho*Wo) from x (Cg, T, H,
+// W), wt as for direct_plane, scratch of Cg * stacked_scratch(g) values.
+template <typename T>
+void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* scratch, const GemmEpilogue<T>& ep) {
+  const PlaneShape ps = plane_shape(g);
+  const std::int64_t Cg = g.Cg(), L = g.L(), plane = ps.Hq * ps.Wq, per_c = stacked_scratch(g);
+  const std::int64_t HoWo = g.Ho * g.Wo, Q = (g.T - 1) * plane + g.Ho * ps.Wq;
+  for (std::int64_t c = 0; c < Cg; ++c)
+    for (std::int64_t t = 0; t < g.T; ++t) {  // each frame zeroes its own borders, the last one the tail too
+      const PlaneShape frame{ps.Hq, ps.Wq, t + 1 < g.T ? plane : per_c - t * plane};
+      fill_phases(g, frame, x + (c * g.T + t) * g.H * g.W, scratch + c * per_c + t * plane);
+    }
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
+  for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
+    V acc[kDirectOg][kDirectVecs] = {};
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t kh = 0; kh < g.kH; ++kh)
+        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
+          const T* s = scratch + c * per_c + kh * g.dH * ps.Wq + kw * g.dW + q0;
+          const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
+          V sv[kDirectVecs];
+          for (std::int64_t j = 0; j < kDirectVecs; ++j) std::memcpy(&sv[j], s + j * kL, sizeof(V));
+          for (std::int64_t o = 0; o < kDirectOg; ++o) {
+            const T w = wv[o];
+            for (std::int64_t j = 0; j < kDirectVecs; ++j) acc[o][j] += w * sv[j];
+          }
+        }
+    for (std::int64_t o = 0; o < kDirectOg; ++o)
+      for (std::int64_t j = 0; j < kDirectVecs; ++j) {
+        if (ep.scale) acc[o][j] *= ep.scale[o];
+        if (ep.bias) acc[o][j] += ep.bias[o];
+        if (ep.relu) acc[o][j] = acc[o][j] > T(0) ? acc[o][j] : V{};  // as relu(): NaN becomes 0
+      }
+    // Vector j holds grid positions [q, q + kL): the valid columns of each grid row r
+    // (frame r / Hq, output row r % Hq < Ho) it meets, one masked store per channel.
+    for (std::int64_t j = 0; j < kDirectVecs; ++j) {
+      const std::int64_t q = q0 + j * kL, q_end = std::min(q + kL, Q);
+      for (std::int64_t r = q / ps.Wq; r * ps.Wq < q_end; ++r) {
+        const std::int64_t f = r / ps.Hq, ho = r % ps.Hq;
+        if (ho >= g.Ho) continue;
+        const std::int64_t a = std::max(q, r * ps.Wq), b = std::min(q_end, r * ps.Wq + g.Wo);
+        if (a >= b) continue;
+        // Lanes [a - q, b - q) go to output columns [a - r*Wq, ...) of row (f, ho).
+        const std::int64_t at = f * HoWo + ho * g.Wo + (a - r * ps.Wq) - (a - q);  // where lane 0 would go
+        const std::uint32_t mask = ((std::uint32_t{1} << (b - q)) - 1) & ~((std::uint32_t{1} << (a - q)) - 1);
+        for (std::int64_t o = 0; o < kDirectOg; ++o) {
+          if (at >= 0) {
+            store_lanes(y + o * L + at, acc[o][j], mask);
+          } else {  // lane 0 would lie before the output: store the lanes one by one
+            for (std::int64_t i = a - q; i < b - q; ++i) y[o * L + at + i] = acc[o][j][i];
+          }
+        }
+      }
+    }
+  }
+}
+
 // Weight gradient on the phase planes of one sample-group:
 // gw[o][c][kh][kw] += sum over frames and q of gy_grid[o][q] * planes_c[tap_offset + q],
 // where gy_grid is the output gradient on the width-Wq grid, zero in the dropped columns.
@@ -394,6 +472,10 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
     for (std::int64_t o = 0; o < Og; ++o)
       for (std::int64_t k = 0; k < K; ++k) wt[k * Og + o] = w[(gr * Og + o) * K + k];
+    if (stacked_frames(g)) {  // all frames at once; inside an item loop or serially
+      direct_frames(g, xg, wt.data(), yg, col_buffer<T>(Cg * stacked_scratch(g)), group_ep);
+      return;
+    }
     const std::int64_t scratch = Cg * plane_scratch(g);
     if (outer) {  // this thread owns the item
       T* buf = col_buffer<T>(scratch);

@@ -74,61 +74,73 @@ inline std::int64_t row_divisor(const Pool3dGeometry& g, const Window& wt, const
 
 }  // namespace
 
-// Separably: first each input row's sums over the kernel columns (one strided pass per
-// kw into a row of Wo partial sums, every input row once), then each output row as the sum
-// of its window's (t, h) partial rows, contiguous adds. Summing every output's 3x3 window
-// straight from the input instead re-read each input row for every output row and kernel
-// column that covers it.
+// Separably, with no per-output window arithmetic:
+// - strided (SEVNet's 1x3x3 stride-2 shortcut pools): per output row, first the sum of its
+//   window's input rows into one zero-padded row (contiguous adds), then that row's kernel
+//   columns. Summing each input row's kernel columns first (a strided pass over every
+//   input row, or building its column phases) did the strided work on twice as many rows
+//   (a timing loop over avg_pool3d_forward at the shortcut pools' shapes, 2 threads, 3 runs
+//   each, ms: rows of 14 0.76 -> 0.72, of 28 0.85 -> 0.43, of 56 1.23 -> 0.51-0.59, of
+//   112 1.48 -> 1.14-1.22).
+// - unit stride: each input row's sums over the kernel columns (contiguous passes), then
+//   each output row as the sum of its window's partial rows.
 template <typename T>
 void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
   const std::int64_t in_plane = g.T * g.H * g.W, out_plane = g.To * g.Ho * g.Wo;
   const RowTaps r = row_taps(g);
-  // Column phases of an input row: phase b holds columns b, b + sW, ...; output wo of
-  // kernel column kw then reads element wo + (kw - pW - b) / sW of phase b = (kw - pW) mod sW,
-  // so every kw is a contiguous pass.
-  const std::int64_t phase_len = (g.W + g.sW - 1) / g.sW;
   const std::vector<T> cw(r.cw.begin(), r.cw.end());  // column divisors, exact small integers
-  std::vector<std::int64_t> src_off(static_cast<std::size_t>(g.kW));  // kernel column kw: its phase and shift
-  for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-    const std::int64_t off = kw - g.pW, b = ((off % g.sW) + g.sW) % g.sW;
-    src_off[kw] = (g.sW == 1 ? 0 : b * phase_len) + (off - b) / g.sW;
-  }
+  const bool strided = g.sW > 1;
+  // Divides an output row by its window sizes (count_include_pad or not).
+  auto divide = [&](T* yrow, const Window& wt, const Window& wh) {
+    const T dr = static_cast<T>(row_divisor(g, wt, wh));
+#pragma omp simd
+    for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+      const T d = dr * cw[wo];
+      yrow[wo] = d > T(0) ? yrow[wo] / d : T(0);
+    }
+  };
 #pragma omp parallel if (g.planes * in_plane >= kMinParallelWork)
   {
-    std::vector<T> partial(static_cast<std::size_t>(g.T * g.H * g.Wo)), phases(static_cast<std::size_t>(g.sW * phase_len));
+    std::vector<T> partial(static_cast<std::size_t>(strided ? 0 : g.T * g.H * g.Wo));
+    // One zero-padded row: pW zeros, W columns, then zeros up to the last window's end.
+    std::vector<T> padded(static_cast<std::size_t>(g.pW + std::max(g.W, g.Wo * g.sW + g.kW)), T(0));
 #pragma omp for schedule(static)
     for (std::int64_t p = 0; p < g.planes; ++p) {
       const T* xp = x + p * in_plane;
+      T* yp = y + p * out_plane;
+      if (strided) {
+        for (std::int64_t to = 0; to < g.To; ++to)
+          for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+            const Window &wt = r.wt[to], &wh = r.wh[ho];
+            T* v = padded.data() + g.pW;  // v[w], zero outside [0, W)
+            std::fill(v, v + g.W, T(0));
+            for (std::int64_t t = wt.lo; t < wt.hi; ++t)
+              for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
+                const T* in = xp + (t * g.H + h) * g.W;
+#pragma omp simd
+                for (std::int64_t w = 0; w < g.W; ++w) v[w] += in[w];
+              }
+            T* yrow = yp + (to * g.Ho + ho) * g.Wo;
+            const T* u = padded.data();  // u[j] = v[j - pW]
+            if (g.sW == 2 && g.kW == 3) {
+              for (std::int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] = u[2 * wo] + u[2 * wo + 1] + u[2 * wo + 2];
+            } else {
+              for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
+                T acc = 0;
+                for (std::int64_t kw = 0; kw < g.kW; ++kw) acc += u[wo * g.sW + kw];
+                yrow[wo] = acc;
+              }
+            }
+            divide(yrow, wt, wh);
+          }
+        continue;
+      }
       for (std::int64_t row = 0; row < g.T * g.H; ++row) {
         const T* in = xp + row * g.W;
         T* ps = partial.data() + row * g.Wo;
-        const T* ph = in;  // unit stride: the row itself
-        // Rows under 16 columns: strided passes beat building the phases. From 16 on the
-        // de-interleave wins (profile, inference batch 4 8x112, where the shortcut pools read
-        // rows of 56, 28 and 14: avg_pool3d 5.57/5.46/4.37 -> 4.53/4.10/3.65 ms per step,
-        // three interleaved pairs, against strided passes below 64 columns).
-        if (g.sW > 1 && g.W < 16) {
-          std::fill(ps, ps + g.Wo, T(0));
-          for (std::int64_t kw = 0; kw < g.kW; ++kw)
-            for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) ps[wo] += in[wo * g.sW + kw - g.pW];
-          continue;
-        }
-        if (g.sW == 2) {
-          T *even = phases.data(), *odd = phases.data() + phase_len;
-          for (std::int64_t i = 0; i < g.W / 2; ++i) {  // a de-interleave the compiler vectorises
-            even[i] = in[2 * i];
-            odd[i] = in[2 * i + 1];
-          }
-          if (g.W % 2) even[g.W / 2] = in[g.W - 1];
-          ph = phases.data();
-        } else if (g.sW > 2) {
-          for (std::int64_t b = 0; b < g.sW; ++b)
-            for (std::int64_t i = 0; b + i * g.sW < g.W; ++i) phases[b * phase_len + i] = in[b + i * g.sW];
-          ph = phases.data();
-        }
         std::fill(ps, ps + g.Wo, T(0));
         for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-          const T* src = ph + src_off[kw];  // src[wo] = input column wo * sW + kw - pW
+          const T* src = in + kw - g.pW;  // src[wo] = input column wo + kw - pW
 #pragma omp simd
           for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) ps[wo] += src[wo];
         }
@@ -136,7 +148,7 @@ void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
       for (std::int64_t to = 0; to < g.To; ++to)
         for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
           const Window &wt = r.wt[to], &wh = r.wh[ho];
-          T* yrow = y + p * out_plane + (to * g.Ho + ho) * g.Wo;
+          T* yrow = yp + (to * g.Ho + ho) * g.Wo;
           std::fill(yrow, yrow + g.Wo, T(0));
           for (std::int64_t t = wt.lo; t < wt.hi; ++t)
             for (std::int64_t h = wh.lo; h < wh.hi; ++h) {
@@ -144,12 +156,7 @@ void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
 #pragma omp simd
               for (std::int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] += ps[wo];
             }
-          const T dr = static_cast<T>(row_divisor(g, wt, wh));
-#pragma omp simd
-          for (std::int64_t wo = 0; wo < g.Wo; ++wo) {
-            const T d = dr * cw[wo];
-            yrow[wo] = d > T(0) ? yrow[wo] / d : T(0);
-          }
+          divide(yrow, wt, wh);
         }
     }
   }
