@@ -381,7 +381,8 @@ TEST(Conv3d, GroupedWeightGradientOverFrameChunksMatchesLinearity) {
 // shapes by lowering its channel threshold: F(4, 3) tiles with a partial last tile (5 and
 // 9 frames), F(2, 3) below 4 frames, frame sizes whose (tile, position) columns cross the
 // 48-column panels mid-tile (and the weight gradient's 512-column blocks: 16x20 frames),
-// 176 channels,
+// 176 channels, 171 in and out with 1026 columns (the weight gradient's 256-column blocks
+// for many channels),
 // output channels not a multiple of 8, output channels split
 // between threads (one small sample with enough work to use them), more input than output
 // channels and the reverse. For each: the float32 forward against the naive loop, conv +
@@ -402,7 +403,7 @@ TEST(Conv3d, WinogradTemporalMatchesReference) {
   for (const Case& c : {Case{{2, 3, 5, 3, 5}, 4}, Case{{1, 5, 9, 7, 7}, 11}, Case{{1, 4, 2, 5, 11}, 3},
                         Case{{1, 2, 3, 1, 50}, 24}, Case{{2, 9, 4, 2, 3}, 16, true, false},
                         Case{{1, 6, 8, 4, 13}, 6}, Case{{1, 2, 8, 16, 20}, 3}, Case{{1, 64, 4, 4, 5}, 40, false, false},
-                        Case{{1, 176, 8, 16, 17}, 176, false, false}}) {
+                        Case{{1, 176, 8, 16, 17}, 176, false, false}, Case{{1, 171, 4, 27, 38}, 171, false}}) {
     SCOPED_TRACE(shape_str(c.input) + " -> " + std::to_string(c.out));
     const Shape ws{c.out, c.input[1], 3, 1, 1};
     // float32 rounding grows with the depth of each sum (values of unit variance sum to

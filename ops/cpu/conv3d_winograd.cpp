@@ -320,17 +320,22 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // block of both operands into its own scratch (small enough for L2, which
 // row_gemm_nt then packs from) and accumulates its own Q; G^T is applied once at the end.
 //
-// It pays only where blocks of at least 128 columns fit (up to about 340 channels in and
-// out together) and there are at least 1.5 columns per channel: otherwise loading and
-// storing Q per block, and transforming both operands, cost more than the multiplications
-// saved (conv3d_bench, 16x224, direct / Winograd ms: stage3 (128 channels, 3136 columns)
-// 3.92 / 2.95, stage2 (64) 5.62 / 4.82, stem (32) 9.76 / 8.17; stage4 (256, 784 columns,
-// every column transformed first) 3.75 / 3.38 but slower than direct in the network
-// profile, 3.6 -> 4.2 ms; stage5 (512, 196 columns) 3.68 / 4.65).
+// It pays only with enough columns per channel: at least 1.5 per channel in and out where
+// blocks of 128 or more columns fit in L2 (up to about 340 channels), and 3 where they do
+// not (blocks of 256 columns from L3); with fewer, loading and storing Q per block and
+// transforming both operands cost more than the multiplications saved. conv3d_bench, direct
+// / Winograd ms: 16x224 stage3 (128 channels, 3136 columns) 3.92 / 2.95, stage2 (64) 5.62 /
+// 4.82, stem (32) 9.76 / 8.17; 4 x 16x224 stage4 (256, 3136 columns, 3 interleaved runs
+// each) 14.9-17.6 / 11.0-11.7; 16x224 stage4 (784 columns) 3.53-4.53 / 3.66-4.01, even
+// (and, when every column was transformed first, slower in the network's profile: 3.6 ->
+// 4.2 ms), stage5 (512, 196 columns) 3.68 / 4.65.
 
-// Columns per weight-gradient block: both transformed operands within about 1 MiB.
+// Columns per weight-gradient block: both transformed operands within about 1 MiB of L2,
+// up to 512 columns; where that leaves fewer than 128 (over about 340 channels in and out),
+// 256 columns, from L3.
 std::int64_t weight_grad_block(std::int64_t P, std::int64_t C, std::int64_t O, std::int64_t bytes) {
-  return (std::int64_t{1} << 20) / (P * (O + C) * bytes) / 16 * 16;
+  const std::int64_t l2 = (std::int64_t{1} << 20) / (P * (O + C) * bytes) / 16 * 16;
+  return l2 >= 128 ? std::min<std::int64_t>(l2, 512) : 256;
 }
 
 template <typename T, int Mo>
@@ -387,7 +392,7 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   // Column blocks to threads, each transforming a block of both operands (within about
   // 1 MiB of L2; winograd_temporal_weight_grad_pays keeps it at 128 columns or more) into
   // its own scratch and accumulating its own Q; the Qs are added up below.
-  const std::int64_t block = std::min<std::int64_t>(weight_grad_block(P, C, O, sizeof(T)), 512);
+  const std::int64_t block = weight_grad_block(P, C, O, sizeof(T));
   const std::int64_t blocks = (cols_per_sample + block - 1) / block, units = g.N * blocks;
   const int threads = static_cast<int>(std::min<std::int64_t>(max_threads, units));
   const Storage partial_buf(static_cast<std::size_t>(threads * per) * sizeof(T), Device::cpu());  // block cache
@@ -444,7 +449,8 @@ void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, 
 
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
   const std::int64_t Mo = tile_frames(g), cols = g.N * ((g.To + Mo - 1) / Mo) * g.H * g.W;
-  return weight_grad_block(Mo + 2, g.C, g.O, sizeof(float)) >= 128 && 2 * cols >= 3 * (g.C + g.O);
+  const bool in_l2 = (std::int64_t{1} << 20) / ((Mo + 2) * (g.C + g.O) * std::int64_t{4}) >= 128;
+  return in_l2 ? 2 * cols >= 3 * (g.C + g.O) : cols >= 3 * (g.C + g.O);
 }
 
 template <typename T>
