@@ -243,7 +243,9 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
     thread_local std::vector<T> bpack, tile_buf;
     thread_local std::vector<std::pair<const char*, std::int64_t>> next;
     bpack.resize(static_cast<std::size_t>(block * P * C * NR));
-    tile_buf.resize(static_cast<std::size_t>(P * kMr * NR));
+    // One vector more: the output transform loads whole vectors from a run's offset in the
+    // tile, past its last column (those lanes are not stored).
+    tile_buf.resize(static_cast<std::size_t>(P * kMr * NR + L));
     // Contiguous unit ranges, so that a thread knows (and prefetches) its next unit.
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
     const std::int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
@@ -389,9 +391,9 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
     }
   };
 
-  // Column blocks to threads, each transforming a block of both operands (within about
-  // 1 MiB of L2; winograd_temporal_weight_grad_pays keeps it at 128 columns or more) into
-  // its own scratch and accumulating its own Q; the Qs are added up below.
+  // Column blocks to threads, each transforming a block of both operands (weight_grad_block
+  // columns: within L2, or 256 from L3 for many channels) into its own scratch and
+  // accumulating its own Q; the Qs are added up below.
   const std::int64_t block = weight_grad_block(P, C, O, sizeof(T));
   const std::int64_t blocks = (cols_per_sample + block - 1) / block, units = g.N * blocks;
   const int threads = static_cast<int>(std::min<std::int64_t>(max_threads, units));
