@@ -97,6 +97,47 @@ inline std::int64_t tap_offset(const Conv3dGeometry& g, const PlaneShape& ps, st
   return ((a % g.sH) * g.sW + b % g.sW) * ps.phase + (a / g.sH) * ps.Wq + b / g.sW;
 }
 
+// Offsets of every tap (kh, kw) in a channel's planes (tap_offset), computed once per call
+// rather than with divisions in the block loop.
+std::vector<std::int64_t> tap_offsets(const Conv3dGeometry& g, const PlaneShape& ps) {
+  std::vector<std::int64_t> off(static_cast<std::size_t>(g.kH * g.kW));
+  for (std::int64_t kh = 0; kh < g.kH; ++kh)
+    for (std::int64_t kw = 0; kw < g.kW; ++kw) off[kh * g.kW + kw] = tap_offset(g, ps, kh, kw);
+  return off;
+}
+
+// One block of outputs from grid position q0: acc[o][j] = the sum over (c, kh, kw) of
+// wt(c, kh, kw, o) times channel c's planes (per_c values apart) at the tap's offset
+// (off, from tap_offsets), then the epilogue (scale, bias, ReLU; ep from the group's first
+// channel).
+template <typename T>
+inline void block_sums(const Conv3dGeometry& g, const std::int64_t* off, const T* scratch, std::int64_t per_c,
+                       const T* wt, std::int64_t q0, const GemmEpilogue<T>& ep,
+                       typename Vec<T>::type (&acc)[kDirectOg][kDirectVecs]) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  for (auto& row : acc)
+    for (auto& v : row) v = V{};
+  const std::int64_t Cg = g.Cg(), taps = g.kH * g.kW;
+  for (std::int64_t c = 0; c < Cg; ++c)
+    for (std::int64_t t = 0; t < taps; ++t) {  // t = kh * kW + kw
+      const T* s = scratch + c * per_c + off[t] + q0;
+      const T* wv = wt + (c * taps + t) * kDirectOg;
+      V sv[kDirectVecs];
+      for (std::int64_t j = 0; j < kDirectVecs; ++j) std::memcpy(&sv[j], s + j * kL, sizeof(V));
+      for (std::int64_t o = 0; o < kDirectOg; ++o) {
+        const T w = wv[o];
+        for (std::int64_t j = 0; j < kDirectVecs; ++j) acc[o][j] += w * sv[j];
+      }
+    }
+  for (std::int64_t o = 0; o < kDirectOg; ++o)
+    for (std::int64_t j = 0; j < kDirectVecs; ++j) {
+      if (ep.scale) acc[o][j] *= ep.scale[o];
+      if (ep.bias) acc[o][j] += ep.bias[o];
+      if (ep.relu) acc[o][j] = acc[o][j] > T(0) ? acc[o][j] : V{};  // as relu(): NaN becomes 0
+    }
+}
+
 // Output frame `to` of one sample-group: y (8, To*Ho*Wo) from x (Cg, T, H, W). wt is the
 // group's weight reordered to (Cg, kH, kW, 8); scratch holds Cg * plane_scratch(g) values.
 // ep (from the group's first channel) applies as the outputs are stored.
@@ -112,29 +153,13 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
     return;
   }
   for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
+  const std::vector<std::int64_t> off = tap_offsets(g, ps);
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
   static_assert(kBlock <= kPlaneTail);
   for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
-    V acc[kDirectOg][kDirectVecs] = {};
-    for (std::int64_t c = 0; c < Cg; ++c)
-      for (std::int64_t kh = 0; kh < g.kH; ++kh)
-        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-          const T* s = scratch + c * per_c + tap_offset(g, ps, kh, kw) + q0;
-          const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
-          V sv[kDirectVecs];
-          for (std::int64_t j = 0; j < kDirectVecs; ++j) std::memcpy(&sv[j], s + j * kL, sizeof(V));
-          for (std::int64_t o = 0; o < kDirectOg; ++o) {
-            const T w = wv[o];
-            for (std::int64_t j = 0; j < kDirectVecs; ++j) acc[o][j] += w * sv[j];
-          }
-        }
-    for (std::int64_t o = 0; o < kDirectOg; ++o)
-      for (std::int64_t j = 0; j < kDirectVecs; ++j) {
-        if (ep.scale) acc[o][j] *= ep.scale[o];
-        if (ep.bias) acc[o][j] += ep.bias[o];
-        if (ep.relu) acc[o][j] = acc[o][j] > T(0) ? acc[o][j] : V{};  // as relu(): NaN becomes 0
-      }
+    V acc[kDirectOg][kDirectVecs];
+    block_sums(g, off.data(), scratch, per_c, wt, q0, ep, acc);
     // Each vector's lanes are grid positions q .. q + kL - 1: a run in output row ho from
     // column wo (up to Wo), and, where the vector crosses the end of the grid row, a run at
     // the start of row ho + 1. Both are masked stores; planes narrower than a vector (a
@@ -197,28 +222,12 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
       const PlaneShape frame{ps.Hq, ps.Wq, t + 1 < g.T ? plane : per_c - t * plane};
       fill_phases(g, frame, x + (c * g.T + t) * g.H * g.W, scratch + c * per_c + t * plane);
     }
+  const std::vector<std::int64_t> off = tap_offsets(g, ps);
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
   for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
-    V acc[kDirectOg][kDirectVecs] = {};
-    for (std::int64_t c = 0; c < Cg; ++c)
-      for (std::int64_t kh = 0; kh < g.kH; ++kh)
-        for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-          const T* s = scratch + c * per_c + kh * g.dH * ps.Wq + kw * g.dW + q0;
-          const T* wv = wt + ((c * g.kH + kh) * g.kW + kw) * kDirectOg;
-          V sv[kDirectVecs];
-          for (std::int64_t j = 0; j < kDirectVecs; ++j) std::memcpy(&sv[j], s + j * kL, sizeof(V));
-          for (std::int64_t o = 0; o < kDirectOg; ++o) {
-            const T w = wv[o];
-            for (std::int64_t j = 0; j < kDirectVecs; ++j) acc[o][j] += w * sv[j];
-          }
-        }
-    for (std::int64_t o = 0; o < kDirectOg; ++o)
-      for (std::int64_t j = 0; j < kDirectVecs; ++j) {
-        if (ep.scale) acc[o][j] *= ep.scale[o];
-        if (ep.bias) acc[o][j] += ep.bias[o];
-        if (ep.relu) acc[o][j] = acc[o][j] > T(0) ? acc[o][j] : V{};  // as relu(): NaN becomes 0
-      }
+    V acc[kDirectOg][kDirectVecs];
+    block_sums(g, off.data(), scratch, per_c, wt, q0, ep, acc);  // unit strides: offsets within the stack
     // Vector j holds grid positions [q, q + kL): the valid columns of each grid row r
     // (frame r / Hq, output row r % Hq < Ho) it meets, one masked store per channel.
     for (std::int64_t j = 0; j < kDirectVecs; ++j) {

@@ -86,6 +86,27 @@ inline void transform(const double (&m)[R][J], const V* in, V* out) {
   }
 }
 
+// Rows k < count of J source rows each (row k of source j at src[j] + k * src_stride; a
+// null source reads zeros), positions [0, len): output p of row k, sum over j of
+// m[p][j] * source j, goes to dst + p * dst_point + k * dst_stride. Masked vectors, so
+// runs of any length touch nothing past their end.
+template <typename T, int R, int J>
+void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int64_t src_stride, std::int64_t count,
+                    std::int64_t len, T* dst, std::int64_t dst_point, std::int64_t dst_stride) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t L = Vec<T>::kLanes;
+  for (std::int64_t k = 0; k < count; ++k)
+    for (std::int64_t v = 0; v < len; v += L) {
+      const std::uint32_t mask = len - v >= L ? ~0u : (1u << (len - v)) - 1u;
+      V d[J], e[R];
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) d[j] = src[j] ? load_lanes(src[j] + k * src_stride + v, mask) : V{};
+      transform<T, R, J>(m, d, e);
+#pragma GCC unroll 8
+      for (int p = 0; p < R; ++p) store_lanes(dst + p * dst_point + k * dst_stride + v, e[p], mask);
+    }
+}
+
 // The 3x1x1 correlation y (N, O, T, HW) = ep(sum over c, k of w(o, c, k) x(n, c, t + k - 1)),
 // x (N, C, T, HW), zero outside [0, T), by F(Mo, 3) (the Note). a holds (G w)_p, O x C,
 // for each point p as transformed_filters packs it.
@@ -165,16 +186,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
         const Run& run = runs[ri];
         const T* src[P];
         for (int j = 0; j < P; ++j) src[j] = frame_ptr(run, j);
-        for (std::int64_t c = 0; c < C; ++c)
-          for (std::int64_t v = 0; v < run.len; v += L) {
-            const std::uint32_t mask = run.len - v >= L ? ~0u : (1u << (run.len - v)) - 1u;
-            V d[P], t[P];
-#pragma GCC unroll 8
-            for (int j = 0; j < P; ++j) d[j] = src[j] ? load_lanes(src[j] + c * vol + v, mask) : V{};
-            transform<T, P, P>(W::BT, d, t);
-#pragma GCC unroll 8
-            for (int p = 0; p < P; ++p) store_lanes(dst + (p * C + c) * NR + run.j0 + v, t[p], mask);
-          }
+        transform_rows(W::BT, src, vol, C, run.len, dst + run.j0, C * NR, NR);
       }
     }
     // For each panel and 8-row panel of outputs: P micro-kernels, then AT and the epilogue.
@@ -343,9 +355,7 @@ std::int64_t weight_grad_block(std::int64_t P, std::int64_t C, std::int64_t O, s
 template <typename T, int Mo>
 void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   using W = Winograd<Mo>;
-  using V = typename Vec<T>::type;
   constexpr int P = W::P;
-  constexpr std::int64_t L = kLanes<T>;
   const std::int64_t C = g.C, O = g.O, frames = g.T, HW = g.H * g.W, vol = frames * HW;
   const std::int64_t tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW, per = P * O * C;
   const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
@@ -367,26 +377,8 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         const std::int64_t f = tile * Mo - 1 + j;
         xsrc[j] = f >= 0 && f < frames ? xn + f * HW + pos : nullptr;
       }
-      for (std::int64_t o = 0; o < O; ++o)
-        for (std::int64_t c0 = 0; c0 < len; c0 += L) {
-          const std::uint32_t mask = len - c0 >= L ? ~0u : (1u << (len - c0)) - 1u;
-          V d[Mo], e[P];
-#pragma GCC unroll 8
-          for (int j = 0; j < Mo; ++j) d[j] = gsrc[j] ? load_lanes(gsrc[j] + o * vol + c0, mask) : V{};
-          transform<T, P, Mo>(W::A, d, e);
-#pragma GCC unroll 8
-          for (int p = 0; p < P; ++p) store_lanes(u + (p * O + o) * ld + j0 + c0, e[p], mask);
-        }
-      for (std::int64_t c = 0; c < C; ++c)
-        for (std::int64_t c0 = 0; c0 < len; c0 += L) {
-          const std::uint32_t mask = len - c0 >= L ? ~0u : (1u << (len - c0)) - 1u;
-          V d[P], e[P];
-#pragma GCC unroll 8
-          for (int j = 0; j < P; ++j) d[j] = xsrc[j] ? load_lanes(xsrc[j] + c * vol + c0, mask) : V{};
-          transform<T, P, P>(W::BT, d, e);
-#pragma GCC unroll 8
-          for (int p = 0; p < P; ++p) store_lanes(v + (p * C + c) * ld + j0 + c0, e[p], mask);
-        }
+      transform_rows(W::A, gsrc, vol, O, len, u + j0, O * ld, ld);
+      transform_rows(W::BT, xsrc, vol, C, len, v + j0, C * ld, ld);
       q += len;
     }
   };
