@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <vector>
 
 namespace vidgrad::cpu {
@@ -98,7 +99,7 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
   constexpr std::int64_t L = Vec<T>::kLanes;
   for (std::int64_t k = 0; k < count; ++k)
     for (std::int64_t v = 0; v < len; v += L) {
-      const std::uint32_t mask = len - v >= L ? ~0u : (1u << (len - v)) - 1u;
+      const std::uint32_t mask = first_lanes<T>(len - v);
       V d[J], e[R];
 #pragma GCC unroll 8
       for (int j = 0; j < J; ++j) d[j] = src[j] ? load_lanes(src[j] + k * src_stride + v, mask) : V{};
@@ -231,7 +232,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
             T* out = y + (run.n * O + o) * vol + f0 * HW + run.pos;
             const T* res = ep.residual ? ep.residual + run.n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
             for (std::int64_t v = 0; v < run.len; v += L) {
-              const std::uint32_t mask = run.len - v >= L ? ~0u : (1u << (run.len - v)) - 1u;
+              const std::uint32_t mask = first_lanes<T>(run.len - v);
               V t[P], u[Mo];
 #pragma GCC unroll 8
               for (int p = 0; p < P; ++p) t[p] = load_vec(tile_buf + (p * kMr + i) * NR + run.j0 + v);
@@ -249,8 +250,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
     }
   };
 
-  const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && units > 1 &&
-                        O * C * P * total_cols >= 4 * kMinParallelWork;
+  const bool parallel = threads > 1 && units > 1 && O * C * P * total_cols >= 4 * kMinParallelWork;
 #pragma omp parallel if (parallel)
   {
     thread_local std::vector<T> bpack, tile_buf;
@@ -303,6 +303,16 @@ std::atomic<std::int64_t> winograd_min_channels{kWinogradMinChannels};
 // Output frames per tile: 4 where there are at least 4 frames, else 2.
 int tile_frames(const Conv3dGeometry& g) { return g.To >= 4 ? 4 : 2; }
 
+// f(std::integral_constant<int, Mo>{}) with Mo = tile_frames(g): the F(4, 3) or F(2, 3)
+// instance of an implementation.
+template <typename F>
+void with_tile_frames(const Conv3dGeometry& g, F&& f) {
+  if (tile_frames(g) == 4)
+    f(std::integral_constant<int, 4>{});
+  else
+    f(std::integral_constant<int, 2>{});
+}
+
 template <typename T, int Mo>
 void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
   const std::int64_t C = g.C;
@@ -345,11 +355,16 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // (and, when every column was transformed first, slower in the network's profile: 3.6 ->
 // 4.2 ms), stage5 (512, 196 columns) 3.68 / 4.65.
 
-// Columns per weight-gradient block: both transformed operands within about 1 MiB of L2,
-// up to 512 columns; where that leaves fewer than 128 (over about 340 channels in and out),
-// 256 columns, from L3.
+// Columns of a weight-gradient block with both transformed operands (P points, C + O rows
+// of `bytes`-sized values) within about 1 MiB of L2, in whole vectors of 16.
+std::int64_t weight_grad_l2_columns(std::int64_t P, std::int64_t C, std::int64_t O, std::int64_t bytes) {
+  return (std::int64_t{1} << 20) / (P * (O + C) * bytes) / 16 * 16;
+}
+
+// Columns per weight-gradient block: the L2-sized block up to 512 columns; where that
+// leaves fewer than 128 (over about 340 channels in and out), 256 columns, from L3.
 std::int64_t weight_grad_block(std::int64_t P, std::int64_t C, std::int64_t O, std::int64_t bytes) {
-  const std::int64_t l2 = (std::int64_t{1} << 20) / (P * (O + C) * bytes) / 16 * 16;
+  const std::int64_t l2 = weight_grad_l2_columns(P, C, O, bytes);
   return l2 >= 128 ? std::min<std::int64_t>(l2, 512) : 256;
 }
 
@@ -430,38 +445,30 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
 }  // namespace
 
 bool winograd_temporal(const Conv3dGeometry& g) {
-  return winograd_enabled.load(std::memory_order_relaxed) && g.temporal_only() && g.groups == 1 && g.kT == 3 && g.dT == 1 && g.pT == 1 && g.To == g.T && g.To >= 2 &&
+  return winograd_enabled.load(std::memory_order_relaxed) && g.temporal_only() && g.groups == 1 && g.kT == 3 &&
+         g.dT == 1 && g.pT == 1 && g.To == g.T && g.To >= 2 &&
          std::min(g.C, g.O) >= winograd_min_channels.load(std::memory_order_relaxed);
 }
 
 template <typename T>
 void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
-  if (tile_frames(g) == 4)
-    forward_impl<T, 4>(g, x, w, y, ep);
-  else
-    forward_impl<T, 2>(g, x, w, y, ep);
+  with_tile_frames(g, [&](auto mo) { forward_impl<T, decltype(mo)::value>(g, x, w, y, ep); });
 }
 
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
   const std::int64_t Mo = tile_frames(g), cols = g.N * ((g.To + Mo - 1) / Mo) * g.H * g.W;
-  const bool in_l2 = (std::int64_t{1} << 20) / ((Mo + 2) * (g.C + g.O) * std::int64_t{4}) >= 128;
+  const bool in_l2 = weight_grad_l2_columns(Mo + 2, g.C, g.O, sizeof(float)) >= 128;
   return in_l2 ? 2 * cols >= 3 * (g.C + g.O) : cols >= 3 * (g.C + g.O);
 }
 
 template <typename T>
 void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
-  if (tile_frames(g) == 4)
-    weight_grad_impl<T, 4>(g, gy, x, gw);
-  else
-    weight_grad_impl<T, 2>(g, gy, x, gw);
+  with_tile_frames(g, [&](auto mo) { weight_grad_impl<T, decltype(mo)::value>(g, gy, x, gw); });
 }
 
 template <typename T>
 void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
-  if (tile_frames(g) == 4)
-    input_grad_impl<T, 4>(g, gy, w, gx);
-  else
-    input_grad_impl<T, 2>(g, gy, w, gx);
+  with_tile_frames(g, [&](auto mo) { input_grad_impl<T, decltype(mo)::value>(g, gy, w, gx); });
 }
 
 void set_winograd_temporal(bool enabled, std::int64_t min_channels) {

@@ -103,7 +103,7 @@ void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
   {
     std::vector<T> partial(static_cast<std::size_t>(strided ? 0 : g.T * g.H * g.Wo));
     // One zero-padded row: pW zeros, W columns, then zeros up to the last window's end.
-    std::vector<T> padded(static_cast<std::size_t>(g.pW + std::max(g.W, g.Wo * g.sW + g.kW)), T(0));
+    std::vector<T> padded(static_cast<std::size_t>(strided ? g.pW + std::max(g.W, g.Wo * g.sW + g.kW) : 0), T(0));
 #pragma omp for schedule(static)
     for (std::int64_t p = 0; p < g.planes; ++p) {
       const T* xp = x + p * in_plane;
@@ -140,9 +140,9 @@ void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
         T* ps = partial.data() + row * g.Wo;
         std::fill(ps, ps + g.Wo, T(0));
         for (std::int64_t kw = 0; kw < g.kW; ++kw) {
-          const T* src = in + kw - g.pW;  // src[wo] = input column wo + kw - pW
+          const std::int64_t off = kw - g.pW;  // output wo reads input column wo + off
 #pragma omp simd
-          for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) ps[wo] += src[wo];
+          for (std::int64_t wo = r.lo[kw]; wo < r.hi[kw]; ++wo) ps[wo] += in[wo + off];
         }
       }
       for (std::int64_t to = 0; to < g.To; ++to)

@@ -36,6 +36,12 @@ inline void store_vec(T* p, typename Vec<T>::type v) {
   *reinterpret_cast<typename Vec<T>::unaligned*>(p) = v;
 }
 
+// The mask of the first min(n, kLanes) lanes (n >= 0): a run's last, partial vector.
+template <typename T>
+inline std::uint32_t first_lanes(std::int64_t n) {
+  return n >= Vec<T>::kLanes ? ~0u : (1u << n) - 1u;
+}
+
 // v[i] = p[i] for the lanes i whose bit is set in mask, else 0; the other lanes' memory is
 // not read (AVX-512 masked loads do not fault there).
 template <typename T>
