@@ -1,6 +1,7 @@
 // conv3d at the SEVNet-G8 layer shapes (paper Table 1), by default for one 16x224x224
-// clip (--batch, --frames, --size choose another input): the stem and, per stage, the downsampling module's stride-2 grouped 1x3x3, then the 1x1x1 C->C,
-// the 1x3x3 with group width 8 and the 3x1x1 C->C convs.
+// clip (--batch, --frames, --size choose another input): the stem and, per stage, the
+// downsampling module's 1x1x1 and stride-2 grouped 1x3x3 (C/2 channels, at the stage's
+// input size), then the 1x1x1 C->C, the 1x3x3 with group width 8 and the 3x1x1 C->C convs.
 // Each shape is timed for the forward, the input gradient and the weight gradient and
 // reported in GFLOP/s (2 x multiply-accumulates per second; the counter prints as
 // "GFLOP=<n>/s").
@@ -47,7 +48,9 @@ std::vector<LayerShape> sevnet_g8_layers(std::int64_t N, std::int64_t T, std::in
   for (int s = 0; s < 4; ++s) {
     const std::int64_t C = widths[s], S = half(in);
     const std::string stage = "stage" + std::to_string(s + 2) + "_C" + std::to_string(C);
-    // The stage's first (downsampling) module: its grouped conv has C/2 channels, stride 2.
+    // The stage's first (downsampling) module: its branch starts with a 1x1x1 conv of C/2
+    // channels at the input size, then its grouped conv has C/2 channels, stride 2.
+    layers.push_back({stage + "_down_1x1x1", N, C / 2, C / 2, T, in, in, {1, 1, 1}, {}});
     layers.push_back({stage + "_down_1x3x3_gw8_s2", N, C / 2, C / 2, T, in, in, {1, 3, 3},
                       {.stride = {1, 2, 2}, .padding = {0, 1, 1}, .groups = C / 2 / G}});
     layers.push_back({stage + "_1x1x1", N, C, C, T, S, S, {1, 1, 1}, {}});

@@ -234,8 +234,12 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
 // Eigen / row_gemm_nt ms: 4 x 8x112 stage2 (64 ch) 1.42, 1.40 / 1.66, 1.85; stage3 (128)
 // 1.51, 1.47 / 0.95, 1.14; stage4 (256) 0.88, 0.87 / 0.88, 0.94; stage5 (512) 1.10, 1.11 /
 // 1.07, 0.94. 16x224: stage2 2.89, 3.13 / 3.94, 3.54; stage3 2.34, 2.08 / 2.16, 2.20;
-// stage4 1.67, 1.73 / 1.93, 1.52; stage5 2.03, 1.94 / 1.44, 1.44).
-constexpr std::int64_t kPointwiseNtChannels = 128;
+// stage4 1.67, 1.73 / 1.93, 1.52; stage5 2.03, 1.94 / 1.44, 1.44). Since row_gemm_nt
+// prefetches its rows (Note [nt prefetch]), 64 channels gain too (conv3d_bench, min of 3
+// interleaved runs, Eigen / row_gemm_nt ms: stage2 1x1x1 (64 ch) 16x224 2.22 / 1.96, 4 x
+// 8x112 1.20 / 0.96); at 32 (the stage2 downsampling 1x1x1) they are equal (3.07 / 3.05,
+// 1.40 / 1.45).
+constexpr std::int64_t kPointwiseNtChannels = 64;
 
 template <typename T>
 void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps, std::int64_t f0,

@@ -321,6 +321,9 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
               for (std::int64_t o = 0; o < kDirectOg; ++o) {
                 V gv;
                 std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
+                // In a register: g++ otherwise folds the load into each of the three FMAs
+                // below (27 loads per 24 FMAs instead of 11; see direct_plane_weight).
+                asm("" : "+v"(gv));
                 for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
               }
             }
