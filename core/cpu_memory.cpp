@@ -11,8 +11,12 @@
 // stem's large blocks serve the later stages' smaller ones, which per-size free lists
 // could not (they held 1.6x the peak in use). A miss maps a new segment, first unmapping
 // wholly free segments, oldest first, while the mapped total would pass the peak in use
-// so far plus 1/8: peak resident memory stays near what malloc would have reached (with
-// no slack at all, a few segments were unmapped and mapped again every training step).
+// so far plus 1/4: peak resident memory stays near what malloc would have reached. With
+// no slack at all, a few segments were unmapped and mapped again every training step;
+// with 1/8, still about 800 pages a step at batch 4, 8x112x112 SEVNet-G8 training (perf
+// stat, 24 steps against 4), most of them in the buffer of the stage-2 downsampling conv's
+// input gradient, which then took 7-9.7 ms instead of 2.3 (--profile); with 1/4, 90 pages
+// a step, and peak RSS 468 -> 493 MB there, 820 -> 878 MB at batch 1, 16x224x224.
 // Memory freed after a transient peak stays mapped until a segment needs the room or
 // empty_cache() is called, as with a GPU caching allocator.
 #include "vidgrad/core/cpu_memory.h"
@@ -154,7 +158,7 @@ void* allocate(std::size_t nbytes) {
     return c.take(*it, bytes);
   }
   const std::size_t seg_bytes = segment_size(bytes);
-  const std::size_t limit = std::max(c.stats.peak_live_bytes + c.stats.peak_live_bytes / 8, c.stats.live_bytes + seg_bytes);
+  const std::size_t limit = std::max(c.stats.peak_live_bytes + c.stats.peak_live_bytes / 4, c.stats.live_bytes + seg_bytes);
   while (c.mapped + seg_bytes > limit && c.unmap_oldest()) {
   }
   void* p = mmap(nullptr, seg_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -189,7 +189,7 @@ TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
     }
     for (const Live& l : live) check(l);
     const cm::Stats s = cm::stats();
-    EXPECT_LE(s.live_bytes + s.cached_bytes, s.peak_live_bytes + s.peak_live_bytes / 8 + 128 * MiB);
+    EXPECT_LE(s.live_bytes + s.cached_bytes, s.peak_live_bytes + s.peak_live_bytes / 4 + 128 * MiB);
     for (const Live& l : live) cm::release(l.p, l.n);
     live.clear();
   }
