@@ -59,10 +59,12 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
+        const T* w = weight_c.defined() ? weight_c.data<T>() : nullptr;
+        const T* b = bias_c.defined() ? bias_c.data<T>() : nullptr;
         if (opts.training) {
           std::vector<double> var(C);
-          cpu::batch_norm_stats<T>(x.data<T>(), N, C, S, mean->data(), var.data());
-          for (std::int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + opts.eps);
+          cpu::batch_norm_train_forward<T>(x.data<T>(), N, C, S, opts.eps, w, b, y.data<T>(), opts.relu, mean->data(),
+                                           var.data(), invstd->data());
           if (running_mean.defined()) {
             T* rm = running_mean.data<T>();
             T* rv = running_var.data<T>();
@@ -79,10 +81,8 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
             (*mean)[c] = rm[c];
             (*invstd)[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + opts.eps);
           }
+          cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(), w, b, y.data<T>(), opts.relu);
         }
-        cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(),
-                                 weight_c.defined() ? weight_c.data<T>() : nullptr,
-                                 bias_c.defined() ? bias_c.data<T>() : nullptr, y.data<T>(), opts.relu);
       });
       break;
 #ifdef VIDGRAD_WITH_CUDA

@@ -155,8 +155,12 @@ TEST(BatchNorm, LargeMeanStaysAccurateInFloat32) {
   }
 }
 
+// 40 channels: the training forward takes statistics and output channel by channel
+// (batch_norm_train_forward) on up to 20 threads; 2 or 3 channels on 2 threads or more,
+// the two passes over all channels.
 INSTANTIATE_TEST_SUITE_P(Shapes, BatchNormShapes,
-                         ::testing::Values(Shape{2, 3, 3, 5, 3}, Shape{1, 4, 2, 3, 3}, Shape{5, 3}, Shape{3, 2, 7}));
+                         ::testing::Values(Shape{2, 3, 3, 5, 3}, Shape{1, 4, 2, 3, 3}, Shape{5, 3}, Shape{3, 2, 7},
+                                           Shape{2, 40, 3, 4}));
 
 TEST(BatchNorm, WithoutAffineOrRunningStats) {
   Tensor x = randn({2, 3, 2, 2, 2}, 16, DType::kFloat32);

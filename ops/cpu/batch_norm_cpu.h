@@ -26,6 +26,13 @@ template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
                       const double* invstd, const T* w, const T* b, T* y, bool relu = false);
 
+// Training forward: mean[c], biased var[c] and invstd[c] = 1 / sqrt(var[c] + eps) from x,
+// and y as batch_norm_apply writes it, channel by channel (Note [statistics and output per
+// channel]); the same values as batch_norm_stats then batch_norm_apply.
+template <typename T>
+void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double eps, const T* w,
+                              const T* b, T* y, bool relu, double* mean, double* var, double* invstd);
+
 // Gradients given gy. With `batch_stats`, mean/invstd came from this batch and the input
 // gradient includes their dependence on x; otherwise they are constants (eval).
 // Any of gx, gw, gb may be null to skip it; all are written, not accumulated. With relu,
