@@ -350,7 +350,7 @@ void check_row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K) {
 }
 
 TEST(RowGemmNt, MatchesTripleLoopAtBlockEdges) {
-  for (std::int64_t M : {1, 8, 13, 64})
+  for (std::int64_t M : {1, 8, 13, 64, 300})  // 300 rows: the smallest position block (128)
     for (std::int64_t N : {1, 17, 48, 100})
       for (std::int64_t K : {1, 15, 16, 100, 257, 700}) {
         check_row_gemm_nt<float>(M, N, K);
