@@ -97,8 +97,17 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
                     std::int64_t len, T* dst, std::int64_t dst_point, std::int64_t dst_stride) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t L = Vec<T>::kLanes;
-  for (std::int64_t k = 0; k < count; ++k)
-    for (std::int64_t v = 0; v < len; v += L) {
+  for (std::int64_t k = 0; k < count; ++k) {
+    std::int64_t v = 0;
+    for (; v + L <= len; v += L) {  // whole vectors: plain loads and stores, cheaper than masked
+      V d[J], e[R];
+#pragma GCC unroll 8
+      for (int j = 0; j < J; ++j) d[j] = src[j] ? load_vec(src[j] + k * src_stride + v) : V{};
+      transform<T, R, J>(m, d, e);
+#pragma GCC unroll 8
+      for (int p = 0; p < R; ++p) store_vec(dst + p * dst_point + k * dst_stride + v, e[p]);
+    }
+    if (v < len) {  // the last, partial vector
       const std::uint32_t mask = first_lanes<T>(len - v);
       V d[J], e[R];
 #pragma GCC unroll 8
@@ -107,6 +116,7 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
 #pragma GCC unroll 8
       for (int p = 0; p < R; ++p) store_lanes(dst + p * dst_point + k * dst_stride + v, e[p], mask);
     }
+  }
 }
 
 // The 3x1x1 correlation y (N, O, T, HW) = ep(sum over c, k of w(o, c, k) x(n, c, t + k - 1)),
@@ -237,11 +247,15 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
 #pragma GCC unroll 8
               for (int p = 0; p < P; ++p) t[p] = load_vec(tile_buf + (p * kMr + i) * NR + run.j0 + v);
               transform<T, Mo, P>(W::AT, t, u);
+              const bool whole = v + L <= run.len;  // plain loads and stores
               for (std::int64_t r = 0; r < nf; ++r) {
                 V y_r = u[r] * s + b;
-                if (res) y_r += load_lanes(res + r * HW + v, mask);
+                if (res) y_r += whole ? load_vec(res + r * HW + v) : load_lanes(res + r * HW + v, mask);
                 if (ep.relu) y_r = y_r > T(0) ? y_r : V{};  // as relu(): NaN becomes 0
-                store_lanes(out + r * HW + v, y_r, mask);
+                if (whole)
+                  store_vec(out + r * HW + v, y_r);
+                else
+                  store_lanes(out + r * HW + v, y_r, mask);
               }
             }
           }
