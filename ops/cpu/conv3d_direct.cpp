@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -109,6 +110,27 @@ struct PlanePrefetch {
     const std::int64_t per = (values * static_cast<std::int64_t>(sizeof(T)) + 63) / 64, lines = per * planes;
     for (std::int64_t l = lines * i / n; l < lines * (i + 1) / n; ++l)
       __builtin_prefetch(reinterpret_cast<const char*>(first + (l / per) * stride) + (l % per) * 64, 0, 2);
+  }
+};
+
+// The lines of a PlanePrefetch one at a time, for a loop that has fewer blocks than lines
+// to spread them over: next() prefetches the next line, if any is left.
+template <typename T>
+struct PrefetchCursor {
+  const char* plane;
+  std::int64_t stride_bytes, bytes, left, off = 0;  // left: planes still to do
+  explicit PrefetchCursor(const PlanePrefetch<T>& p)
+      : plane(reinterpret_cast<const char*>(p.first)), stride_bytes(p.stride * static_cast<std::int64_t>(sizeof(T))),
+        bytes(p.values * static_cast<std::int64_t>(sizeof(T))), left(p.first && p.values > 0 ? p.planes : 0) {}
+  void next() {
+    if (left == 0) return;
+    __builtin_prefetch(plane + off, 0, 2);
+    off += 64;
+    if (off >= bytes) {
+      off = 0;
+      plane += stride_bytes;
+      --left;
+    }
   }
 };
 
@@ -326,6 +348,19 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
           std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * ps.Wq);
       }
     }
+    // One-frame chunks (planes of 56x56 and more): the next frame's input planes and
+    // output-gradient frame, a line per vector step (Note [plane prefetch]; a share per
+    // (c, kh) step, 130 lines at once, did not help). conv3d_bench 16x224, min of 3
+    // interleaved runs: stage2 weight grad 2.51 -> 2.07 ms; on the smaller planes (chunks
+    // of several frames) and the stride-2 convs it was 2-7% slower, so they go without.
+    const bool prefetch = chunk == 1 && g.sH == 1 && g.sW == 1;
+    const std::int64_t n0 = to0 + chunk, n1 = std::min(g.To, n0 + chunk);
+    const std::int64_t ti0 = std::max<std::int64_t>(0, n0 * g.sT - g.pT);
+    const std::int64_t ti1 = std::min(g.T, (n1 - 1) * g.sT - g.pT + 1);
+    PrefetchCursor<T> next_x(PlanePrefetch<T>{prefetch && n0 < g.To && ti0 < ti1 ? x + ti0 * g.H * g.W : nullptr,
+                                              g.T * g.H * g.W, (ti1 - ti0) * g.H * g.W, Cg});
+    PrefetchCursor<T> next_gy(
+        PlanePrefetch<T>{prefetch && n0 < g.To ? gy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg});
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
         for (std::int64_t kw0 = 0; kw0 < g.kW; kw0 += kKw) {
@@ -337,22 +372,34 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
             off[kw] = c * per_c + tap_offset(g, ps, kh, kw0 + (kw < nkw ? kw : 0));
             for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = kw < nkw ? a[kw * kDirectOg + o] : V{};
           }
-          for (std::int64_t f = 0; f < nf; ++f) {
-            const T* slot = scratch + f * fs;
-            const T* gpad = slot + Cg * per_c;
-            for (std::int64_t q = 0; q < Qv; q += kL) {
-              V xv[kKw];
-              for (std::int64_t kw = 0; kw < kKw; ++kw) std::memcpy(&xv[kw], slot + off[kw] + q, sizeof(V));
-              for (std::int64_t o = 0; o < kDirectOg; ++o) {
-                V gv;
-                std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
-                // In a register: g++ otherwise folds the load into each of the three FMAs
-                // below (27 loads per 24 FMAs instead of 11; see direct_plane_weight).
-                asm("" : "+v"(gv));
-                for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
+          auto sweep = [&](auto with_prefetch) {
+            for (std::int64_t f = 0; f < nf; ++f) {
+              const T* slot = scratch + f * fs;
+              const T* gpad = slot + Cg * per_c;
+              for (std::int64_t q = 0; q < Qv; q += kL) {
+                if constexpr (decltype(with_prefetch)::value) {
+                  if (next_x.left)
+                    next_x.next();
+                  else
+                    next_gy.next();
+                }
+                V xv[kKw];
+                for (std::int64_t kw = 0; kw < kKw; ++kw) std::memcpy(&xv[kw], slot + off[kw] + q, sizeof(V));
+                for (std::int64_t o = 0; o < kDirectOg; ++o) {
+                  V gv;
+                  std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
+                  // In a register: g++ otherwise folds the load into each of the three
+                  // FMAs below (27 loads per 24 FMAs instead of 11).
+                  asm("" : "+v"(gv));
+                  for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
+                }
               }
             }
-          }
+          };
+          if (next_x.left || next_gy.left)
+            sweep(std::true_type{});
+          else
+            sweep(std::false_type{});
           for (std::int64_t kw = 0; kw < nkw; ++kw)
             for (std::int64_t o = 0; o < kDirectOg; ++o) a[kw * kDirectOg + o] = r[kw][o];
         }
