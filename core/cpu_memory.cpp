@@ -158,7 +158,8 @@ void* allocate(std::size_t nbytes) {
     return c.take(*it, bytes);
   }
   const std::size_t seg_bytes = segment_size(bytes);
-  const std::size_t limit = std::max(c.stats.peak_live_bytes + c.stats.peak_live_bytes / 4, c.stats.live_bytes + seg_bytes);
+  const std::size_t limit =
+      std::max(c.stats.peak_live_bytes + c.stats.peak_live_bytes / 4, c.stats.live_bytes + seg_bytes);
   while (c.mapped + seg_bytes > limit && c.unmap_oldest()) {
   }
   void* p = mmap(nullptr, seg_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

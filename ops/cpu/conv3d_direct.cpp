@@ -10,8 +10,8 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace vidgrad::cpu {
@@ -390,7 +390,9 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
                   std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
                   // In a register: g++ otherwise folds the load into each of the three
                   // FMAs below (27 loads per 24 FMAs instead of 11).
+#if defined(__x86_64__) || defined(__i386__)
                   asm("" : "+v"(gv));
+#endif
                   for (std::int64_t kw = 0; kw < kKw; ++kw) r[kw][o] += gv * xv[kw];
                 }
               }

@@ -207,8 +207,8 @@ void pack_transposed(const T* const* rows, const std::int64_t* lo, const std::in
 // operand the micro-kernel wants. Blocks of 128 to 256 positions (so that packed A stays
 // within about 128 KiB, 256 KiB at 512 rows) are transposed while packed (kL x kL register
 // transposes): A (all M rows, 8-row panels) once per block, B in 48-row panels, each B
-// panel then meeting every A panel in the same 8 x 48 micro-kernel as row_gemm. Eigen did the same packing,
-// but once per tap and per call, through a generic packer.
+// panel then meeting every A panel in the same 8 x 48 micro-kernel as row_gemm. Eigen did
+// the same packing, but once per tap and per call, through a generic packer.
 template <typename T>
 void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const* a_rows, const T* const* b_rows,
                  const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc) {
