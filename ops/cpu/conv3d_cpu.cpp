@@ -352,11 +352,9 @@ void strided_rows_conv(const Conv3dGeometry& g, const T* x, const T* w, T* y, co
         // The input row this tap reads for the next output row, into L2 while this one
         // computes (the rows come from memory: Note [plane prefetch] in conv3d_direct.cpp).
         const std::int64_t next_hi = hi + g.sH;
-        if (ho + 1 < g.Ho && ti >= 0 && ti < g.T && next_hi >= 0 && next_hi < g.H) {
-          const char* row = reinterpret_cast<const char*>(x + (((n * g.C + c) * g.T + ti) * g.H + next_hi) * g.W);
-          for (std::int64_t off = 0; off < g.W * static_cast<std::int64_t>(sizeof(T)); off += 64)
-            __builtin_prefetch(row + off, 0, 2);
-        }
+        if (ho + 1 < g.Ho && ti >= 0 && ti < g.T && next_hi >= 0 && next_hi < g.H)
+          prefetch_l2(x + (((n * g.C + c) * g.T + ti) * g.H + next_hi) * g.W,
+                      g.W * static_cast<std::int64_t>(sizeof(T)));
       }
       row_gemm(a, g.Wo, ptrs.data(), y + n * g.O * L + p * g.Wo, L, false, ep);
     }

@@ -100,28 +100,18 @@ void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T*
 // prefetchers do not run ahead across the eight planes of a group. So while one frame
 // computes, the next frame's planes are prefetched into L2, a share of their cache lines
 // before each block of outputs (a burst of all of them at once did not help).
+
+// The cache lines of `planes` runs of `values` values each, `stride` values apart (from
+// `first`; null: none), prefetched into L2 in order: next() one line, share(i, n) the
+// lines of block i of n.
 template <typename T>
 struct PlanePrefetch {
-  const T* first;  // plane 0 of the next frame, or null: nothing to prefetch
-  std::int64_t stride, values, planes;  // values per plane, `stride` apart
-  // The share of lines of block i out of n.
-  void share(std::int64_t i, std::int64_t n) const {
-    if (first == nullptr) return;
-    const std::int64_t per = (values * static_cast<std::int64_t>(sizeof(T)) + 63) / 64, lines = per * planes;
-    for (std::int64_t l = lines * i / n; l < lines * (i + 1) / n; ++l)
-      __builtin_prefetch(reinterpret_cast<const char*>(first + (l / per) * stride) + (l % per) * 64, 0, 2);
-  }
-};
-
-// The lines of a PlanePrefetch one at a time, for a loop that has fewer blocks than lines
-// to spread them over: next() prefetches the next line, if any is left.
-template <typename T>
-struct PrefetchCursor {
   const char* plane;
-  std::int64_t stride_bytes, bytes, left, off = 0;  // left: planes still to do
-  explicit PrefetchCursor(const PlanePrefetch<T>& p)
-      : plane(reinterpret_cast<const char*>(p.first)), stride_bytes(p.stride * static_cast<std::int64_t>(sizeof(T))),
-        bytes(p.values * static_cast<std::int64_t>(sizeof(T))), left(p.first && p.values > 0 ? p.planes : 0) {}
+  std::int64_t stride_bytes, bytes, left, lines, off = 0;  // left: planes not yet done
+  PlanePrefetch(const T* first, std::int64_t stride, std::int64_t values, std::int64_t planes)
+      : plane(reinterpret_cast<const char*>(first)), stride_bytes(stride * static_cast<std::int64_t>(sizeof(T))),
+        bytes(values * static_cast<std::int64_t>(sizeof(T))), left(first && values > 0 ? planes : 0),
+        lines(left * ((bytes + 63) / 64)) {}
   void next() {
     if (left == 0) return;
     __builtin_prefetch(plane + off, 0, 2);
@@ -131,6 +121,9 @@ struct PrefetchCursor {
       plane += stride_bytes;
       --left;
     }
+  }
+  void share(std::int64_t i, std::int64_t n) {
+    for (std::int64_t l = lines * i / n; l < lines * (i + 1) / n; ++l) next();
   }
 };
 
@@ -202,7 +195,7 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
   static_assert(kBlock <= kPlaneTail);
   // The next output frame's input planes, a share before each block (Note [plane prefetch]).
   const std::int64_t next_ti = ti + g.sT, blocks = (Q + kBlock - 1) / kBlock;
-  const PlanePrefetch<T> next{next_ti < g.T ? x + next_ti * g.H * g.W : nullptr, g.T * g.H * g.W, g.H * g.W, Cg};
+  PlanePrefetch<T> next(next_ti < g.T ? x + next_ti * g.H * g.W : nullptr, g.T * g.H * g.W, g.H * g.W, Cg);
   for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
     next.share(q0 / kBlock, blocks);
     V acc[kDirectOg][kDirectVecs];
@@ -357,10 +350,9 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
     const std::int64_t n0 = to0 + chunk, n1 = std::min(g.To, n0 + chunk);
     const std::int64_t ti0 = std::max<std::int64_t>(0, n0 * g.sT - g.pT);
     const std::int64_t ti1 = std::min(g.T, (n1 - 1) * g.sT - g.pT + 1);
-    PrefetchCursor<T> next_x(PlanePrefetch<T>{prefetch && n0 < g.To && ti0 < ti1 ? x + ti0 * g.H * g.W : nullptr,
-                                              g.T * g.H * g.W, (ti1 - ti0) * g.H * g.W, Cg});
-    PrefetchCursor<T> next_gy(
-        PlanePrefetch<T>{prefetch && n0 < g.To ? gy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg});
+    PlanePrefetch<T> next_x(prefetch && n0 < g.To && ti0 < ti1 ? x + ti0 * g.H * g.W : nullptr, g.T * g.H * g.W,
+                            (ti1 - ti0) * g.H * g.W, Cg);
+    PlanePrefetch<T> next_gy(prefetch && n0 < g.To ? gy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg);
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
         for (std::int64_t kw0 = 0; kw0 < g.kW; kw0 += kKw) {

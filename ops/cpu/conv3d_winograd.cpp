@@ -214,8 +214,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
       for (std::int64_t mp = mp0; mp < mp1; ++mp, ++group) {
         const auto r0 = static_cast<std::int64_t>(next.size()) * group / groups;
         const auto r1 = static_cast<std::int64_t>(next.size()) * (group + 1) / groups;
-        for (std::int64_t r = r0; r < r1; ++r)
-          for (std::int64_t off = 0; off < next[r].second; off += 64) __builtin_prefetch(next[r].first + off, 0, 2);
+        for (std::int64_t r = r0; r < r1; ++r) prefetch_l2(next[r].first, next[r].second);
         const std::int64_t rows = std::min(kMr, O - mp * kMr);
         // The output rows this group stores (8 channels x Mo frames, a few cache lines
         // each) and their residual: requested now, while the micro-kernels run.

@@ -81,9 +81,7 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         for (std::int64_t k = nkc * (p - pb) / (pe - pb); k < nkc * (p - pb + 1) / (pe - pb); ++k) {
           const std::int64_t lo = b_lo ? std::clamp(b_lo[nk0 + k], nc0, nc1) : nc0;
           const std::int64_t hi = b_hi ? std::clamp(b_hi[nk0 + k], lo, nc1) : nc1;
-          const char* row = reinterpret_cast<const char*>(b_rows[nk0 + k] + lo);
-          for (std::int64_t off = 0; off < (hi - lo) * static_cast<std::int64_t>(sizeof(T)); off += 64)
-            __builtin_prefetch(row + off, 0, 2);
+          prefetch_l2(b_rows[nk0 + k] + lo, (hi - lo) * static_cast<std::int64_t>(sizeof(T)));
         }
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
