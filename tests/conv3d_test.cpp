@@ -382,9 +382,8 @@ TEST(Conv3d, GroupedWeightGradientOverFrameChunksMatchesLinearity) {
 // 9 frames), F(2, 3) below 4 frames, frame sizes whose (tile, position) columns cross the
 // 48-column panels mid-tile (and the weight gradient's 512-column blocks: 16x20 frames),
 // 176 channels, 171 in and out with 1026 columns (the weight gradient's 256-column blocks
-// for many channels),
-// output channels not a multiple of 8, output channels split
-// between threads (one small sample with enough work to use them), more input than output
+// for many channels), output channels not a multiple of 8, output channels split between
+// threads (one small sample with enough work to use them), more input than output
 // channels and the reverse. For each: the float32 forward against the naive loop, conv +
 // inference batch norm with a residual and ReLU against the composition, float64
 // gradients against finite differences (input and weight gradients take the path too;
