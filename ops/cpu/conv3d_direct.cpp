@@ -359,9 +359,11 @@ std::int64_t weight_chunk_frames(const Conv3dGeometry& g) {
 // Frames are taken in chunks (weight_chunk_frames): the accumulators of each (c, kh) are
 // loaded once per chunk, not once per frame, which matters for 7x7 and 4x4 planes where a
 // frame is only a few vectors long. scratch holds weight_chunk_frames * weight_frame_scratch.
+// next_x and next_gy: the sample-group computed next (null: none), whose first chunk the
+// last chunk prefetches.
 template <typename T>
 void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename Vec<T>::type* acc,
-                         T* scratch) {
+                         T* scratch, const T* next_x, const T* next_gy) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kKw = 3;
   const PlaneShape ps = plane_shape(g);
@@ -382,18 +384,25 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
           std::copy(src + ho * g.Wo, src + (ho + 1) * g.Wo, dst + ho * ps.Wq);
       }
     }
-    // One-frame chunks (planes of 56x56 and more): the next frame's input planes and
-    // output-gradient frame, a line per vector step (Note [plane prefetch]; a share per
-    // (c, kh) step, 130 lines at once, did not help). conv3d_bench 16x224, min of 3
-    // interleaved runs: stage2 weight grad 2.51 -> 2.07 ms; on the smaller planes (chunks
-    // of several frames) and the stride-2 convs it was 2-7% slower, so they go without.
-    const bool prefetch = chunk == 1 && g.sH == 1 && g.sW == 1;
-    const std::int64_t n0 = to0 + chunk, n1 = std::min(g.To, n0 + chunk);
+    // The chunk filled next (the next frames of this sample-group, or the first of the next
+    // one): its input planes and output-gradient frames, a line per vector step (Note
+    // [plane prefetch]; a share per (c, kh) step, 130 lines at once, did not help).
+    // conv3d_bench 16x224, min of 3 interleaved runs: stage2 (one-frame chunks) 2.51 -> 2.07
+    // ms. Smaller planes looked 2-7% slower with it while conv3d_bench kept a layer's
+    // operands in cache between iterations; with --cold (operands from memory, as in a
+    // training step), min of 6 interleaved runs, 4 x 8x112: stage2 2.11 -> 1.70, stage3
+    // 1.04 -> 0.90, stage4 and 5 even (0.66, 0.70 -> 0.66, 0.74); 16x224, min of 4: stage3
+    // 2.08 -> 1.74, stage4 1.32 -> 1.11, stage5 0.81 -> 0.63, stride-2 stage3-5 1.65 -> 1.16,
+    // 0.92 -> 0.86, 0.89 -> 0.61.
+    const bool last = to0 + chunk >= g.To;
+    const T* const px = last ? next_x : x;
+    const T* const pgy = last ? next_gy : gy;
+    const std::int64_t n0 = last ? 0 : to0 + chunk, n1 = std::min(g.To, n0 + chunk);
     const std::int64_t ti0 = std::max<std::int64_t>(0, n0 * g.sT - g.pT);
     const std::int64_t ti1 = std::min(g.T, (n1 - 1) * g.sT - g.pT + 1);
-    PlanePrefetch<T> next_x(prefetch && n0 < g.To && ti0 < ti1 ? x + ti0 * g.H * g.W : nullptr, g.T * g.H * g.W,
-                            (ti1 - ti0) * g.H * g.W, Cg);
-    PlanePrefetch<T> next_gy(prefetch && n0 < g.To ? gy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg);
+    PlanePrefetch<T> next_x_lines(px && ti0 < ti1 ? px + ti0 * g.H * g.W : nullptr, g.T * g.H * g.W,
+                                  (ti1 - ti0) * g.H * g.W, Cg);
+    PlanePrefetch<T> next_gy_lines(pgy ? pgy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg);
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t kh = 0; kh < g.kH; ++kh)
         for (std::int64_t kw0 = 0; kw0 < g.kW; kw0 += kKw) {
@@ -411,10 +420,10 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
               const T* gpad = slot + Cg * per_c;
               for (std::int64_t q = 0; q < Qv; q += kL) {
                 if constexpr (decltype(with_prefetch)::value) {
-                  if (next_x.left)
-                    next_x.next();
+                  if (next_x_lines.left)
+                    next_x_lines.next();
                   else
-                    next_gy.next();
+                    next_gy_lines.next();
                 }
                 V xv[kKw];
                 for (std::int64_t kw = 0; kw < kKw; ++kw) std::memcpy(&xv[kw], slot + off[kw] + q, sizeof(V));
@@ -431,7 +440,7 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
               }
             }
           };
-          if (next_x.left || next_gy.left)
+          if (next_x_lines.left || next_gy_lines.left)
             sweep(std::true_type{});
           else
             sweep(std::false_type{});
@@ -626,8 +635,9 @@ void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T
     constexpr std::int64_t kL = Vec<T>::kLanes;
     std::vector<V> acc(static_cast<std::size_t>(K * Og), V{});
     T* buf = col_buffer<T>(weight_chunk_frames<T>(g) * weight_frame_scratch<T>(g));
-    for (std::int64_t n = 0; n < g.N; ++n)
-      direct_plane_weight(g, x + (n * g.C + gr * Cg) * g.in_volume(), gy + (n * g.O + gr * Og) * L, acc.data(), buf);
+    const auto xs = [&](std::int64_t n) { return n < g.N ? x + (n * g.C + gr * Cg) * g.in_volume() : nullptr; };
+    const auto gys = [&](std::int64_t n) { return n < g.N ? gy + (n * g.O + gr * Og) * L : nullptr; };
+    for (std::int64_t n = 0; n < g.N; ++n) direct_plane_weight(g, xs(n), gys(n), acc.data(), buf, xs(n + 1), gys(n + 1));
     T* gwg = gw + gr * Og * K;
     for (std::int64_t k = 0; k < K; ++k)
       for (std::int64_t o = 0; o < Og; ++o) {
