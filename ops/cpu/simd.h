@@ -3,6 +3,7 @@
 // plain C++ arithmetic on vectors and the compiler picks the instructions.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -41,6 +42,24 @@ inline typename Vec<T>::type load_vec(const T* p) {
 template <typename T>
 inline void store_vec(T* p, typename Vec<T>::type v) {
   *reinterpret_cast<typename Vec<T>::unaligned*>(p) = v;
+}
+
+// a * b + c per lane, rounded once (as std::fma), whatever the compiler's contraction
+// setting: batch norm's backward recomputes its forward's ReLU input bit for bit.
+template <typename T>
+inline typename Vec<T>::type fma_vec(typename Vec<T>::type a, typename Vec<T>::type b, typename Vec<T>::type c) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<typename Vec<T>::type>(
+        _mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b), reinterpret_cast<__m512>(c)));
+  else
+    return reinterpret_cast<typename Vec<T>::type>(
+        _mm512_fmadd_pd(reinterpret_cast<__m512d>(a), reinterpret_cast<__m512d>(b), reinterpret_cast<__m512d>(c)));
+#else
+  typename Vec<T>::type r;
+  for (int i = 0; i < static_cast<int>(Vec<T>::kLanes); ++i) r[i] = std::fma(a[i], b[i], c[i]);
+  return r;
+#endif
 }
 
 // The mask of the first min(n, kLanes) lanes (n >= 0): a run's last, partial vector.
