@@ -60,33 +60,6 @@ std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane
 // 0.614, stage4 0.780 -> 0.446 and 0.843 -> 0.439, stage5 0.679 -> 0.454 and 0.764 -> 0.500
 // (the input gradient's phase convs have unit stride: unchanged).
 
-// even[m] = s[2m] and odd[m] = s[2m + 1] for 2m (+ 1) < n.
-template <typename T>
-void deinterleave_row(const T* s, std::int64_t n, T* even, T* odd) {
-  using V = typename Vec<T>::type;
-  constexpr std::int64_t kL = Vec<T>::kLanes;
-  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-  typedef I IV __attribute__((vector_size(sizeof(V))));
-  IV pick_even, pick_odd;  // lanes of the pair (v0, v1): 0 .. kL - 1 from v0, kL .. from v1
-  for (std::int64_t k = 0; k < kL; ++k) {
-    pick_even[k] = static_cast<I>(2 * k);
-    pick_odd[k] = static_cast<I>(2 * k + 1);
-  }
-  std::int64_t i = 0;
-  for (; i + 2 * kL <= n; i += 2 * kL) {
-    const V v0 = load_vec(s + i), v1 = load_vec(s + i + kL);
-    store_vec(even + i / 2, __builtin_shuffle(v0, v1, pick_even));
-    store_vec(odd + i / 2, __builtin_shuffle(v0, v1, pick_odd));
-  }
-  if (i < n) {  // the last 1 .. 2 kL - 1 values: masked
-    const std::int64_t r = n - i;
-    const V v0 = load_lanes(s + i, first_lanes<T>(r));
-    const V v1 = r > kL ? load_lanes(s + i + kL, first_lanes<T>(r - kL)) : V{};
-    store_lanes(even + i / 2, __builtin_shuffle(v0, v1, pick_even), first_lanes<T>((r + 1) / 2));
-    store_lanes(odd + i / 2, __builtin_shuffle(v0, v1, pick_odd), first_lanes<T>(r / 2));
-  }
-}
-
 // Fills dst (plane_scratch(g) values) with the phase planes of one input plane src (H x W).
 template <typename T>
 void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {

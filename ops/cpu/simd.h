@@ -100,4 +100,53 @@ inline void store_lanes(T* p, typename Vec<T>::type v, std::uint32_t mask) {
 #endif
 }
 
+// even[m] = s[2m] and odd[m] = s[2m + 1] for 2m (+ 1) < n: a row's two column phases
+// (stride-2 convs and pools), two shuffles per two vectors.
+template <typename T>
+inline void deinterleave_row(const T* s, std::int64_t n, T* even, T* odd) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I IV __attribute__((vector_size(sizeof(V))));
+  IV pick_even, pick_odd;  // lanes of the pair (v0, v1): 0 .. kL - 1 from v0, kL .. from v1
+  for (std::int64_t k = 0; k < kL; ++k) {
+    pick_even[k] = static_cast<I>(2 * k);
+    pick_odd[k] = static_cast<I>(2 * k + 1);
+  }
+  std::int64_t i = 0;
+  for (; i + 2 * kL <= n; i += 2 * kL) {
+    const V v0 = load_vec(s + i), v1 = load_vec(s + i + kL);
+    store_vec(even + i / 2, __builtin_shuffle(v0, v1, pick_even));
+    store_vec(odd + i / 2, __builtin_shuffle(v0, v1, pick_odd));
+  }
+  if (i < n) {  // the last 1 .. 2 kL - 1 values: masked
+    const std::int64_t r = n - i;
+    const V v0 = load_lanes(s + i, first_lanes<T>(r));
+    const V v1 = r > kL ? load_lanes(s + i + kL, first_lanes<T>(r - kL)) : V{};
+    store_lanes(even + i / 2, __builtin_shuffle(v0, v1, pick_even), first_lanes<T>((r + 1) / 2));
+    store_lanes(odd + i / 2, __builtin_shuffle(v0, v1, pick_odd), first_lanes<T>(r / 2));
+  }
+}
+
+// out[2m] = a[m] and out[2m + 1] = b[m] for m < n: the inverse of deinterleave_row; out
+// takes 2n values rounded up to whole vectors, a and b n rounded up (lanes past n are
+// stored, not read by the caller).
+template <typename T>
+inline void interleave_rows(const T* a, const T* b, std::int64_t n, T* out) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I IV __attribute__((vector_size(sizeof(V))));
+  IV zip_lo, zip_hi;  // lanes (a0 b0 a1 b1 ...) of the low and of the high halves
+  for (std::int64_t k = 0; k < kL; ++k) {
+    zip_lo[k] = static_cast<I>((k % 2 ? kL : 0) + k / 2);
+    zip_hi[k] = static_cast<I>((k % 2 ? kL : 0) + kL / 2 + k / 2);
+  }
+  for (std::int64_t m = 0; m < n; m += kL) {
+    const V va = load_vec(a + m), vb = load_vec(b + m);
+    store_vec(out + 2 * m, __builtin_shuffle(va, vb, zip_lo));
+    store_vec(out + 2 * m + kL, __builtin_shuffle(va, vb, zip_hi));
+  }
+}
+
 }  // namespace vidgrad::cpu
