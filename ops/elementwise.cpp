@@ -83,8 +83,7 @@ Tensor relu_grad(const Tensor& g_in, const Tensor& y_in) {
   dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
     switch (g.device().type) {
       case DeviceType::kCPU:
-        cpu::binary_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel(),
-                           [](T gv, T yv) { return yv > T(0) ? gv : T(0); });
+        cpu::relu_grad_map<T>(g.data<T>(), y.data<T>(), gx.data<T>(), g.numel());
         break;
 #ifdef VIDGRAD_WITH_CUDA
       case DeviceType::kCUDA:

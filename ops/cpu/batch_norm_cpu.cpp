@@ -122,16 +122,6 @@ void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::i
 // Without the ReLU the loops ran as fast before (0.79 ms at 64 channels).
 namespace {
 
-// g where y > 0, else 0 (as relu(): NaN passes nothing). g is pinned to a register first:
-// g++ otherwise folds the select into g's load as a masked load (Note [backward in vectors]).
-template <typename T>
-inline typename Vec<T>::type relu_pass(typename Vec<T>::type y, typename Vec<T>::type g) {
-#if defined(__x86_64__) || defined(__i386__)
-  asm("" : "+v"(g));
-#endif
-  return y > T(0) ? g : typename Vec<T>::type{};
-}
-
 // Adds to sum_g and sum_gd the sums over one (sample, channel) plane of gm and
 // gm * (x - m), gm = g where the fused ReLU passed it (fma(x, ra, rshift) > 0) or g;
 // summed in T per block of kBlock values, then in double.
@@ -145,7 +135,7 @@ void plane_grad_sums(const T* p, const T* g, std::int64_t S, T m, T ra, T rshift
     V bg[2] = {}, bgd[2] = {};
     std::int64_t i = i0;
     auto add = [&](int u, V pv, V gv) {
-      if constexpr (kRelu) gv = relu_pass<T>(fma_vec<T>(pv, va, vs), gv);
+      if constexpr (kRelu) gv = relu_pass(fma_vec<T>(pv, va, vs), gv);
       bg[u] += gv;
       bgd[u] += gv * (pv - vm);
     };
@@ -175,7 +165,7 @@ void plane_grad_input(const T* p, const T* g, T* q, std::int64_t S, T m, T ra, T
   constexpr std::int64_t L = Vec<T>::kLanes;
   const V vm = V{} + m, va = V{} + ra, vs = V{} + rshift;
   auto value = [&](V pv, V gv) {
-    if constexpr (kRelu) gv = relu_pass<T>(fma_vec<T>(pv, va, vs), gv);
+    if constexpr (kRelu) gv = relu_pass(fma_vec<T>(pv, va, vs), gv);
     return alpha * gv + beta * (pv - vm) + gamma;
   };
   std::int64_t i = 0;

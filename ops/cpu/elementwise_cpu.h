@@ -9,6 +9,7 @@
 #include "vidgrad/core/strided.h"
 #include "vidgrad/core/tensor.h"
 #include "vidgrad/ops/common.h"
+#include "vidgrad/ops/cpu/simd.h"
 
 namespace vidgrad::cpu {
 
@@ -26,6 +27,17 @@ template <typename T, typename F>
 void binary_map(const T* a, const T* b, T* z, std::int64_t n, F f) {
 #pragma omp parallel for simd schedule(static) if (n >= kParallelGrain)
   for (std::int64_t i = 0; i < n; ++i) z[i] = f(a[i], b[i]);
+}
+
+// gx[i] = g[i] where y[i] > 0, else 0 (a ReLU's backward), in vectors with relu_pass: as
+// binary_map's `y > 0 ? g : 0`, g++ made g's load a masked one.
+template <typename T>
+void relu_grad_map(const T* g, const T* y, T* gx, std::int64_t n) {
+  constexpr std::int64_t L = Vec<T>::kLanes;
+  const std::int64_t vecs = n / L;
+#pragma omp parallel for schedule(static) if (n >= kParallelGrain)
+  for (std::int64_t v = 0; v < vecs; ++v) store_vec(gx + v * L, relu_pass(load_vec(y + v * L), load_vec(g + v * L)));
+  for (std::int64_t i = vecs * L; i < n; ++i) gx[i] = y[i] > T(0) ? g[i] : T(0);
 }
 
 // out (contiguous, shape `shape`) = f(a, b) with a and b broadcast to `shape`.

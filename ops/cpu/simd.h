@@ -62,6 +62,17 @@ inline typename Vec<T>::type fma_vec(typename Vec<T>::type a, typename Vec<T>::t
 #endif
 }
 
+// g where y > 0, else 0, per lane (a ReLU's backward; as relu(): NaN passes nothing). g is
+// pinned to a register first: g++ otherwise folds the select into g's load as a masked
+// load, about twice as slow on this CPU (Note [backward in vectors] in batch_norm_cpu.cpp).
+template <typename V>
+inline V relu_pass(V y, V g) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+v"(g));
+#endif
+  return y > V{} ? g : V{};
+}
+
 // The mask of the first min(n, kLanes) lanes (n >= 0): a run's last, partial vector.
 template <typename T>
 inline std::uint32_t first_lanes(std::int64_t n) {
