@@ -59,14 +59,10 @@ template <typename T>
 inline void every_other(const T* src, T* dst, std::int64_t lo, std::int64_t hi, std::int64_t limit) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
-  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-  typedef I IV __attribute__((vector_size(sizeof(V))));
-  IV even;
-  for (std::int64_t k = 0; k < kL; ++k) even[k] = static_cast<I>(2 * k);
   std::int64_t wo = lo;
   for (; wo + kL <= hi && 2 * (wo + kL) <= limit; wo += kL) {
     const V a = load_vec(src + 2 * wo), b = load_vec(src + 2 * wo + kL);
-    store_vec(dst + wo, __builtin_shuffle(a, b, even));
+    store_vec(dst + wo, even_lanes<T>(a, b));
   }
   for (; wo < hi; ++wo) dst[wo] = src[2 * wo];
 }

@@ -116,18 +116,11 @@ inline void transpose_block(const T* const* rows, const std::int64_t* lo, const 
         if (k0 + k >= lo[i] && k0 + k < hi[i]) r[i][k] = rows[i][k0 + k];
     }
   }
-  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-  typedef I IV __attribute__((vector_size(sizeof(V))));
-  IV zip_lo, zip_hi;  // lanes (a0 b0 a1 b1 ...), of the low and of the high halves
-  for (int k = 0; k < L; ++k) {
-    zip_lo[k] = (k % 2 ? L : 0) + k / 2;
-    zip_hi[k] = (k % 2 ? L : 0) + L / 2 + k / 2;
-  }
   for (int round = 1; round < L; round *= 2) {
     V t[L];
     for (int i = 0; i < L / 2; ++i) {
-      t[2 * i] = __builtin_shuffle(r[i], r[i + L / 2], zip_lo);
-      t[2 * i + 1] = __builtin_shuffle(r[i], r[i + L / 2], zip_hi);
+      t[2 * i] = zip_low<T>(r[i], r[i + L / 2]);
+      t[2 * i + 1] = zip_high<T>(r[i], r[i + L / 2]);
     }
     for (int i = 0; i < L; ++i) r[i] = t[i];
   }

@@ -111,31 +111,61 @@ inline void store_lanes(T* p, typename Vec<T>::type v, std::uint32_t mask) {
 #endif
 }
 
+// Lane shuffles of two vectors (a, b), read as one run a0 .. a(L-1) b0 .. b(L-1):
+// even_lanes (a0 a2 .. b0 b2 ..) and odd_lanes (a1 a3 .. b1 b3 ..) take a row apart into
+// its two column phases; zip_low (a0 b0 a1 b1 ..) and zip_high (the same from the high
+// halves) put two rows together again, and transpose kL x kL blocks in rounds.
+template <typename T>
+struct LaneIndex {  // the integer vector __builtin_shuffle takes for Vec<T>
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I type __attribute__((vector_size(kVecBytes)));
+};
+
+template <typename T>
+inline typename Vec<T>::type even_lanes(typename Vec<T>::type a, typename Vec<T>::type b) {
+  typename LaneIndex<T>::type idx;
+  for (std::int64_t k = 0; k < Vec<T>::kLanes; ++k) idx[k] = 2 * k;
+  return __builtin_shuffle(a, b, idx);
+}
+template <typename T>
+inline typename Vec<T>::type odd_lanes(typename Vec<T>::type a, typename Vec<T>::type b) {
+  typename LaneIndex<T>::type idx;
+  for (std::int64_t k = 0; k < Vec<T>::kLanes; ++k) idx[k] = 2 * k + 1;
+  return __builtin_shuffle(a, b, idx);
+}
+template <typename T>
+inline typename Vec<T>::type zip_low(typename Vec<T>::type a, typename Vec<T>::type b) {
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  typename LaneIndex<T>::type idx;
+  for (std::int64_t k = 0; k < kL; ++k) idx[k] = (k % 2 ? kL : 0) + k / 2;
+  return __builtin_shuffle(a, b, idx);
+}
+template <typename T>
+inline typename Vec<T>::type zip_high(typename Vec<T>::type a, typename Vec<T>::type b) {
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  typename LaneIndex<T>::type idx;
+  for (std::int64_t k = 0; k < kL; ++k) idx[k] = (k % 2 ? kL : 0) + kL / 2 + k / 2;
+  return __builtin_shuffle(a, b, idx);
+}
+
 // even[m] = s[2m] and odd[m] = s[2m + 1] for 2m (+ 1) < n: a row's two column phases
-// (stride-2 convs and pools), two shuffles per two vectors.
+// (stride-2 convs and pools).
 template <typename T>
 inline void deinterleave_row(const T* s, std::int64_t n, T* even, T* odd) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
-  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-  typedef I IV __attribute__((vector_size(sizeof(V))));
-  IV pick_even, pick_odd;  // lanes of the pair (v0, v1): 0 .. kL - 1 from v0, kL .. from v1
-  for (std::int64_t k = 0; k < kL; ++k) {
-    pick_even[k] = static_cast<I>(2 * k);
-    pick_odd[k] = static_cast<I>(2 * k + 1);
-  }
   std::int64_t i = 0;
   for (; i + 2 * kL <= n; i += 2 * kL) {
     const V v0 = load_vec(s + i), v1 = load_vec(s + i + kL);
-    store_vec(even + i / 2, __builtin_shuffle(v0, v1, pick_even));
-    store_vec(odd + i / 2, __builtin_shuffle(v0, v1, pick_odd));
+    store_vec(even + i / 2, even_lanes<T>(v0, v1));
+    store_vec(odd + i / 2, odd_lanes<T>(v0, v1));
   }
   if (i < n) {  // the last 1 .. 2 kL - 1 values: masked
     const std::int64_t r = n - i;
     const V v0 = load_lanes(s + i, first_lanes<T>(r));
     const V v1 = r > kL ? load_lanes(s + i + kL, first_lanes<T>(r - kL)) : V{};
-    store_lanes(even + i / 2, __builtin_shuffle(v0, v1, pick_even), first_lanes<T>((r + 1) / 2));
-    store_lanes(odd + i / 2, __builtin_shuffle(v0, v1, pick_odd), first_lanes<T>(r / 2));
+    store_lanes(even + i / 2, even_lanes<T>(v0, v1), first_lanes<T>((r + 1) / 2));
+    store_lanes(odd + i / 2, odd_lanes<T>(v0, v1), first_lanes<T>(r / 2));
   }
 }
 
@@ -146,17 +176,10 @@ template <typename T>
 inline void interleave_rows(const T* a, const T* b, std::int64_t n, T* out) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
-  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-  typedef I IV __attribute__((vector_size(sizeof(V))));
-  IV zip_lo, zip_hi;  // lanes (a0 b0 a1 b1 ...) of the low and of the high halves
-  for (std::int64_t k = 0; k < kL; ++k) {
-    zip_lo[k] = static_cast<I>((k % 2 ? kL : 0) + k / 2);
-    zip_hi[k] = static_cast<I>((k % 2 ? kL : 0) + kL / 2 + k / 2);
-  }
   for (std::int64_t m = 0; m < n; m += kL) {
     const V va = load_vec(a + m), vb = load_vec(b + m);
-    store_vec(out + 2 * m, __builtin_shuffle(va, vb, zip_lo));
-    store_vec(out + 2 * m + kL, __builtin_shuffle(va, vb, zip_hi));
+    store_vec(out + 2 * m, zip_low<T>(va, vb));
+    store_vec(out + 2 * m + kL, zip_high<T>(va, vb));
   }
 }
 
