@@ -315,12 +315,12 @@ TEST(RowGemm, MatchesTripleLoopAtBlockEdges) {
         }
 }
 
-// row_gemm_nt (C += A B^T, both operands along the reduction, B rows zero outside their
-// valid ranges) against the plain triple loop: M around the 8-row panels, N around the
-// 48-row panels, K across the transposed kL-blocks and the position blocks, in both
-// precisions.
+// row_gemm_nt (C += A B^T, or C = A B^T without accumulate; both operands along the
+// reduction, B rows zero outside their valid ranges) against the plain triple loop: M
+// around the 8-row panels, N around the 48-row panels, K across the transposed kL-blocks
+// and the position blocks, in both precisions.
 template <typename T>
-void check_row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K) {
+void check_row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, bool accumulate) {
   std::mt19937 rng(static_cast<unsigned>(M * 7919 + N * 104729 + K));
   std::normal_distribution<double> dist;
   std::vector<T> pool((M + N) * (K + 9)), c(M * (N + 3));
@@ -338,24 +338,26 @@ void check_row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K) {
   std::vector<T> expect = c;
   for (std::int64_t m = 0; m < M; ++m)
     for (std::int64_t n = 0; n < N; ++n) {
-      double acc = static_cast<double>(c[m * ldc + n]);
+      double acc = accumulate ? static_cast<double>(c[m * ldc + n]) : 0.0;
       for (std::int64_t k = lo[n]; k < hi[n]; ++k) acc += static_cast<double>(a_rows[m][k]) * b_rows[n][k];
       expect[m * ldc + n] = static_cast<T>(acc);
     }
-  cpu::row_gemm_nt<T>(M, N, K, a_rows.data(), b_rows.data(), lo.data(), hi.data(), c.data(), ldc);
+  cpu::row_gemm_nt<T>(M, N, K, a_rows.data(), b_rows.data(), lo.data(), hi.data(), c.data(), ldc, accumulate);
   const double tol = std::is_same_v<T, float> ? 1e-4 * std::sqrt(static_cast<double>(K)) : 1e-12;
   for (std::int64_t i = 0; i < static_cast<std::int64_t>(c.size()); ++i)
     ASSERT_NEAR(c[i], expect[i], tol * (1 + std::abs(static_cast<double>(expect[i]))))
-        << "M " << M << " N " << N << " K " << K << " at " << i / ldc << ", " << i % ldc;
+        << "M " << M << " N " << N << " K " << K << (accumulate ? " accumulating" : " storing") << " at " << i / ldc
+        << ", " << i % ldc;
 }
 
 TEST(RowGemmNt, MatchesTripleLoopAtBlockEdges) {
   for (std::int64_t M : {1, 8, 13, 64, 300})  // 300 rows: the smallest position block (128)
     for (std::int64_t N : {1, 17, 48, 100})
-      for (std::int64_t K : {1, 15, 16, 100, 257, 700}) {
-        check_row_gemm_nt<float>(M, N, K);
-        check_row_gemm_nt<double>(M, N, K);
-      }
+      for (std::int64_t K : {0, 1, 15, 16, 100, 257, 700})
+        for (bool accumulate : {true, false}) {
+          check_row_gemm_nt<float>(M, N, K, accumulate);
+          check_row_gemm_nt<double>(M, N, K, accumulate);
+        }
 }
 
 // Large planes make the grouped weight gradient work through several frame chunks

@@ -43,6 +43,21 @@ using Map = Eigen::Map<RowMat<T>>;
 template <typename T>
 using ConstMap = Eigen::Map<const RowMat<T>>;
 
+// dst[i] += sum over p < parts of partials[p * size + i], i < size: the other threads'
+// partial weight gradients (Note [weight-gradient partials]). Contiguous, so vectorised.
+template <typename T>
+void add_partials(T* dst, const T* partials, int parts, std::int64_t size) {
+  if (parts == 0) return;
+#pragma omp parallel for schedule(static) if (size >= kMinParallelWork)
+  for (std::int64_t i0 = 0; i0 < size; i0 += 1024) {
+    const std::int64_t i1 = std::min(size, i0 + 1024);
+    for (int p = 0; p < parts; ++p) {
+      const T* src = partials + p * size;
+      for (std::int64_t i = i0; i < i1; ++i) dst[i] += src[i];
+    }
+  }
+}
+
 // Output positions o in [lo, hi) read input index o * stride + off inside [0, size).
 inline void valid_range(std::int64_t off, std::int64_t stride, std::int64_t size, std::int64_t out,
                         std::int64_t& lo, std::int64_t& hi) {
@@ -237,18 +252,28 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
 // 1.40 / 1.45).
 constexpr std::int64_t kPointwiseNtChannels = 64;
 
+// gtaps (Og, Cg * kT), laid out as the weight (column c * kT + kt), = (accumulate: +=)
+// gyg (Og, cols) * shifted xg (Cg * kT, cols)^T over output frames [f0, f1) of one
+// sample-group.
 template <typename T>
 void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg, T* gtaps, std::int64_t f0,
-                              std::int64_t f1) {
+                              std::int64_t f1, bool accumulate) {
   const std::int64_t HW = g.H * g.W, Og = g.Og(), Cg = g.Cg(), N = g.kT * Cg;
   if (g.kT == 1 && Cg < kPointwiseNtChannels) {
     const TapRange r = tap_range(g, 0);
     const std::int64_t lo = std::max(r.lo, f0), hi = std::min(r.hi, f1);
-    if (hi <= lo) return;
+    Map<T> out(gtaps, Og, Cg);
+    if (hi <= lo) {
+      if (!accumulate) out.setZero();
+      return;
+    }
     const std::int64_t cols = (hi - lo) * HW;
     ConstStridedMap<T> gy(gyg + lo * HW, Og, cols, Eigen::OuterStride<>(g.To * HW));
     ConstStridedMap<T> x(xg + (lo + r.off) * HW, Cg, cols, Eigen::OuterStride<>(g.T * HW));
-    Map<T>(gtaps, Og, Cg).noalias() += gy * x.transpose();
+    if (accumulate)
+      out.noalias() += gy * x.transpose();
+    else
+      out.noalias() = gy * x.transpose();
     return;
   }
   std::vector<const T*> a_rows(static_cast<std::size_t>(Og)), b_rows(static_cast<std::size_t>(N));
@@ -258,50 +283,47 @@ void temporal_backward_weight(const Conv3dGeometry& g, const T* gyg, const T* xg
     const TapRange r = tap_range(g, kt);
     const std::int64_t t0 = std::max(r.lo, f0), t1 = std::max(t0, std::min(r.hi, f1));
     for (std::int64_t c = 0; c < Cg; ++c) {
-      const std::int64_t n = kt * Cg + c;
+      const std::int64_t n = c * g.kT + kt;  // the weight's column order
       b_rows[n] = xg + c * g.in_volume() + (f0 + r.off) * HW;  // row n at position k reads frame f0 + off + k / HW
       lo[n] = (t0 - f0) * HW;
       hi[n] = (t1 - f0) * HW;
     }
   }
-  row_gemm_nt<T>(Og, N, (f1 - f0) * HW, a_rows.data(), b_rows.data(), lo.data(), hi.data(), gtaps, N);
+  row_gemm_nt<T>(Og, N, (f1 - f0) * HW, a_rows.data(), b_rows.data(), lo.data(), hi.data(), gtaps, N, accumulate);
 }
 
-// Weight gradient of pointwise and kT x 1 x 1 convs. The reduction runs over N * To
-// frames, which are split between threads (each a single-threaded GEMM per tap into its
-// own partial sum, added up at the end): splitting the tiny (Og, Cg) output instead made
-// the threads synchronise on every block of Eigen's parallel GEMM.
+// Note [weight-gradient partials]: the weight gradient of pointwise and kT x 1 x 1 convs
+// reduces over N * To frames, which are split between threads, each a single-threaded
+// GEMM into its own partial sum (splitting the small (O, Cg * kT) output instead made the
+// threads synchronise on every block of Eigen's parallel GEMM). B's rows are ordered as
+// the weight's columns (c * kT + kt), so thread 0's partial is the weight gradient itself
+// and the others are added to it in one contiguous pass; each thread's first GEMM stores
+// rather than accumulates, so nothing is zeroed first. At 512 channels a partial is 3 MB:
+// zeroing two, then a strided scalar sum of (O, kT, Cg) partials into (O, Cg, kT), took a
+// third of the GEMMs' time.
 template <typename T>
 void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
-  const std::int64_t Cg = g.Cg(), Og = g.Og(), L = g.L(), units = g.N * g.To, per = g.kT * Og * Cg;
-  const int threads =
-      static_cast<int>(std::min<std::int64_t>(omp_in_parallel() ? 1 : omp_get_max_threads(), units));
-  const std::int64_t partial_size = threads * g.groups * per;
-  const Storage partial_buf(static_cast<std::size_t>(partial_size) * sizeof(T), Device::cpu());  // block cache
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), L = g.L(), units = g.N * g.To, per = g.O * Cg * g.kT;
+  const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && units > 1 &&
+                        g.N * g.O * Cg * g.kT * L >= kMinParallelWork;
+  const int threads = parallel ? static_cast<int>(std::min<std::int64_t>(omp_get_max_threads(), units)) : 1;
+  const Storage partial_buf(static_cast<std::size_t>((threads - 1) * per) * sizeof(T), Device::cpu());  // block cache
   T* partial = static_cast<T*>(partial_buf.data());
-  std::fill(partial, partial + partial_size, T(0));
-#pragma omp parallel num_threads(threads) if (threads > 1 && g.N * g.O * Cg * g.kT * L >= kMinParallelWork)
+  int team = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (t == 0) team = static_cast<int>(nt);
+    T* mine = t == 0 ? gw : partial + (t - 1) * per;
     const std::int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
     for (std::int64_t n = u0 / g.To; n * g.To < u1; ++n) {
       const std::int64_t f0 = std::max<std::int64_t>(0, u0 - n * g.To), f1 = std::min(g.To, u1 - n * g.To);
       for (std::int64_t gr = 0; gr < g.groups; ++gr)
         temporal_backward_weight(g, gy + (n * g.O + gr * Og) * L, x + (n * g.C + gr * Cg) * g.in_volume(),
-                                 partial + (t * g.groups + gr) * per, f0, f1);
+                                 mine + gr * Og * Cg * g.kT, f0, f1, n * g.To > u0);
     }
   }
-#pragma omp parallel for schedule(static) if (threads > 1 && g.O * Cg * g.kT >= kMinParallelWork)
-  for (std::int64_t row = 0; row < g.O; ++row) {  // row = gr * Og + o
-    const std::int64_t gr = row / Og, o = row % Og;
-    for (std::int64_t kt = 0; kt < g.kT; ++kt) {
-      T* dst = gw + row * Cg * g.kT + kt;
-      const T* src = partial + gr * per + (o * g.kT + kt) * Cg;
-      for (std::int64_t c = 0; c < Cg; ++c) dst[c * g.kT] = src[c];
-      for (int t = 1; t < threads; ++t)
-        for (std::int64_t c = 0; c < Cg; ++c) dst[c * g.kT] += src[t * g.groups * per + c];
-    }
-  }
+  add_partials(gw, partial, team - 1, per);
 }
 
 // ---- any ungrouped conv, forward, one output row at a time ----
@@ -500,13 +522,15 @@ void im2col_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw)
   const std::int64_t step = std::min(tile_rows(g), std::max<std::int64_t>(1, (std::int64_t{1} << 17) / K / g.Wo));
   const int threads = static_cast<int>(std::min<std::int64_t>(
       omp_in_parallel() || g.N * g.O * K * L < 4 * kMinParallelWork ? 1 : omp_get_max_threads(), units));
-  const std::int64_t per = g.groups * Og * K;  // one partial: all of gw
-  const Storage partial_buf(static_cast<std::size_t>(threads * per) * sizeof(T), Device::cpu());
+  const std::int64_t per = g.groups * Og * K;  // one partial: all of gw (Note [weight-gradient partials])
+  const Storage partial_buf(static_cast<std::size_t>((threads - 1) * per) * sizeof(T), Device::cpu());
   T* partial = static_cast<T*>(partial_buf.data());
-  std::fill(partial, partial + threads * per, T(0));
+  int team = 1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (t == 0) team = static_cast<int>(nt);
+    T* mine = t == 0 ? gw : partial + (t - 1) * per;
     const std::int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
     std::vector<const T*> a_rows(static_cast<std::size_t>(Og)), b_rows(static_cast<std::size_t>(K));
     for (std::int64_t n = u0 / rows; n * rows < u1; ++n) {
@@ -518,18 +542,13 @@ void im2col_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw)
         for (std::int64_t gr = 0; gr < g.groups; ++gr) {
           im2col(g, x + (n * g.C + gr * Cg) * g.in_volume(), buf, p0, p1);
           for (std::int64_t o = 0; o < Og; ++o) a_rows[o] = gy + (n * g.O + gr * Og + o) * L + p0 * g.Wo;
-          row_gemm_nt<T>(Og, K, cols, a_rows.data(), b_rows.data(), nullptr, nullptr, partial + t * per + gr * Og * K,
-                         K);
+          row_gemm_nt<T>(Og, K, cols, a_rows.data(), b_rows.data(), nullptr, nullptr, mine + gr * Og * K, K,
+                         n * rows + p0 > u0);
         }
       }
     }
   }
-#pragma omp parallel for schedule(static) if (threads > 1 && per >= kMinParallelWork)
-  for (std::int64_t i = 0; i < per; ++i) {
-    T sum = partial[i];
-    for (int t = 1; t < threads; ++t) sum += partial[t * per + i];
-    gw[i] = sum;
-  }
+  add_partials(gw, partial, team - 1, per);
 }
 
 }  // namespace

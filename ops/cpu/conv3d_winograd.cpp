@@ -389,13 +389,14 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   const std::int64_t tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW, per = P * O * C;
   const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 
-  // Columns [q0, q1) of sample n, transformed: (AT^T gy)_p to u[(p * O + o) * ld + j] and
-  // (BT x)_p to v[(p * C + c) * ld + j], j = q - q0.
-  auto transform_columns = [&](std::int64_t n, std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
-    const T* gyn = gy + n * O * vol;
-    const T* xn = x + n * C * vol;
+  // Columns [q0, q1) of the batch (flat over (sample, tile, position)), transformed:
+  // (AT^T gy)_p to u[(p * O + o) * ld + j] and (BT x)_p to v[(p * C + c) * ld + j], j = q - q0.
+  auto transform_columns = [&](std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
     for (std::int64_t q = q0; q < q1;) {
-      const std::int64_t tile = q / HW, pos = q % HW, len = std::min(q1 - q, HW - pos), j0 = q - q0;
+      const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
+      const std::int64_t tile = r / HW, pos = r % HW, len = std::min(q1 - q, HW - pos), j0 = q - q0;
+      const T* gyn = gy + n * O * vol;
+      const T* xn = x + n * C * vol;
       const T* gsrc[Mo];
       for (int j = 0; j < Mo; ++j) {
         const std::int64_t f = tile * Mo + j;
@@ -412,30 +413,41 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
     }
   };
 
-  // Column blocks to threads, each transforming a block of both operands (weight_grad_block
-  // columns: within L2, or 256 from L3 for many channels) into its own scratch and
-  // accumulating its own Q; the Qs are added up below.
-  const std::int64_t block = weight_grad_block(P, C, O, sizeof(T));
-  const std::int64_t blocks = (cols_per_sample + block - 1) / block, units = g.N * blocks;
-  const int threads = static_cast<int>(std::min<std::int64_t>(max_threads, units));
+  // Note [Winograd weight-gradient blocks]: the columns of the whole batch are split evenly
+  // between threads, and each thread's share into equal blocks of at most weight_grad_block
+  // columns (within L2, or 256 from L3 for many channels). Each block costs a load and
+  // store of every Q_p (P x O x C) besides its multiplications, so blocks run across
+  // samples: per sample, 8x112 stage 4 (256 channels at 7x7) had 98 columns, 12 GEMMs of
+  // depth 98 per thread at 4 samples, and a 784-column 16x224 sample split 512 / 272
+  // between threads with a 16-column last block. Each thread transforms a block of both
+  // operands into its own scratch and accumulates its own Q; the Qs are added up below.
+  const std::int64_t total = g.N * cols_per_sample;
+  const int threads = static_cast<int>(std::clamp<std::int64_t>((total + 63) / 64, 1, max_threads));
+  const std::int64_t block_max = weight_grad_block(P, C, O, sizeof(T));
+  // Each thread's first block stores its Q rather than adding to it: nothing is zeroed.
   const Storage partial_buf(static_cast<std::size_t>(threads * per) * sizeof(T), Device::cpu());  // block cache
   T* partial = static_cast<T*>(partial_buf.data());
-  std::fill(partial, partial + threads * per, T(0));
+  int team = 1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (t == 0) team = static_cast<int>(nt);
+    const std::int64_t c0 = total * t / nt, c1 = total * (t + 1) / nt;
+    const std::int64_t nblocks = std::max<std::int64_t>(1, (c1 - c0 + block_max - 1) / block_max);
+    const std::int64_t block = std::min(block_max, ((c1 - c0 + nblocks - 1) / nblocks + 15) / 16 * 16);
     thread_local std::vector<T> scratch;
     scratch.resize(static_cast<std::size_t>(P * (O + C) * block));
     T* u = scratch.data();
     T* v = scratch.data() + P * O * block;
     std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
-    for (std::int64_t unit = units * t / nt; unit < units * (t + 1) / nt; ++unit) {
-      const std::int64_t n = unit / blocks, q0 = unit % blocks * block, q1 = std::min(cols_per_sample, q0 + block);
-      transform_columns(n, q0, q1, u, v, block);
+    for (std::int64_t q0 = c0; q0 < c1; q0 += block) {
+      const std::int64_t q1 = std::min(c1, q0 + block);
+      transform_columns(q0, q1, u, v, block);
       for (int p = 0; p < P; ++p) {
         for (std::int64_t o = 0; o < O; ++o) a_rows[o] = u + (p * O + o) * block;
         for (std::int64_t c = 0; c < C; ++c) b_rows[c] = v + (p * C + c) * block;
-        row_gemm_nt<T>(O, C, q1 - q0, a_rows.data(), b_rows.data(), nullptr, nullptr, partial + t * per + p * O * C, C);
+        row_gemm_nt<T>(O, C, q1 - q0, a_rows.data(), b_rows.data(), nullptr, nullptr, partial + t * per + p * O * C, C,
+                       q0 > c0);
       }
     }
   }
@@ -445,7 +457,7 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       T q[P];
       for (int p = 0; p < P; ++p) {
         q[p] = partial[p * O * C + o * C + c];
-        for (int t = 1; t < threads; ++t) q[p] += partial[t * per + p * O * C + o * C + c];
+        for (int t = 1; t < team; ++t) q[p] += partial[t * per + p * O * C + o * C + c];
       }
       for (int k = 0; k < 3; ++k) {
         T acc = 0;

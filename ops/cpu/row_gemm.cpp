@@ -212,10 +212,15 @@ void pack_transposed(const T* const* rows, const std::int64_t* lo, const std::in
 // 0.679, stage5 0.951 / 0.811.
 template <typename T>
 void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const* a_rows, const T* const* b_rows,
-                 const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc) {
+                 const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc, bool accumulate) {
   constexpr std::int64_t NR = kNr<T>, L = kLanes<T>;
   constexpr std::int64_t kSubKc = 128;  // positions per micro-kernel pass (see the Note)
-  if (M == 0 || N == 0 || K == 0) return;
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (std::int64_t m = 0; m < M; ++m) std::fill(c + m * ldc, c + m * ldc + N, T(0));
+    return;
+  }
   const std::int64_t m_panels = (M + kMr - 1) / kMr;
   // Positions per block: packed A (all rows) within about 128 KiB of L2, 128 to 256. With
   // 512 rows that is 256 KiB: at 64 positions, the C tiles (512 x 1536 floats for a 3x1x1
@@ -241,7 +246,7 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
       for (std::int64_t s0 = 0; s0 < kc; s0 += kSubKc)
         for (std::int64_t mp = 0; mp < m_panels; ++mp)
           micro_tile(std::min(kSubKc, kc - s0), a_pack + mp * kc * kMr + s0 * kMr, b_pack + s0 * NR, NR,
-                     c + mp * kMr * ldc + n0, ldc, std::min(kMr, M - mp * kMr), cols, true,
+                     c + mp * kMr * ldc + n0, ldc, std::min(kMr, M - mp * kMr), cols, accumulate || k0 + s0 > 0,
                      static_cast<const GemmEpilogue<T>*>(nullptr));
     }
   }
@@ -271,9 +276,10 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
 }
 
 template void row_gemm_nt<float>(std::int64_t, std::int64_t, std::int64_t, const float* const*, const float* const*,
-                                 const std::int64_t*, const std::int64_t*, float*, std::int64_t);
+                                 const std::int64_t*, const std::int64_t*, float*, std::int64_t, bool);
 template void row_gemm_nt<double>(std::int64_t, std::int64_t, std::int64_t, const double* const*,
-                                  const double* const*, const std::int64_t*, const std::int64_t*, double*, std::int64_t);
+                                  const double* const*, const std::int64_t*, const std::int64_t*, double*, std::int64_t,
+                                  bool);
 template void row_gemm<float>(const PackedA<float>&, std::int64_t, const float* const*, float*, std::int64_t, bool,
                               const GemmEpilogue<float>&, const std::int64_t*, const std::int64_t*);
 template void row_gemm<double>(const PackedA<double>&, std::int64_t, const double* const*, double*, std::int64_t,

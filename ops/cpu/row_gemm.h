@@ -79,10 +79,11 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
 // C[m, n] += sum over k < K of a_rows[m][k] * b_rows[n][k]: both operands run along the
 // reduction (a weight gradient: m an output channel, n an input channel and tap, k a
 // position). Row n of B reads zeros outside [b_lo[n], b_hi[n]) (null: all of [0, K)),
-// so a time-shifted row needs no padded copy. Single-threaded: callers split the work.
-// Note [transposed row GEMM] in row_gemm.cpp.
+// so a time-shifted row needs no padded copy. Without accumulate, C = A B^T: the old C is
+// never read (a partial sum needs no zeroing pass). Single-threaded: callers split the
+// work. Note [transposed row GEMM] in row_gemm.cpp.
 template <typename T>
 void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const* a_rows, const T* const* b_rows,
-                 const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc);
+                 const std::int64_t* b_lo, const std::int64_t* b_hi, T* c, std::int64_t ldc, bool accumulate = true);
 
 }  // namespace vidgrad::cpu
