@@ -74,25 +74,25 @@ struct Winograd<4> {
                                      {1, 2, 4, 8}, {1, -2, 4, -8}, {0, 0, 0, 1}};  // AT transposed
 };
 
-// out[r] = sum over j of m[r][j] * in[j], for R outputs of J inputs; unrolled, so each
-// coefficient is a constant and the zeros and ones cost nothing.
-template <typename T, int R, int J, typename V>
+// out[r - R0] = sum over j of m[r][j] * in[j], for outputs r in [R0, R1) of J inputs;
+// unrolled, so each coefficient is a constant and the zeros and ones cost nothing.
+template <typename T, int R, int J, typename V, int R0 = 0, int R1 = R>
 inline void transform(const double (&m)[R][J], const V* in, V* out) {
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
+  for (int r = R0; r < R1; ++r) {
     V v{};
 #pragma GCC unroll 8
     for (int j = 0; j < J; ++j)
       if (m[r][j] != 0) v += static_cast<T>(m[r][j]) * in[j];
-    out[r] = v;
+    out[r - R0] = v;
   }
 }
 
 // Rows k < count of J source rows each (row k of source j at src[j] + k * src_stride; a
-// null source reads zeros), positions [0, len): output p of row k, sum over j of
-// m[p][j] * source j, goes to dst + p * dst_point + k * dst_stride. Masked vectors, so
-// runs of any length touch nothing past their end.
-template <typename T, int R, int J>
+// null source reads zeros), positions [0, len): output p in [R0, R1) of row k, sum over j
+// of m[p][j] * source j, goes to dst + (p - R0) * dst_point + k * dst_stride. Masked
+// vectors, so runs of any length touch nothing past their end.
+template <typename T, int R, int J, int R0 = 0, int R1 = R>
 void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int64_t src_stride, std::int64_t count,
                     std::int64_t len, T* dst, std::int64_t dst_point, std::int64_t dst_stride) {
   using V = typename Vec<T>::type;
@@ -100,22 +100,33 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
   for (std::int64_t k = 0; k < count; ++k) {
     std::int64_t v = 0;
     for (; v + L <= len; v += L) {  // whole vectors: plain loads and stores, cheaper than masked
-      V d[J], e[R];
+      V d[J], e[R1 - R0];
 #pragma GCC unroll 8
       for (int j = 0; j < J; ++j) d[j] = src[j] ? load_vec(src[j] + k * src_stride + v) : V{};
-      transform<T, R, J>(m, d, e);
+      transform<T, R, J, V, R0, R1>(m, d, e);
 #pragma GCC unroll 8
-      for (int p = 0; p < R; ++p) store_vec(dst + p * dst_point + k * dst_stride + v, e[p]);
+      for (int p = 0; p < R1 - R0; ++p) store_vec(dst + p * dst_point + k * dst_stride + v, e[p]);
     }
     if (v < len) {  // the last, partial vector
       const std::uint32_t mask = first_lanes<T>(len - v);
-      V d[J], e[R];
+      V d[J], e[R1 - R0];
 #pragma GCC unroll 8
       for (int j = 0; j < J; ++j) d[j] = src[j] ? load_lanes(src[j] + k * src_stride + v, mask) : V{};
-      transform<T, R, J>(m, d, e);
+      transform<T, R, J, V, R0, R1>(m, d, e);
 #pragma GCC unroll 8
-      for (int p = 0; p < R; ++p) store_lanes(dst + p * dst_point + k * dst_stride + v, e[p], mask);
+      for (int p = 0; p < R1 - R0; ++p) store_lanes(dst + p * dst_point + k * dst_stride + v, e[p], mask);
     }
+  }
+}
+
+// f(std::integral_constant<int, i>{}) for a runtime i < N.
+template <int N, typename F>
+void with_index(int i, F&& f) {
+  if constexpr (N > 0) {
+    if (i == N - 1)
+      f(std::integral_constant<int, N - 1>{});
+    else
+      with_index<N - 1>(i, f);
   }
 }
 
@@ -381,6 +392,13 @@ std::int64_t weight_grad_block(std::int64_t P, std::int64_t C, std::int64_t O, s
   return l2 >= 128 ? std::min<std::int64_t>(l2, 512) : 256;
 }
 
+// Whether `threads` threads split the Winograd points of a weight gradient rather than
+// its columns (Note [Winograd weight-gradient points]): at 256 channels and more, where a
+// thread's share of columns made shallow GEMMs into large partial Qs.
+bool split_points(const Conv3dGeometry& g, int threads) {
+  return threads > 1 && Winograd<4>::P % threads == 0 && Winograd<2>::P % threads == 0 && std::min(g.C, g.O) >= 256;
+}
+
 template <typename T, int Mo>
 void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   using W = Winograd<Mo>;
@@ -389,9 +407,13 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   const std::int64_t tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW, per = P * O * C;
   const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 
-  // Columns [q0, q1) of the batch (flat over (sample, tile, position)), transformed:
-  // (AT^T gy)_p to u[(p * O + o) * ld + j] and (BT x)_p to v[(p * C + c) * ld + j], j = q - q0.
-  auto transform_columns = [&](std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
+  // Columns [q0, q1) of the batch (flat over (sample, tile, position)), transformed at the
+  // points [R0, R1) (pc: std::integral_constant<int, R0>; R1 = R0 + 1, or all P points with
+  // R0 = -1): (AT^T gy)_p to u[((p - R0) * O + o) * ld + j] and (BT x)_p to
+  // v[((p - R0) * C + c) * ld + j], j = q - q0.
+  auto transform_columns = [&](auto pc, std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
+    constexpr int R0 = decltype(pc)::value < 0 ? 0 : decltype(pc)::value;
+    constexpr int R1 = decltype(pc)::value < 0 ? P : R0 + 1;
     for (std::int64_t q = q0; q < q1;) {
       const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
       const std::int64_t tile = r / HW, pos = r % HW, len = std::min(q1 - q, HW - pos), j0 = q - q0;
@@ -407,47 +429,84 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         const std::int64_t f = tile * Mo - 1 + j;
         xsrc[j] = f >= 0 && f < frames ? xn + f * HW + pos : nullptr;
       }
-      transform_rows(W::A, gsrc, vol, O, len, u + j0, O * ld, ld);
-      transform_rows(W::BT, xsrc, vol, C, len, v + j0, C * ld, ld);
+      transform_rows<T, P, Mo, R0, R1>(W::A, gsrc, vol, O, len, u + j0, O * ld, ld);
+      transform_rows<T, P, P, R0, R1>(W::BT, xsrc, vol, C, len, v + j0, C * ld, ld);
       q += len;
     }
   };
-
-  // Note [Winograd weight-gradient blocks]: the columns of the whole batch are split evenly
-  // between threads, and each thread's share into equal blocks of at most weight_grad_block
-  // columns (within L2, or 256 from L3 for many channels). Each block costs a load and
-  // store of every Q_p (P x O x C) besides its multiplications, so blocks run across
-  // samples: per sample, 8x112 stage 4 (256 channels at 7x7) had 98 columns, 12 GEMMs of
-  // depth 98 per thread at 4 samples, and a 784-column 16x224 sample split 512 / 272
-  // between threads with a 16-column last block. Each thread transforms a block of both
-  // operands into its own scratch and accumulates its own Q; the Qs are added up below.
   const std::int64_t total = g.N * cols_per_sample;
-  const int threads = static_cast<int>(std::clamp<std::int64_t>((total + 63) / 64, 1, max_threads));
-  const std::int64_t block_max = weight_grad_block(P, C, O, sizeof(T));
   // Each thread's first block stores its Q rather than adding to it: nothing is zeroed.
-  const Storage partial_buf(static_cast<std::size_t>(threads * per) * sizeof(T), Device::cpu());  // block cache
+  auto gemm = [&](std::int64_t O_, std::int64_t C_, std::int64_t cols, const T* u, const T* v, std::int64_t ld,
+                  T* q, bool accumulate, std::vector<const T*>& a_rows, std::vector<const T*>& b_rows) {
+    for (std::int64_t o = 0; o < O_; ++o) a_rows[o] = u + o * ld;
+    for (std::int64_t c = 0; c < C_; ++c) b_rows[c] = v + c * ld;
+    row_gemm_nt<T>(O_, C_, cols, a_rows.data(), b_rows.data(), nullptr, nullptr, q, C_, accumulate);
+  };
+  const bool by_points = split_points(g, max_threads);
+  const int threads =
+      by_points ? max_threads : static_cast<int>(std::clamp<std::int64_t>((total + 63) / 64, 1, max_threads));
+  const Storage partial_buf(static_cast<std::size_t>((by_points ? 1 : threads) * per) * sizeof(T),
+                            Device::cpu());  // block cache
   T* partial = static_cast<T*>(partial_buf.data());
-  int team = 1;
+  int team = 1;  // partial Qs to add up
+
+  if (by_points) {
+    // Note [Winograd weight-gradient points]: threads take the points rather than the
+    // columns, each all columns of P / threads points: one Q_p per point and no partial sums
+    // to add, each point transformed once, and a GEMM as deep as the batch's columns (the
+    // column split gave 8x112 stage 5, 512 channels, 64 columns per thread at batch 4).
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int p0 = P * t / nt, p1 = P * (t + 1) / nt;
+      const std::int64_t block_max = weight_grad_block(std::max(1, p1 - p0), C, O, sizeof(T));
+      const std::int64_t nblocks = (total + block_max - 1) / block_max;
+      const std::int64_t block = std::min(block_max, ((total + nblocks - 1) / nblocks + 15) / 16 * 16);
+      thread_local std::vector<T> scratch;
+      scratch.resize(static_cast<std::size_t>((p1 - p0) * (O + C) * block));
+      T* u = scratch.data();
+      T* v = scratch.data() + (p1 - p0) * O * block;
+      std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
+      for (std::int64_t q0 = 0; q0 < total; q0 += block) {
+        const std::int64_t q1 = std::min(total, q0 + block);
+        for (int p = p0; p < p1; ++p)
+          with_index<P>(p, [&](auto pc) {
+            transform_columns(pc, q0, q1, u + (p - p0) * O * block, v + (p - p0) * C * block, block);
+          });
+        for (int p = p0; p < p1; ++p)
+          gemm(O, C, q1 - q0, u + (p - p0) * O * block, v + (p - p0) * C * block, block, partial + p * O * C, q0 > 0,
+               a_rows, b_rows);
+      }
+    }
+  } else {
+    // Note [Winograd weight-gradient blocks]: the columns of the whole batch are split
+    // evenly between threads, and each thread's share into equal blocks of at most
+    // weight_grad_block columns (within L2, or 256 from L3 for many channels). Each block
+    // costs a load and store of every Q_p (P x O x C) besides its multiplications, so blocks
+    // run across samples: per sample, 8x112 stage 4 (256 channels at 7x7) had 98 columns,
+    // 12 GEMMs of depth 98 per thread at 4 samples, and a 784-column 16x224 sample split
+    // 512 / 272 between threads with a 16-column last block. Each thread transforms a block
+    // of both operands into its own scratch and accumulates its own Q; the Qs are added up
+    // below.
+    const std::int64_t block_max = weight_grad_block(P, C, O, sizeof(T));
 #pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    if (t == 0) team = static_cast<int>(nt);
-    const std::int64_t c0 = total * t / nt, c1 = total * (t + 1) / nt;
-    const std::int64_t nblocks = std::max<std::int64_t>(1, (c1 - c0 + block_max - 1) / block_max);
-    const std::int64_t block = std::min(block_max, ((c1 - c0 + nblocks - 1) / nblocks + 15) / 16 * 16);
-    thread_local std::vector<T> scratch;
-    scratch.resize(static_cast<std::size_t>(P * (O + C) * block));
-    T* u = scratch.data();
-    T* v = scratch.data() + P * O * block;
-    std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
-    for (std::int64_t q0 = c0; q0 < c1; q0 += block) {
-      const std::int64_t q1 = std::min(c1, q0 + block);
-      transform_columns(q0, q1, u, v, block);
-      for (int p = 0; p < P; ++p) {
-        for (std::int64_t o = 0; o < O; ++o) a_rows[o] = u + (p * O + o) * block;
-        for (std::int64_t c = 0; c < C; ++c) b_rows[c] = v + (p * C + c) * block;
-        row_gemm_nt<T>(O, C, q1 - q0, a_rows.data(), b_rows.data(), nullptr, nullptr, partial + t * per + p * O * C, C,
-                       q0 > c0);
+    {
+      const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      if (t == 0) team = static_cast<int>(nt);
+      const std::int64_t c0 = total * t / nt, c1 = total * (t + 1) / nt;
+      const std::int64_t nblocks = std::max<std::int64_t>(1, (c1 - c0 + block_max - 1) / block_max);
+      const std::int64_t block = std::min(block_max, ((c1 - c0 + nblocks - 1) / nblocks + 15) / 16 * 16);
+      thread_local std::vector<T> scratch;
+      scratch.resize(static_cast<std::size_t>(P * (O + C) * block));
+      T* u = scratch.data();
+      T* v = scratch.data() + P * O * block;
+      std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
+      for (std::int64_t q0 = c0; q0 < c1; q0 += block) {
+        const std::int64_t q1 = std::min(c1, q0 + block);
+        transform_columns(std::integral_constant<int, -1>{}, q0, q1, u, v, block);
+        for (int p = 0; p < P; ++p)
+          gemm(O, C, q1 - q0, u + p * O * block, v + p * C * block, block, partial + t * per + p * O * C, q0 > c0,
+               a_rows, b_rows);
       }
     }
   }
@@ -482,6 +541,9 @@ void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, 
 
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
   const std::int64_t Mo = tile_frames(g), cols = g.N * ((g.To + Mo - 1) / Mo) * g.H * g.W;
+  // Split by points: at least half a column per channel in and out (Note [Winograd
+  // weight-gradient points]).
+  if (split_points(g, omp_in_parallel() ? 1 : omp_get_max_threads())) return 2 * cols >= g.C + g.O;
   const bool in_l2 = weight_grad_l2_columns(Mo + 2, g.C, g.O, sizeof(float)) >= 128;
   return in_l2 ? 2 * cols >= 3 * (g.C + g.O) : cols >= 3 * (g.C + g.O);
 }
