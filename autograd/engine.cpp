@@ -13,6 +13,10 @@ namespace {
 
 thread_local bool grad_mode_enabled = true;
 
+// The pending gradients a running closure may add into (Note [accumulating in place]):
+// one entry per input, null where it may not.
+thread_local const std::vector<Tensor*>* accumulation_targets = nullptr;
+
 // dst += src (same shape, dtype and device; dst owned by the engine or a leaf's .grad).
 void add_into(Tensor& dst, const Tensor& src) { dst.add_(src); }
 
@@ -46,6 +50,11 @@ void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
 }
 
 }  // namespace
+
+Tensor accumulation_target(std::size_t input) {
+  if (!accumulation_targets || input >= accumulation_targets->size() || !(*accumulation_targets)[input]) return {};
+  return *(*accumulation_targets)[input];
+}
 
 bool GradMode::enabled() { return grad_mode_enabled; }
 void GradMode::set_enabled(bool enabled) { grad_mode_enabled = enabled; }
@@ -136,10 +145,29 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
                                             "to the first call to backward through it twice");
     Tensor g = std::move(pending[n]);
     pending.erase(n);
+    // Pending gradients the closure may add into: defined, the only handle on their data,
+    // and fed by no other input of this node (Note [accumulating in place]).
+    std::vector<Tensor*> targets(n->edges.size(), nullptr);
+    for (std::size_t i = 0; i < n->edges.size(); ++i) {
+      Node* target = n->edges[i].node.get();
+      if (!target || !n->edges[i].needed()) continue;
+      bool shared = false;
+      for (std::size_t j = 0; j < n->edges.size(); ++j) shared = shared || (j != i && n->edges[j].node.get() == target);
+      auto it = pending.find(target);
+      if (!shared && it != pending.end() && it->second.defined() && autograd::exclusively_owned(it->second))
+        targets[i] = &it->second;
+    }
     std::vector<Tensor> grads;
     {
       profile::Scope scope(n->name.c_str(), profile::enabled() ? (n->detail.empty() ? "" : n->detail + " ") + "backward"
                                                                : std::string());
+      struct Offer {  // restored however the closure leaves
+        const std::vector<Tensor*>* saved;
+        explicit Offer(const std::vector<Tensor*>* t) : saved(autograd::accumulation_targets) {
+          autograd::accumulation_targets = t;
+        }
+        ~Offer() { autograd::accumulation_targets = saved; }
+      } offer(&targets);
       grads = n->backward(g, n->needs);
     }
     profile::Scope engine_scope("autograd engine");  // accumulating gradients, freeing the node
@@ -155,6 +183,8 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
         Tensor& slot = pending[e.node.get()];
         if (!slot.defined()) {
           slot = grads[i];
+        } else if (targets[i] && grads[i].shared_impl() == slot.shared_impl()) {
+          // the closure added into the pending gradient itself (Note [accumulating in place])
         } else if (autograd::exclusively_owned(slot)) {
           autograd::add_into(slot, grads[i]);  // residual junctions: one pass, no copy
         } else {

@@ -40,6 +40,16 @@ struct Node {
   BackwardFn backward;       // released after backward() unless the graph is retained
 };
 
+// Note [accumulating in place]: where two branches meet (a residual block's input feeds
+// its first conv and the shortcut), the engine added the second gradient to the first
+// in a separate pass: read both, write one, after the op had written its gradient to a
+// fresh tensor. While a node's backward runs, accumulation_target(i) is the pending
+// gradient of input i when the engine lets the closure add into it (it is the only handle
+// on its data, and no other input of the node feeds the same node); undefined otherwise.
+// A closure that adds its gradient into it returns that tensor itself as the input's
+// gradient, and the engine then adds nothing. Ops may ignore it.
+Tensor accumulation_target(std::size_t input);
+
 // True when an op applied to `inputs` must record a node: grad mode is on and at least
 // one input requires a gradient.
 bool needs_graph(std::initializer_list<const Tensor*> inputs);

@@ -115,7 +115,18 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
           const Device dev = gy.device();
           if (y_saved.defined()) gy = relu_grad(gy, y_saved);  // through the ReLU: passes where y > 0
           std::vector<Tensor> grads(3);
-          if (needs[0]) grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), dev);
+          // Where the input also feeds another branch whose gradient is already pending, the
+          // input gradient is added into it as it is computed (Note [accumulating in place]).
+          bool accumulate = false;
+          if (needs[0] && dev.type == DeviceType::kCPU && cpu::conv3d_input_grad_accumulates(g)) {
+            Tensor pending = autograd::accumulation_target(0);
+            if (pending.defined() && pending.is_contiguous() && pending.dtype() == gy.dtype() &&
+                pending.device() == dev) {
+              grads[0] = pending;
+              accumulate = true;
+            }
+          }
+          if (needs[0] && !accumulate) grads[0] = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), dev);
           if (needs[1]) grads[1] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, gy.dtype(), dev);
           if (needs[2]) grads[2] = Tensor::empty({g.O}, gy.dtype(), dev);
           dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
@@ -123,7 +134,7 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
               case DeviceType::kCPU:
                 if (needs[0]) {
                   profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " input grad" : "");
-                  cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>());
+                  cpu::conv3d_backward_input<T>(g, gy.data<T>(), w_saved.data<T>(), grads[0].data<T>(), accumulate);
                 }
                 if (needs[1]) {
                   profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " weight grad" : "");

@@ -360,6 +360,26 @@ TEST(RowGemmNt, MatchesTripleLoopAtBlockEdges) {
         }
 }
 
+// autograd's Note [accumulating in place]: where the input of a pointwise or temporal
+// conv also feeds another branch, the conv's input gradient is added into the other
+// branch's pending gradient as the GEMM computes it. Both orders of the branches (the
+// engine runs the last input's branch of the add first, so only one order accumulates),
+// both kinds of conv, against finite differences; and a conv whose input is a leaf.
+TEST(Conv3d, InputGradientAddsIntoAPendingBranchGradient) {
+  for (std::int64_t kt : {1, 3})
+    for (bool conv_first : {true, false}) {
+      SCOPED_TRACE("kT " + std::to_string(kt) + (conv_first ? ", conv branch first" : ", conv branch last"));
+      const Conv3dOptions o = opt({1, 1, 1}, {kt / 2, 0, 0}, {1, 1, 1}, 1);
+      std::vector<Tensor> in{param({2, 6, 3, 4, 5}, 81), param({6, 6, kt, 1, 1}, 82)};
+      const auto f = [&](const std::vector<Tensor>& t) {
+        const Tensor x = mul(t[0], 1.5);  // produced by an op: its gradient is pending between the branches
+        const Tensor c = conv3d(x, t[1], {}, o), other = mul(x, x);
+        return conv_first ? add(c, other) : add(other, c);
+      };
+      EXPECT_GRADCHECK(f, in);
+    }
+}
+
 // Large planes make the grouped weight gradient work through several frame chunks
 // (direct_plane_weight); too big for finite differences, so checked by linearity in w:
 // for y = conv(x, w), <dL/dw, v> = <gy, conv(x, v)> for any direction v.

@@ -177,7 +177,7 @@ inline TapRange tap_range(const Conv3dGeometry& g, std::int64_t kt) {
 template <typename T>
 void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t* shift, const T* src,
                        std::int64_t src_stride, std::int64_t src_frames, std::int64_t HW, T* dst, std::int64_t dst_stride,
-                       std::int64_t frames, const GemmEpilogue<T>& ep) {
+                       std::int64_t frames, const GemmEpilogue<T>& ep, bool accumulate) {
   const std::int64_t J = a.K / kT;
   std::vector<const T*> rows(static_cast<std::size_t>(a.K));
   std::vector<std::int64_t> lo(static_cast<std::size_t>(a.K)), hi(static_cast<std::size_t>(a.K));
@@ -191,7 +191,7 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
       hi[j * kT + kt] = t1 * HW;
     }
   }
-  row_gemm(a, frames * HW, rows.data(), dst, dst_stride, false, ep, lo.data(), hi.data());
+  row_gemm(a, frames * HW, rows.data(), dst, dst_stride, accumulate, ep, lo.data(), hi.data());
 }
 
 // 1x1x1 and kT x 1 x 1 convs (pointwise or temporal_only) through row_gemm: the forward
@@ -200,7 +200,7 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
 // forward's epilogue is applied as the output is stored (ep: all O channels).
 template <typename T>
 void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad,
-               const GemmEpilogue<T>& ep = {}) {
+               const GemmEpilogue<T>& ep = {}, bool accumulate = false) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), HW = g.H * g.W, items = g.N * g.groups;
   const std::int64_t src_ch = input_grad ? Og : Cg, dst_ch = input_grad ? Cg : Og;
   const std::int64_t src_vol = input_grad ? g.L() : g.in_volume(), dst_vol = input_grad ? g.in_volume() : g.L();
@@ -224,7 +224,8 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
     GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
     if (group_ep.residual) group_ep.residual += n * g.O * dst_vol;  // laid out like dst
     shifted_rows_gemm(packed[gr], g.kT, shift.data(), src + (n * g.groups + gr) * src_ch * src_vol, src_vol,
-                      src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames, group_ep);
+                      src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames, group_ep,
+                      accumulate);
   };
   // Small frames give each GEMM too few columns to split; then samples go to threads.
   if (omp_get_max_threads() > 1 && items >= omp_get_max_threads() && dst_frames * HW < 4096) {
@@ -460,8 +461,13 @@ std::optional<Conv3dGeometry> transposed_geometry(const Conv3dGeometry& g) {
 }  // namespace
 
 template <typename T>
-void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
+  if (accumulate) {
+    VG_CHECK(conv3d_input_grad_accumulates(g), "conv3d backward: this conv's input gradient cannot accumulate");
+    rows_conv(g, w, gy, gx, true, {}, true);
+    return;
+  }
   if (const auto t = transposed_geometry(g)) {
     // w'[g][c][o][kh][kw] = w[g][o][c][kH-1-kh][kW-1-kw]: per group, (Cg, Og, 1, kH, kW).
     std::vector<T> wt(static_cast<std::size_t>(g.O * K));
@@ -570,6 +576,10 @@ void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T*
   im2col_weight_grad(g, gy, x, gw);
 }
 
+bool conv3d_input_grad_accumulates(const Conv3dGeometry& g) {
+  return !transposed_geometry(g) && !winograd_temporal(g) && (g.temporal_only() || g.pointwise());
+}
+
 template <typename T>
 void conv3d_backward_bias(const Conv3dGeometry& g, const T* gy, T* gb) {
   const std::int64_t L = g.L();
@@ -590,7 +600,7 @@ void set_conv_tile_elements(std::int64_t elements) {
 
 #define VIDGRAD_INSTANTIATE(T)                                                              \
   template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&); \
-  template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*);   \
+  template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*, bool); \
   template void conv3d_backward_weight<T>(const Conv3dGeometry&, const T*, const T*, T*);  \
   template void conv3d_backward_bias<T>(const Conv3dGeometry&, const T*, T*);
 VIDGRAD_INSTANTIATE(float)

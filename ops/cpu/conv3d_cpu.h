@@ -55,9 +55,14 @@ void set_winograd_temporal(bool enabled, std::int64_t min_channels = kWinogradMi
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep = {});
 
-// gx (N, C, T, H, W) = input gradient given gy (N, O, To, Ho, Wo). Written, not accumulated.
+// gx (N, C, T, H, W) = input gradient given gy (N, O, To, Ho, Wo); with accumulate, gx +=
+// it (only where conv3d_input_grad_accumulates(g); autograd's Note [accumulating in place]).
 template <typename T>
-void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
+void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx, bool accumulate = false);
+
+// Whether conv3d_backward_input can add into gx as it computes it: pointwise and kT x 1 x 1
+// convs off the Winograd path (one row GEMM, which then loads the old gx in its tiles).
+bool conv3d_input_grad_accumulates(const Conv3dGeometry& g);
 
 // gw (O, C/groups, kT, kH, kW) = weight gradient. Written, not accumulated.
 template <typename T>

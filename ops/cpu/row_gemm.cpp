@@ -41,6 +41,12 @@ using namespace kernel;
 // stalling the copy. conv3d_bench, 16x224 stem 3x1x1 forward, min of 4 interleaved runs:
 // 7.44 -> 5.96 ms on 2 threads, 10.7 -> 10.0 ms on one; the cached stage shapes within noise.
 
+// Note [C prefetch]: accumulating into C (an input gradient added into a residual
+// junction's pending gradient: autograd's Note [accumulating in place]), the micro-kernel
+// loads each C tile once, at the end of its first block, from memory: 8 rows of 3 cache
+// lines at the row stride, which the hardware prefetchers do not follow. The next panel's
+// tiles are prefetched a tile at a time while this panel computes.
+
 constexpr std::int64_t kKc = 128;     // rows of B per packed block
 constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 
@@ -84,7 +90,14 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
           prefetch_l2(b_rows[nk0 + k] + lo, (hi - lo) * static_cast<std::int64_t>(sizeof(T)));
         }
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
+        // Accumulating, the first block loads C's tiles: the next panel's, row by row from
+        // memory, are requested while this one computes (Note [C prefetch]).
+        const bool prefetch_c = accumulate && k0 == 0 && p + 1 < p_hi;
+        const std::int64_t next_cols = prefetch_c ? std::min(NR, N - n0 - NR) : 0;
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
+          for (std::int64_t i = mp * kMr; i < std::min(a.M, mp * kMr + kMr) && next_cols > 0; ++i)
+            for (std::int64_t j = 0; j < next_cols; j += 64 / static_cast<std::int64_t>(sizeof(T)))
+              __builtin_prefetch(c + i * ldc + n0 + NR + j, 1, 3);
           const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr).from_col(n0);
           micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
