@@ -253,6 +253,12 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
 // as masked vector stores per grid row. conv3d_bench, 4 x 8x112, min of 3 interleaved
 // runs: stage4 (7x7) forward 0.490 -> 0.457 ms, input gradient 0.697 -> 0.538; stage5 (4x4)
 // 0.588 -> 0.421, 0.752 -> 0.499.
+//
+// Note [stacked fill]: frame by frame through fill_phases, the copy into the stacks was a
+// fifth of the perf samples of 4 x 8x112 stage 4's grouped conv (forward and input
+// gradient; 7 rows of 7 values per frame, each frame a call with its border fills). Rows
+// narrower than a vector are instead stored with one masked store each into a stack zeroed
+// by whole vector stores.
 bool stacked_frames(const Conv3dGeometry& g) {
   return g.sT == 1 && g.kT == 1 && g.pT == 0 && g.sH == 1 && g.sW == 1 && g.To == g.T &&
          plane_shape(g).Wq < Vec<float>::kLanes;
@@ -271,14 +277,31 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
   const PlaneShape ps = plane_shape(g);
   const std::int64_t Cg = g.Cg(), L = g.L(), plane = ps.Hq * ps.Wq, per_c = stacked_scratch(g);
   const std::int64_t HoWo = g.Ho * g.Wo, Q = (g.T - 1) * plane + g.Ho * ps.Wq;
-  for (std::int64_t c = 0; c < Cg; ++c)
-    for (std::int64_t t = 0; t < g.T; ++t) {  // each frame zeroes its own borders, the last one the tail too
-      const PlaneShape frame{ps.Hq, ps.Wq, t + 1 < g.T ? plane : per_c - t * plane};
-      fill_phases(g, frame, x + (c * g.T + t) * g.H * g.W, scratch + c * per_c + t * plane);
-    }
-  const std::vector<std::int64_t> off = tap_offsets(g, ps);
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
+  if (g.W <= kL) {
+    // Rows narrower than a vector (Note [stacked fill]): zero each channel's stack, then
+    // store each input row at its place in one masked load and store.
+    const std::uint32_t row_mask = first_lanes<T>(g.W);
+    for (std::int64_t c = 0; c < Cg; ++c) {
+      T* dst = scratch + c * per_c;
+      std::int64_t i = 0;
+      for (; i + kL <= per_c; i += kL) store_vec(dst + i, V{});
+      if (i < per_c) store_lanes(dst + i, V{}, first_lanes<T>(per_c - i));
+      const T* src = x + c * g.T * g.H * g.W;
+      for (std::int64_t t = 0; t < g.T; ++t)
+        for (std::int64_t h = 0; h < g.H; ++h)
+          store_lanes(dst + t * plane + (h + g.pH) * ps.Wq + g.pW, load_lanes(src + (t * g.H + h) * g.W, row_mask),
+                      row_mask);
+    }
+  } else {
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t t = 0; t < g.T; ++t) {  // each frame zeroes its own borders, the last one the tail too
+        const PlaneShape frame{ps.Hq, ps.Wq, t + 1 < g.T ? plane : per_c - t * plane};
+        fill_phases(g, frame, x + (c * g.T + t) * g.H * g.W, scratch + c * per_c + t * plane);
+      }
+  }
+  const std::vector<std::int64_t> off = tap_offsets(g, ps);
   for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
     V acc[kDirectOg][kDirectVecs];
     block_sums(g, off.data(), scratch, per_c, wt, q0, ep, acc);  // unit strides: offsets within the stack
