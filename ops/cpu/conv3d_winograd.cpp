@@ -377,7 +377,13 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // 4.82, stem (32) 9.76 / 8.17; 4 x 16x224 stage4 (256, 3136 columns, 3 interleaved runs
 // each) 14.9-17.6 / 11.0-11.7; 16x224 stage4 (784 columns) 3.53-4.53 / 3.66-4.01, even
 // (and, when every column was transformed first, slower in the network's profile: 3.6 ->
-// 4.2 ms), stage5 (512, 196 columns) 3.68 / 4.65.
+// 4.2 ms), stage5 (512, 196 columns) 3.68 / 4.65. At 256 channels and more, where threads
+// split the points instead (Note [Winograd weight-gradient points]), half a column per
+// channel in and out is enough (conv3d_bench --cold, ms, min of 5 or 8 interleaved runs,
+// direct / column split / point split: 16x224 stage4 (784 columns) 3.82 / 3.22 / 3.01,
+// stage5 (196) 4.47 / 4.31 / 4.04; 4 x 8x112 stage4 (392) 1.96 / 1.94 / 1.86, stage5
+// (128) 2.32 / 3.50 / 3.28): the threshold leaves both stage-5 shapes on the direct GEMM,
+// which costs the one at 196 columns about 10% against a clear loss at 128.
 
 // Columns of a weight-gradient block with both transformed operands (P points, C + O rows
 // of `bytes`-sized values) within about 1 MiB of L2, in whole vectors of 16.
