@@ -2,7 +2,9 @@
 // that maps the gradient of the op's output to gradients of its inputs.
 //
 // Gradient rule (as in llm.c): closures *return* fresh input gradients; the engine
-// accumulates them (+=) into other nodes' pending gradients and into leaves' .grad.
+// accumulates them (+=) into other nodes' pending gradients and into leaves' .grad. The
+// one exception, a closure adding into a pending gradient the engine offers it, is Note
+// [accumulating in place] below.
 #pragma once
 
 #include <functional>
