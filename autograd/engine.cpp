@@ -16,6 +16,9 @@ thread_local bool grad_mode_enabled = true;
 // The pending gradients a running closure may add into (Note [accumulating in place]):
 // one entry per input, null where it may not.
 thread_local const std::vector<Tensor*>* accumulation_targets = nullptr;
+// Whether the running closure's incoming gradient is the engine's alone (Note [reusing
+// the output gradient]).
+thread_local bool grad_output_exclusive = false;
 
 // dst += src (same shape, dtype and device; dst owned by the engine or a leaf's .grad).
 void add_into(Tensor& dst, const Tensor& src) { dst.add_(src); }
@@ -55,6 +58,8 @@ Tensor accumulation_target(std::size_t input) {
   if (!accumulation_targets || input >= accumulation_targets->size() || !(*accumulation_targets)[input]) return {};
   return *(*accumulation_targets)[input];
 }
+
+bool grad_output_reusable() { return grad_output_exclusive; }
 
 bool GradMode::enabled() { return grad_mode_enabled; }
 void GradMode::set_enabled(bool enabled) { grad_mode_enabled = enabled; }
@@ -163,11 +168,17 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
                                                                : std::string());
       struct Offer {  // restored however the closure leaves
         const std::vector<Tensor*>* saved;
-        explicit Offer(const std::vector<Tensor*>* t) : saved(autograd::accumulation_targets) {
+        bool saved_exclusive;
+        Offer(const std::vector<Tensor*>* t, bool exclusive)
+            : saved(autograd::accumulation_targets), saved_exclusive(autograd::grad_output_exclusive) {
           autograd::accumulation_targets = t;
+          autograd::grad_output_exclusive = exclusive;
         }
-        ~Offer() { autograd::accumulation_targets = saved; }
-      } offer(&targets);
+        ~Offer() {
+          autograd::accumulation_targets = saved;
+          autograd::grad_output_exclusive = saved_exclusive;
+        }
+      } offer(&targets, autograd::exclusively_owned(g));
       grads = n->backward(g, n->needs);
     }
     profile::Scope engine_scope("autograd engine");  // accumulating gradients, freeing the node

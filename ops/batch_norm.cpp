@@ -117,9 +117,14 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                       training = opts.training, relu = opts.relu,
                       relu_y = opts.relu && x.device().type != DeviceType::kCPU ? y.detach() : Tensor()](
                          const Tensor& gy_in, const std::vector<bool>& needs) {
+                       // The input gradient over the output gradient where the engine's is the
+                       // only handle on it (autograd's Note [reusing the output gradient]).
+                       const bool over_gy = needs[0] && x.device().type == DeviceType::kCPU &&
+                                            gy_in.is_contiguous() && gy_in.dtype() == x.dtype() &&
+                                            gy_in.shape() == x.shape() && autograd::grad_output_reusable();
                        Tensor gy = gy_in.contiguous();
                        std::vector<Tensor> grads(3);
-                       if (needs[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+                       if (needs[0]) grads[0] = over_gy ? gy : Tensor::empty(x.shape(), x.dtype(), x.device());
                        if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
                        if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype(), x.device());
                        dispatch_floating(x.dtype(), "batch_norm backward", [&]<typename T>() {

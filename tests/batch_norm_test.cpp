@@ -92,6 +92,21 @@ TEST_P(BatchNormShapes, EvalGradMatchesFiniteDifference) {
       (std::vector<Tensor>{param(shape, 13), param({C}, 14), param({C}, 15)}));
 }
 
+// autograd's Note [reusing the output gradient]: behind another op, batch norm's incoming
+// gradient is the engine's alone, and the input gradient is written over it.
+TEST_P(BatchNormShapes, InputGradientOverTheOutputGradientMatchesFiniteDifference) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1];
+  for (bool training : {true, false})
+    for (bool relu : {false, true}) {
+      SCOPED_TRACE(std::string(training ? "training" : "eval") + (relu ? ", relu" : ""));
+      Tensor rm = randn({C}, 26), rv = Tensor::full({C}, 1.7, DType::kFloat64);
+      const BatchNormOptions o{.training = training, .relu = relu};
+      const auto f = [&](const std::vector<Tensor>& t) { return mul(batch_norm(t[0], t[1], t[2], rm, rv, o), 1.5); };
+      EXPECT_GRADCHECK(f, (std::vector<Tensor>{param(shape, 27), param({C}, 28), param({C}, 29)}));
+    }
+}
+
 // BatchNormOptions::relu: the same values as relu(batch_norm(x)), and gradients (masked
 // inside the batch-norm backward) that match finite differences in training and eval.
 TEST_P(BatchNormShapes, FusedReluMatchesSeparateReluAndFiniteDifferences) {

@@ -35,7 +35,8 @@ void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::i
 
 // Gradients given gy. With `batch_stats`, mean/invstd came from this batch and the input
 // gradient includes their dependence on x; otherwise they are constants (eval).
-// Any of gx, gw, gb may be null to skip it; all are written, not accumulated. With relu,
+// Any of gx, gw, gb may be null to skip it; all are written, not accumulated. gx may be gy
+// itself (each value is read before it is overwritten, in the same pass). With relu,
 // the forward had a fused ReLU: gy counts only where its output was > 0, recomputed from x,
 // mean, invstd, w and b exactly as batch_norm_apply did (b is read only then).
 template <typename T>
