@@ -57,8 +57,8 @@ Tensor accumulation_target(std::size_t input);
 // pending gradient, not a saved tensor, shares it). A closure may then write an input
 // gradient over it and return a tensor on that data: an elementwise backward such as batch
 // norm's writes where it has just read, instead of into fresh memory the cache has to
-// fetch first (the fused-ReLU batch-norm backward, 2 threads, caches flushed: 25-40%
-// faster at SEVNet-G8's 16x224 shapes).
+// fetch first (the fused-ReLU batch-norm backward, 2 threads, caches flushed: 17-40%
+// faster at SEVNet-G8's 16x224 shapes; docs/performance.md, ninth session).
 bool grad_output_reusable();
 
 // True when an op applied to `inputs` must record a node: grad mode is on and at least

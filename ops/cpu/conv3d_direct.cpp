@@ -51,17 +51,21 @@ PlaneShape plane_shape(const Conv3dGeometry& g) {
 // Values of scratch one channel's phase planes take.
 std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane_shape(g).phase; }
 
-// dst[0, total) = 0, then `rows` rows of `width` <= one vector of values, row r from
-// src + r * src_stride to dst + r * dst_stride: one masked load and store per row (Note
-// [stacked fill]).
+// dst[0, n) = 0 in whole vectors and a masked last one (Note [stacked fill]).
 template <typename T>
-inline void zero_and_place_rows(T* dst, std::int64_t total, const T* src, std::int64_t rows, std::int64_t width,
-                                std::int64_t src_stride, std::int64_t dst_stride) {
+inline void zero_values(T* dst, std::int64_t n) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
   std::int64_t i = 0;
-  for (; i + kL <= total; i += kL) store_vec(dst + i, V{});
-  if (i < total) store_lanes(dst + i, V{}, first_lanes<T>(total - i));
+  for (; i + kL <= n; i += kL) store_vec(dst + i, V{});
+  if (i < n) store_lanes(dst + i, V{}, first_lanes<T>(n - i));
+}
+
+// `rows` rows of `width` <= one vector of values, row r from src + r * src_stride to
+// dst + r * dst_stride: one masked load and store per row (Note [stacked fill]).
+template <typename T>
+inline void place_rows(const T* src, std::int64_t rows, std::int64_t width, std::int64_t src_stride, T* dst,
+                       std::int64_t dst_stride) {
   const std::uint32_t mask = first_lanes<T>(width);
   for (std::int64_t r = 0; r < rows; ++r) store_lanes(dst + r * dst_stride, load_lanes(src + r * src_stride, mask), mask);
 }
@@ -274,7 +278,8 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
 // gradient; 7 rows of 7 values per frame, each frame a call with its border fills), and
 // in the weight gradient the planes' and output-gradient grids' fills (std::fill, std::copy
 // per row) a third of the kernel's. Rows narrower than a vector are instead stored with
-// one masked store each into scratch zeroed by whole vector stores (zero_and_place_rows).
+// one masked store each into scratch zeroed by whole vector stores (zero_values,
+// place_rows).
 // conv3d_bench 4 x 8x112 --cold, min of 5 interleaved runs, ms: stage4 forward 0.570 ->
 // 0.518, input gradient 0.609 -> 0.545, weight gradient 0.735 -> 0.670; stage5 0.528 ->
 // 0.394, 0.543 -> 0.515, 0.809 -> 0.741.
@@ -303,10 +308,9 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
     // store each input row at its place in one masked load and store.
     for (std::int64_t c = 0; c < Cg; ++c) {
       T* dst = scratch + c * per_c;
-      zero_and_place_rows(dst, per_c, static_cast<const T*>(nullptr), 0, g.W, 0, 0);
-      for (std::int64_t t = 0; t < g.T; ++t)  // the stack is zero: place the rows only
-        zero_and_place_rows(dst + t * plane + g.pH * ps.Wq + g.pW, 0, x + (c * g.T + t) * g.H * g.W, g.H, g.W, g.W,
-                            ps.Wq);
+      zero_values(dst, per_c);
+      for (std::int64_t t = 0; t < g.T; ++t)
+        place_rows(x + (c * g.T + t) * g.H * g.W, g.H, g.W, g.W, dst + t * plane + g.pH * ps.Wq + g.pW, ps.Wq);
     }
   } else {
     for (std::int64_t c = 0; c < Cg; ++c)
@@ -389,11 +393,14 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
       if (narrow) {  // rows within one vector, one phase (Note [stacked fill])
         for (std::int64_t c = 0; c < Cg; ++c) {
           T* dst = slot + c * per_c;
-          zero_and_place_rows(dst, per_c, static_cast<const T*>(nullptr), 0, g.W, 0, 0);
-          zero_and_place_rows(dst + g.pH * ps.Wq + g.pW, 0, x + (c * g.T + ti) * g.H * g.W, g.H, g.W, g.W, ps.Wq);
+          zero_values(dst, per_c);
+          place_rows(x + (c * g.T + ti) * g.H * g.W, g.H, g.W, g.W, dst + g.pH * ps.Wq + g.pW, ps.Wq);
         }
-        for (std::int64_t o = 0; o < kDirectOg; ++o)
-          zero_and_place_rows(slot + Cg * per_c + o * Qv, Qv, gy + o * L + to * HoWo, g.Ho, g.Wo, g.Wo, ps.Wq);
+        for (std::int64_t o = 0; o < kDirectOg; ++o) {
+          T* dst = slot + Cg * per_c + o * Qv;
+          zero_values(dst, Qv);
+          place_rows(gy + o * L + to * HoWo, g.Ho, g.Wo, g.Wo, dst, ps.Wq);
+        }
         continue;
       }
       for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, slot + c * per_c);

@@ -442,11 +442,12 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   };
   const std::int64_t total = g.N * cols_per_sample;
   // Each thread's first block stores its Q rather than adding to it: nothing is zeroed.
-  auto gemm = [&](std::int64_t O_, std::int64_t C_, std::int64_t cols, const T* u, const T* v, std::int64_t ld,
-                  T* q, bool accumulate, std::vector<const T*>& a_rows, std::vector<const T*>& b_rows) {
-    for (std::int64_t o = 0; o < O_; ++o) a_rows[o] = u + o * ld;
-    for (std::int64_t c = 0; c < C_; ++c) b_rows[c] = v + c * ld;
-    row_gemm_nt<T>(O_, C_, cols, a_rows.data(), b_rows.data(), nullptr, nullptr, q, C_, accumulate);
+  // q (O x C) = (accumulate: +=) u (O rows) * v (C rows)^T over `cols` columns, rows `ld` apart.
+  auto gemm = [&](std::int64_t cols, const T* u, const T* v, std::int64_t ld, T* q, bool accumulate,
+                  std::vector<const T*>& a_rows, std::vector<const T*>& b_rows) {
+    for (std::int64_t o = 0; o < O; ++o) a_rows[o] = u + o * ld;
+    for (std::int64_t c = 0; c < C; ++c) b_rows[c] = v + c * ld;
+    row_gemm_nt<T>(O, C, cols, a_rows.data(), b_rows.data(), nullptr, nullptr, q, C, accumulate);
   };
   const bool by_points = split_points(g, max_threads);
   const int threads =
@@ -480,8 +481,8 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
             transform_columns(pc, q0, q1, u + (p - p0) * O * block, v + (p - p0) * C * block, block);
           });
         for (int p = p0; p < p1; ++p)
-          gemm(O, C, q1 - q0, u + (p - p0) * O * block, v + (p - p0) * C * block, block, partial + p * O * C, q0 > 0,
-               a_rows, b_rows);
+          gemm(q1 - q0, u + (p - p0) * O * block, v + (p - p0) * C * block, block, partial + p * O * C, q0 > 0, a_rows,
+               b_rows);
       }
     }
   } else {
@@ -511,8 +512,8 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         const std::int64_t q1 = std::min(c1, q0 + block);
         transform_columns(std::integral_constant<int, -1>{}, q0, q1, u, v, block);
         for (int p = 0; p < P; ++p)
-          gemm(O, C, q1 - q0, u + p * O * block, v + p * C * block, block, partial + t * per + p * O * C, q0 > c0,
-               a_rows, b_rows);
+          gemm(q1 - q0, u + p * O * block, v + p * C * block, block, partial + t * per + p * O * C, q0 > c0, a_rows,
+               b_rows);
       }
     }
   }

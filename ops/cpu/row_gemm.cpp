@@ -95,9 +95,10 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         const bool prefetch_c = accumulate && k0 == 0 && p + 1 < p_hi;
         const std::int64_t next_cols = prefetch_c ? std::min(NR, N - n0 - NR) : 0;
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
-          for (std::int64_t i = mp * kMr; i < std::min(a.M, mp * kMr + kMr) && next_cols > 0; ++i)
-            for (std::int64_t j = 0; j < next_cols; j += 64 / static_cast<std::int64_t>(sizeof(T)))
-              __builtin_prefetch(c + i * ldc + n0 + NR + j, 1, 3);
+          if (next_cols > 0)
+            for (std::int64_t i = mp * kMr; i < std::min(a.M, mp * kMr + kMr); ++i)
+              for (std::int64_t j = 0; j < next_cols; j += 64 / static_cast<std::int64_t>(sizeof(T)))
+                __builtin_prefetch(c + i * ldc + n0 + NR + j, 1, 3);
           const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr).from_col(n0);
           micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
