@@ -236,6 +236,18 @@ INSTANTIATE_TEST_SUITE_P(
                  opt({1, 3, 3}, {0, 1, 1}, {1, 1, 1}, 1), true},
         ConvCase{"PhasesHeightStride2Only", {1, 8, 1, 21, 10}, 8, {1, 3, 3}, opt({1, 2, 1}, {0, 1, 1}, {1, 1, 1}, 1),
                  false},
+        // More than 8 output channels per group with at most 16 input channels: the direct
+        // kernels in blocks of 8 output channels (Note [output-channel blocks]): the stem's
+        // shape, two groups of 16, and the transposed convs of the input gradient (unit
+        // stride on stacked narrow frames, and by phase).
+        ConvCase{"DirectOutputBlocksStem", {1, 3, 2, 9, 12}, 16, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1),
+                 true},
+        ConvCase{"DirectOutputBlocksGrouped", {2, 8, 2, 5, 6}, 32, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2),
+                 false},
+        ConvCase{"DirectOutputBlocksTransposed", {1, 32, 2, 4, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1),
+                 true},
+        ConvCase{"DirectOutputBlocksPhases", {1, 16, 1, 20, 22}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"GroupsCOver8", {1, 16, 3, 5, 5}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"GroupWidth8", {1, 32, 2, 5, 3}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 4), false},
         ConvCase{"Depthwise3x3x3", {2, 4, 4, 5, 5}, 4, {3, 3, 3}, opt({1, 1, 1}, {1, 1, 1}, {1, 1, 1}, 4), true},

@@ -6,9 +6,11 @@
 //     rows for the forward and input gradient (Note [row GEMM]); for the weight gradient,
 //     over (sample, frame) ranges, the transposed row GEMM (kT > 1, Note [transposed row
 //     GEMM]) or an Eigen GEMM (pointwise).
-//   8 output channels per group, 1 x kH x kW: direct kernels on padded, stride-split frame
-//     planes (conv3d_direct.cpp, Note [direct planes]).
-//   ungrouped with wide output rows (the stem): one row GEMM per output row
+//   1 x kH x kW with 8 output channels per group or a multiple of 8 and at most 16 input
+//     channels per group (the grouped 1x3x3 convs, the stem): direct kernels on padded,
+//     stride-split frame planes (conv3d_direct.cpp, Notes [direct planes] and
+//     [output-channel blocks]).
+//   other ungrouped convs with wide output rows: one row GEMM per output row
 //     (Note [strided rows]) for the forward.
 //   everything else, and the remaining passes: im2col in cache-sized tiles + Eigen GEMM
 //     per (sample, group): Y = W_g * col(X), col = W_g^T * GY then col2im, GW += GY * col^T.
@@ -334,8 +336,9 @@ void temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* g
 // ...) makes that a contiguous run starting at phase (kw*dW) % sW, offset (kw*dW) / sW,
 // so the output row is one row_gemm of depth C*kT*kH*kW over pointers into a small
 // scratch (Cg*kT*kH padded rows, in L1/L2) instead of an im2col matrix. Output rows go to
-// threads. Used for wide rows (the stem's 1x7x7 stride-2 conv at 112 output columns);
-// narrow rows would leave most of the 48-column micro-kernel tiles empty.
+// threads. Used for wide rows of ungrouped convs the direct kernels do not take (the
+// stem's 1x7x7 stride-2 conv took it until Note [output-channel blocks]); narrow rows
+// would leave most of the 48-column micro-kernel tiles empty.
 bool strided_rows_forward(const Conv3dGeometry& g) { return g.groups == 1 && g.Wo >= 32 && !g.pointwise(); }
 
 template <typename T>
@@ -402,15 +405,15 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const
     winograd_temporal_forward(g, x, w, y, ep);
     return;
   }
+  if (direct_planes(g)) {
+    direct_conv_forward(g, x, w, y, ep);
+    return;
+  }
   if (g.temporal_only() || g.pointwise() || strided_rows_forward(g)) {
     if (strided_rows_forward(g) && !g.temporal_only())
       strided_rows_conv(g, x, w, y, ep);
     else
       rows_conv(g, w, x, y, false, ep);
-    return;
-  }
-  if (direct_planes(g)) {
-    direct_conv_forward(g, x, w, y, ep);
     return;
   }
   const bool outer = items_parallel(items, Og * K * L);

@@ -1,5 +1,6 @@
-// Direct kernels for grouped convs with 8 output channels per group and a 1 x kH x kW
-// kernel (SEVNet's 1x3x3 gw8): forward, weight gradient and the strided input gradient on
+// Direct kernels for convs with a 1 x kH x kW kernel, 8 output channels per group or a
+// multiple of 8 taken 8 at a time, and at most 16 input channels per group (SEVNet's 1x3x3
+// gw8 and its 1x7x7 stem): forward, weight gradient and the strided input gradient on
 // zero-padded, stride-split frame planes (Notes below). conv3d_cpu.cpp dispatches here;
 // the unit-stride input gradient is the same forward kernel on the transposed conv.
 #include "vidgrad/ops/cpu/conv3d_internal.h"
@@ -34,6 +35,17 @@ namespace {
 // the whole frame is one long row of Ho * Wq outputs (columns wo >= Wo are computed and
 // dropped), so narrow planes (7x7 and 4x4 at SEVNet's last stages) and stride 2 (its
 // downsampling blocks) fill the blocks like wide unit-stride ones, with no im2col.
+//
+// Note [output-channel blocks]: a conv with more output channels per group (a multiple of
+// 8) and few input channels (at most 16) runs the same kernels once per block of 8 output
+// channels, each block an independent item (its outputs, its slice of the weight
+// gradient) that fills the input planes it reads itself. That is the stem (1x7x7 stride
+// 2, 3 -> 32 channels: 4 blocks of 147 taps), which took a row GEMM with an output row
+// per call (forward, Note [strided rows] in conv3d_cpu.cpp: 56 columns at 8x112 leave
+// the second 48-column tile mostly empty) and an im2col GEMM (weight gradient).
+// conv3d_bench --cold, 2 threads, stem 1x7x7 ms, before -> after: 4 x 8x112 forward 5.58
+// -> 2.90, weight gradient 8.55 -> 4.50; 1 x 16x224 9.55 -> 7.60 and 16.8 -> 10.8. The
+// input gradient keeps its path (its transposed conv has 3 output channels).
 constexpr std::int64_t kDirectOg = 8;
 constexpr std::int64_t kDirectVecs = 3;     // output vectors per block: 8 x 3 accumulators
 constexpr std::int64_t kPlaneTail = 64;     // zeros after each phase plane, >= one block
@@ -481,7 +493,7 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
 }  // namespace
 
 bool direct_planes(const Conv3dGeometry& g) {
-  return g.kT == 1 && g.Og() == kDirectOg && g.Cg() <= 16 && !g.pointwise();
+  return g.kT == 1 && g.Og() % kDirectOg == 0 && g.Cg() <= 16 && !g.pointwise();
 }
 
 namespace {
@@ -619,16 +631,16 @@ void phase_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 
 template <typename T>
 void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
-  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
-  const bool outer = items_parallel(items, Og * K * L);
-  auto run_item = [&](std::int64_t item) {
-    const std::int64_t n = item / g.groups, gr = item % g.groups;
+  const std::int64_t Cg = g.Cg(), K = g.K(), L = g.L(), blocks = g.O / kDirectOg, items = g.N * blocks;
+  const bool outer = items_parallel(items, kDirectOg * K * L);
+  auto run_item = [&](std::int64_t item) {  // sample n, output channels [o0, o0 + 8) (Note [output-channel blocks])
+    const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / g.Og();
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
-    T* yg = y + (n * g.O + gr * Og) * L;
-    const GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
-    std::vector<T> wt(static_cast<std::size_t>(K * Og));  // (Cg, kH, kW, 8)
-    for (std::int64_t o = 0; o < Og; ++o)
-      for (std::int64_t k = 0; k < K; ++k) wt[k * Og + o] = w[(gr * Og + o) * K + k];
+    T* yg = y + (n * g.O + o0) * L;
+    const GemmEpilogue<T> group_ep = ep.from_row(o0);
+    std::vector<T> wt(static_cast<std::size_t>(K * kDirectOg));  // (Cg, kH, kW, 8)
+    for (std::int64_t o = 0; o < kDirectOg; ++o)
+      for (std::int64_t k = 0; k < K; ++k) wt[k * kDirectOg + o] = w[(o0 + o) * K + k];
     if (stacked_frames(g)) {  // all frames at once; inside an item loop or serially
       direct_frames(g, xg, wt.data(), yg, col_buffer<T>(Cg * stacked_scratch(g)), group_ep);
       return;
@@ -638,7 +650,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
       T* buf = col_buffer<T>(scratch);
       for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg, to, buf, group_ep);
     } else {
-#pragma omp parallel if (g.To > 1 && L * Og * K >= kMinParallelWork)
+#pragma omp parallel if (g.To > 1 && L * kDirectOg * K >= kMinParallelWork)
       {
         T* buf = col_buffer<T>(scratch);
 #pragma omp for schedule(static)
@@ -654,31 +666,33 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
   }
 }
 
-// Each group owns its slice of gw, so groups can run in parallel with samples in order.
+// Each block of 8 output channels owns its slice of gw, so blocks can run in parallel with
+// samples in order.
 template <typename T>
 void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
-  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L();
-  auto run_group = [&](std::int64_t gr) {
+  const std::int64_t Cg = g.Cg(), K = g.K(), L = g.L(), blocks = g.O / kDirectOg;
+  auto run_block = [&](std::int64_t ob) {  // output channels [o0, o0 + 8) (Note [output-channel blocks])
     using V = typename Vec<T>::type;
     constexpr std::int64_t kL = Vec<T>::kLanes;
-    std::vector<V> acc(static_cast<std::size_t>(K * Og), V{});
+    const std::int64_t o0 = ob * kDirectOg, gr = o0 / g.Og();
+    std::vector<V> acc(static_cast<std::size_t>(K * kDirectOg), V{});
     T* buf = col_buffer<T>(weight_chunk_frames<T>(g) * weight_frame_scratch<T>(g));
     const auto xs = [&](std::int64_t n) { return n < g.N ? x + (n * g.C + gr * Cg) * g.in_volume() : nullptr; };
-    const auto gys = [&](std::int64_t n) { return n < g.N ? gy + (n * g.O + gr * Og) * L : nullptr; };
+    const auto gys = [&](std::int64_t n) { return n < g.N ? gy + (n * g.O + o0) * L : nullptr; };
     for (std::int64_t n = 0; n < g.N; ++n) direct_plane_weight(g, xs(n), gys(n), acc.data(), buf, xs(n + 1), gys(n + 1));
-    T* gwg = gw + gr * Og * K;
+    T* gwb = gw + o0 * K;
     for (std::int64_t k = 0; k < K; ++k)
-      for (std::int64_t o = 0; o < Og; ++o) {
+      for (std::int64_t o = 0; o < kDirectOg; ++o) {
         T sum = 0;
-        for (std::int64_t j = 0; j < kL; ++j) sum += acc[k * Og + o][j];
-        gwg[o * K + k] = sum;
+        for (std::int64_t j = 0; j < kL; ++j) sum += acc[k * kDirectOg + o][j];
+        gwb[o * K + k] = sum;
       }
   };
-  if (items_parallel(g.groups, g.N * Og * K * L)) {
+  if (items_parallel(blocks, g.N * kDirectOg * K * L)) {
 #pragma omp parallel for schedule(dynamic)
-    for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr);
+    for (std::int64_t ob = 0; ob < blocks; ++ob) run_block(ob);
   } else {
-    for (std::int64_t gr = 0; gr < g.groups; ++gr) run_group(gr);
+    for (std::int64_t ob = 0; ob < blocks; ++ob) run_block(ob);
   }
 }
 
@@ -689,7 +703,10 @@ bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w,
     phase_input_grad(g, gy, w, gx);
     return true;
   }
-  if (direct_planes(g) && g.sT == 1 && g.pT == 0 && (g.sH > 1 || g.sW > 1)) {
+  Conv3dGeometry t = g;  // the transposed conv's channels, which the kernel below computes
+  t.C = g.O;
+  t.O = g.C;
+  if (direct_planes(t) && g.kT == 1 && g.sT == 1 && g.pT == 0 && (g.sH > 1 || g.sW > 1)) {
     // Strided grouped convs with small output planes: the input gradient of a stride s
     // conv is that of the stride-1 conv with the same padding given gy spread onto the
     // stride-1 output grid (zeros in between), which the direct-plane kernel computes;

@@ -34,8 +34,9 @@ inline bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
   return omp_get_max_threads() > 1 && items >= 2 * omp_get_max_threads() && items * work_per_item >= kMinParallelWork;
 }
 
-// 8 output channels per group, at most 16 input channels per group, 1 x kH x kW, not
-// pointwise: the direct-plane kernels take it (Note [direct grouped conv] in conv3d_direct.cpp).
+// A multiple of 8 output channels per group, at most 16 input channels per group,
+// 1 x kH x kW, not pointwise: the direct-plane kernels take it (Notes [direct grouped
+// conv] and [output-channel blocks] in conv3d_direct.cpp).
 bool direct_planes(const Conv3dGeometry& g);
 
 // The direct-plane forward (y from x; ep from channel 0) and weight gradient (gw written).
