@@ -217,6 +217,13 @@ INSTANTIATE_TEST_SUITE_P(
                  true},
         ConvCase{"DirectStackedFramesDilated", {1, 16, 3, 5, 6}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 2, 2}, {1, 2, 2}, 2),
                  false},
+        // Frames sharing their zero rows and columns (Note [shared padding]): rows wider than
+        // a float64 vector, and padding wider than the kernel reaches (outputs past the
+        // input's size).
+        ConvCase{"DirectStackedFramesWideRows", {1, 8, 2, 3, 11}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1),
+                 true},
+        ConvCase{"DirectStackedFramesWidePadding", {1, 8, 2, 3, 5}, 8, {1, 2, 2}, opt({1, 1, 1}, {0, 2, 2}, {1, 1, 1}, 1),
+                 false},
         // Strided grouped convs on phase-split planes: SEVNet's downsampling shape with odd
         // sizes, and unequal strides with dilation.
         ConvCase{"DirectPlanesStride2Odd", {1, 16, 1, 7, 9}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
