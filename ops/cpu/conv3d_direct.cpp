@@ -91,6 +91,32 @@ inline void place_rows(const T* src, std::int64_t rows, std::int64_t width, std:
 // 0.614, stage4 0.780 -> 0.446 and 0.843 -> 0.439, stage5 0.679 -> 0.454 and 0.764 -> 0.500
 // (the input gradient's phase convs have unit stride: unchanged).
 
+// Writes the values of one input plane src (H x W) to their places in phase planes at dst
+// (ps.phase values apart, rows ps.Wq apart) that hold zeros elsewhere.
+template <typename T>
+void place_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
+  for (std::int64_t h = 0; h < g.H; ++h) {
+    const std::int64_t i = h + g.pH;  // padded row
+    T* row = dst + (i % g.sH) * g.sW * ps.phase + (i / g.sH) * ps.Wq;
+    const T* s = src + h * g.W;
+    if (g.sW == 1) {
+      std::copy(s, s + g.W, row + g.pW);
+      continue;
+    }
+    if (g.sW == 2) {  // input column 2m to phase pW % 2, 2m + 1 to the other (Note [stride-2 fill])
+      deinterleave_row(s, g.W, row + (g.pW % 2) * ps.phase + g.pW / 2,
+                       row + ((g.pW + 1) % 2) * ps.phase + (g.pW + 1) / 2);
+      continue;
+    }
+    for (std::int64_t b = 0; b < g.sW; ++b) {  // padded column j = jq * sW + b
+      T* d = row + b * ps.phase;
+      const std::int64_t j0 = std::max<std::int64_t>(0, (g.pW - b + g.sW - 1) / g.sW);
+      const std::int64_t j1 = std::min(ps.Wq, (g.pW + g.W - b + g.sW - 1) / g.sW);
+      for (std::int64_t jq = j0; jq < j1; ++jq) d[jq] = s[jq * g.sW + b - g.pW];
+    }
+  }
+}
+
 // Fills dst (plane_scratch(g) values) with the phase planes of one input plane src (H x W).
 template <typename T>
 void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
@@ -115,26 +141,7 @@ void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T*
     return;
   }
   std::fill(dst, dst + plane_scratch(g), T(0));
-  for (std::int64_t h = 0; h < g.H; ++h) {
-    const std::int64_t i = h + g.pH;  // padded row
-    T* row = dst + (i % g.sH) * g.sW * ps.phase + (i / g.sH) * ps.Wq;
-    const T* s = src + h * g.W;
-    if (g.sW == 1) {
-      std::copy(s, s + g.W, row + g.pW);
-      continue;
-    }
-    if (g.sW == 2) {  // input column 2m to phase pW % 2, 2m + 1 to the other (Note [stride-2 fill])
-      deinterleave_row(s, g.W, row + (g.pW % 2) * ps.phase + g.pW / 2,
-                       row + ((g.pW + 1) % 2) * ps.phase + (g.pW + 1) / 2);
-      continue;
-    }
-    for (std::int64_t b = 0; b < g.sW; ++b) {  // padded column j = jq * sW + b
-      T* d = row + b * ps.phase;
-      const std::int64_t j0 = std::max<std::int64_t>(0, (g.pW - b + g.sW - 1) / g.sW);
-      const std::int64_t j1 = std::min(ps.Wq, (g.pW + g.W - b + g.sW - 1) / g.sW);
-      for (std::int64_t jq = j0; jq < j1; ++jq) d[jq] = s[jq * g.sW + b - g.pW];
-    }
-  }
+  place_phases(g, ps, src, dst);
 }
 
 // Note [plane prefetch]: the direct kernels copy each input plane into a zero-padded
@@ -310,14 +317,25 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
 // runs), ms: stage4 (7x7, 256 channels) forward 0.353-0.393 -> 0.283-0.287, input
 // gradient 0.354-0.461 -> 0.282-0.295; stage5 (4x4, 512) 0.329-0.391 -> 0.285-0.300,
 // 0.337-0.347 -> 0.303-0.310.
+//
+// Note [strided stacks]: strided convs on narrow planes (phase planes under a vector wide:
+// SEVNet's downsampling 1x3x3 convs from 28x28, 14x14 and 7x7 inputs) stack the same way,
+// each phase plane of every frame one after another in its phase's stack: a tap is still
+// one offset from an output's grid position, valid outputs read only their own frame
+// (ho + kh*dH / sH < Hq), and the 4x4 outputs of a 7x7 frame (5x5 phase planes) fill
+// blocks of 48 from all frames instead of one 20-position grid per frame, stored lane by
+// lane. Timing loop over conv3d_forward at 4 x 8x112 (as in Note [shared padding]; min of
+// 60 calls, 2 interleaved runs), ms: 28x28 -> 14x14 (64 channels) 0.496-0.511 ->
+// 0.413-0.440, 14x14 -> 7x7 (128) 0.410-0.430 -> 0.296-0.335, 7x7 -> 4x4 (256) 0.398-0.400
+// -> 0.295-0.310.
 bool stacked_frames(const Conv3dGeometry& g) {
-  return g.sT == 1 && g.kT == 1 && g.pT == 0 && g.sH == 1 && g.sW == 1 && g.To == g.T &&
-         plane_shape(g).Wq < Vec<float>::kLanes;
+  return g.sT == 1 && g.kT == 1 && g.pT == 0 && g.To == g.T && plane_shape(g).Wq < Vec<float>::kLanes;
 }
 
 struct StackShape {
   std::int64_t Hs, Ws;  // grid rows per frame, grid positions per row
-  std::int64_t base;    // zeros before the first frame's first value
+  std::int64_t base;    // unit strides: zeros before the first frame's first value
+  std::int64_t phase;   // values per phase stack (strided: sH * sW of them per channel)
   std::int64_t Q;       // grid positions from the first frame's to the last output's
   std::int64_t per_c;   // scratch values per channel (with zeros after the last frame)
 };
@@ -326,12 +344,22 @@ template <typename T>
 StackShape stack_shape(const Conv3dGeometry& g) {
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
   StackShape st;
-  st.Hs = g.H + std::max(g.pH, g.Ho - g.H);
-  st.Ws = g.W + std::max(g.pW, g.Wo - g.W);
-  st.base = g.pH * st.Ws + g.pW;
+  std::int64_t reach;  // largest tap offset past an output's grid position, in its phase
+  if (g.sH == 1 && g.sW == 1) {  // Note [shared padding]
+    st.Hs = g.H + std::max(g.pH, g.Ho - g.H);
+    st.Ws = g.W + std::max(g.pW, g.Wo - g.W);
+    st.base = g.pH * st.Ws + g.pW;
+    reach = std::max<std::int64_t>(0, ((g.kH - 1) * g.dH - g.pH) * st.Ws + (g.kW - 1) * g.dW - g.pW);
+  } else {  // each frame's zero-padded phase planes (Note [strided stacks])
+    const PlaneShape ps = plane_shape(g);
+    st.Hs = ps.Hq;
+    st.Ws = ps.Wq;
+    st.base = 0;
+    reach = ((g.kH - 1) * g.dH / g.sH) * st.Ws + (g.kW - 1) * g.dW / g.sW;
+  }
   st.Q = (g.T - 1) * st.Hs * st.Ws + g.Ho * st.Ws;
-  const std::int64_t reach = std::max<std::int64_t>(0, ((g.kH - 1) * g.dH - g.pH) * st.Ws + (g.kW - 1) * g.dW - g.pW);
-  st.per_c = st.base + std::max(g.T * st.Hs * st.Ws, (st.Q + kBlock - 1) / kBlock * kBlock + reach);
+  st.phase = st.base + std::max(g.T * st.Hs * st.Ws, (st.Q + kBlock - 1) / kBlock * kBlock + reach);
+  st.per_c = g.sH * g.sW * st.phase;
   return st;
 }
 
@@ -344,15 +372,19 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
   const std::int64_t Cg = g.Cg(), L = g.L(), frame = st.Hs * st.Ws, HoWo = g.Ho * g.Wo;
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
-  // Zero each channel's stack, then store each input row at its place: rows narrower than
-  // a vector in one masked load and store (Note [stacked fill]).
+  const bool unit = g.sH == 1 && g.sW == 1;
+  const PlaneShape frames{st.Hs, st.Ws, st.phase};  // strided: phase planes, frames one after another
+  // Zero each channel's stack, then store each input row at its place: with unit strides,
+  // rows narrower than a vector in one masked load and store (Note [stacked fill]).
   for (std::int64_t c = 0; c < Cg; ++c) {
     T* dst = scratch + c * st.per_c;
     zero_values(dst, st.per_c);
     for (std::int64_t t = 0; t < g.T; ++t) {
       const T* src = x + (c * g.T + t) * g.H * g.W;
       T* at = dst + st.base + t * frame;
-      if (g.W <= kL) {
+      if (!unit) {
+        place_phases(g, frames, src, at);
+      } else if (g.W <= kL) {
         place_rows(src, g.H, g.W, g.W, at, st.Ws);
       } else {
         for (std::int64_t h = 0; h < g.H; ++h) std::copy(src + h * g.W, src + (h + 1) * g.W, at + h * st.Ws);
@@ -362,7 +394,7 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
   std::vector<std::int64_t> off(static_cast<std::size_t>(g.kH * g.kW));
   for (std::int64_t kh = 0; kh < g.kH; ++kh)
     for (std::int64_t kw = 0; kw < g.kW; ++kw)
-      off[kh * g.kW + kw] = st.base + (kh * g.dH - g.pH) * st.Ws + kw * g.dW - g.pW;
+      off[kh * g.kW + kw] = unit ? st.base + (kh * g.dH - g.pH) * st.Ws + kw * g.dW - g.pW : tap_offset(g, frames, kh, kw);
   for (std::int64_t q0 = 0; q0 < st.Q; q0 += kBlock) {
     V acc[kDirectOg][kDirectVecs];
     block_sums(g, off.data(), scratch, st.per_c, wt, q0, ep, acc);
