@@ -234,12 +234,15 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"DirectPlanesStride3Dilated", {1, 8, 1, 10, 13}, 8, {1, 3, 2}, opt({1, 3, 2}, {0, 2, 1}, {1, 2, 3}, 1),
                  false},
         // The input gradient of strided direct convs by phase (Note [input gradient by
-        // phase]; output planes of at least kPhaseMinPlane = 100 values, smaller ones take
+        // phase]; output planes of at least kPhaseMinPlane = 40 values, smaller ones take
         // the spread path above): an unpadded stride 2 leaves the last row out of every
         // window (it gets no gradient), stride 3 with a 2-wide kernel leaves a phase
-        // without taps, and the stride may differ between the axes.
+        // without taps, and the stride may differ between the axes; SEVNet's 14x14 -> 7x7
+        // over frames has phase convs on stacked 7x7 frames.
         ConvCase{"PhasesSevNetDownsample", {1, 16, 1, 20, 20}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
                  true},
+        ConvCase{"PhasesStackedFrames", {1, 8, 2, 14, 14}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},

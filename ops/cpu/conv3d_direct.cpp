@@ -569,11 +569,15 @@ namespace {
 // unit strides). Its outputs i start at ceil((p - r) / s) and are scattered to every s-th
 // row and column of gx. The phases together do exactly the useful multiplies; spreading gy
 // onto the unit-stride grid (zeros between) did s*s times as many.
-// Below this many outputs per plane (SEVNet's 7x7 and 4x4) the phases' per-conv costs
-// outweigh the saved multiplies: conv3d_bench, 4 x 8x112, stage4/5 downsampling input
-// gradient 0.70/0.62 ms spread, 0.80/0.73 by phase. Above it (min of 3 interleaved runs,
-// 2 threads), stage2/3: 4 x 8x112 4.14/1.33 -> 2.60/0.93 ms, 16x224 6.84/2.78 -> 5.35/2.26.
-constexpr std::int64_t kPhaseMinPlane = 100;
+// Below this many outputs per plane (SEVNet's 4x4) the phases' per-conv costs outweigh
+// the saved multiplies. First measured with the threshold at 100: conv3d_bench, 4 x 8x112,
+// stage4/5 downsampling input gradient 0.70/0.62 ms spread, 0.80/0.73 by phase; above it
+// (min of 3 interleaved runs, 2 threads), stage2/3: 4 x 8x112 4.14/1.33 -> 2.60/0.93 ms,
+// 16x224 6.84/2.78 -> 5.35/2.26. With the phase convs on stacked frames (Notes [shared
+// padding], [strided stacks]), a timing loop over conv3d_backward_input at 4 x 8x112 (min
+// of 60 calls, 2 interleaved runs), spread / by phase, ms: 14x14 -> 7x7 (49 outputs, 128
+// channels) 0.57-0.68 / 0.45, 7x7 -> 4x4 (16, 256) 0.36 / 0.47.
+constexpr std::int64_t kPhaseMinPlane = 40;
 
 bool strided_direct_input_grad(const Conv3dGeometry& g) {
   if (g.kT != 1 || g.sT != 1 || g.pT != 0 || g.dH != 1 || g.dW != 1 || (g.sH == 1 && g.sW == 1)) return false;
