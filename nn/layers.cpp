@@ -16,7 +16,8 @@ namespace {
 Tensor normal(const Shape& shape, double stddev, Generator& gen) {
   Tensor t = Tensor::randn(shape, gen);
   float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] *= static_cast<float>(stddev);
+  const std::int64_t n = t.numel();  // once: numel() checks the shape on every call
+  for (std::int64_t i = 0; i < n; ++i) p[i] *= static_cast<float>(stddev);
   return t;
 }
 
