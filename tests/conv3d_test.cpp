@@ -6,6 +6,7 @@
 #include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
+#include "vidgrad/ops/cpu/simd.h"
 
 #include <random>
 
@@ -328,6 +329,26 @@ void check_row_gemm(std::int64_t M, std::int64_t K, std::int64_t N, bool accumul
     ASSERT_NEAR(c[i], expect[i], tol * (1 + std::abs(static_cast<double>(expect[i]))))
         << "M " << M << " K " << K << " N " << N << " accumulate " << accumulate << " at " << i / ldc << ", "
         << i % ldc;
+}
+
+// store_interleaved3 (the Winograd weight gradient's tap interleave): out[3i + k] is lane
+// i of source k, in both precisions.
+template <typename T>
+void check_store_interleaved3() {
+  using V = typename cpu::Vec<T>::type;
+  constexpr std::int64_t kL = cpu::Vec<T>::kLanes;
+  V src[3];
+  for (int k = 0; k < 3; ++k)
+    for (std::int64_t i = 0; i < kL; ++i) src[k][i] = static_cast<T>(100 * k + i);
+  std::vector<T> out(3 * kL, T(-1));
+  cpu::store_interleaved3<T>(src[0], src[1], src[2], out.data());
+  for (std::int64_t i = 0; i < kL; ++i)
+    for (int k = 0; k < 3; ++k) EXPECT_EQ(out[3 * i + k], static_cast<T>(100 * k + i)) << "lane " << i << " source " << k;
+}
+
+TEST(Simd, StoreInterleaved3PutsTheThreeSourcesSideBySide) {
+  check_store_interleaved3<float>();
+  check_store_interleaved3<double>();
 }
 
 TEST(RowGemm, MatchesTripleLoopAtBlockEdges) {

@@ -517,20 +517,42 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       }
     }
   }
+  // gw(o, c, k) = sum over p of G[p][k] Q_p(o, c), Q_p summed over the team's partials:
+  // a vector of input channels at a time, the three taps stored interleaved. Value by value
+  // this was a fifth of a 4 x 8x112 stage-4 weight gradient's perf samples.
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  auto taps_of = [&](const auto* q, auto* r) {  // r[k] = sum over p of G[p][k] q[p]
+#pragma GCC unroll 8
+    for (int k = 0; k < 3; ++k) {
+      r[k] = q[P - 1] * static_cast<T>(W::G[P - 1][k]);
+#pragma GCC unroll 8
+      for (int p = 0; p < P - 1; ++p)
+        if (W::G[p][k] != 0) r[k] += static_cast<T>(W::G[p][k]) * q[p];
+    }
+  };
 #pragma omp parallel for schedule(static) if (max_threads > 1 && O * C >= kMinParallelWork / 8)
-  for (std::int64_t o = 0; o < O; ++o)
-    for (std::int64_t c = 0; c < C; ++c) {
-      T q[P];
+  for (std::int64_t o = 0; o < O; ++o) {
+    std::int64_t c = 0;
+    for (; c + kL <= C; c += kL) {
+      V q[P], r[3];
+      for (int p = 0; p < P; ++p) {
+        q[p] = load_vec(partial + p * O * C + o * C + c);
+        for (int t = 1; t < team; ++t) q[p] += load_vec(partial + t * per + p * O * C + o * C + c);
+      }
+      taps_of(q, r);
+      store_interleaved3<T>(r[0], r[1], r[2], gw + (o * C + c) * 3);
+    }
+    for (; c < C; ++c) {
+      T q[P], r[3];
       for (int p = 0; p < P; ++p) {
         q[p] = partial[p * O * C + o * C + c];
         for (int t = 1; t < team; ++t) q[p] += partial[t * per + p * O * C + o * C + c];
       }
-      for (int k = 0; k < 3; ++k) {
-        T acc = 0;
-        for (int p = 0; p < P; ++p) acc += static_cast<T>(W::G[p][k]) * q[p];
-        gw[(o * C + c) * 3 + k] = acc;
-      }
+      taps_of(q, r);
+      for (int k = 0; k < 3; ++k) gw[(o * C + c) * 3 + k] = r[k];
     }
+  }
 }
 
 }  // namespace

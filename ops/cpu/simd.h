@@ -148,6 +148,23 @@ inline typename Vec<T>::type zip_high(typename Vec<T>::type a, typename Vec<T>::
   return __builtin_shuffle(a, b, idx);
 }
 
+// out[3i + k] = (a, b, c)[k][i] for i < kL: three vectors stored interleaved (a weight
+// gradient's three taps per (output, input) channel pair), each of the three output
+// vectors by two two-source shuffles.
+template <typename T>
+inline void store_interleaved3(typename Vec<T>::type a, typename Vec<T>::type b, typename Vec<T>::type c, T* out) {
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  for (std::int64_t j = 0; j < 3; ++j) {
+    typename LaneIndex<T>::type ab, tc;
+    for (std::int64_t l = 0; l < kL; ++l) {
+      const std::int64_t f = j * kL + l, i = f / 3, k = f % 3;
+      ab[l] = k == 1 ? kL + i : i;  // a[i] or b[i] (lanes of c: a[i], replaced next)
+      tc[l] = k == 2 ? kL + i : l;
+    }
+    store_vec(out + j * kL, __builtin_shuffle(__builtin_shuffle(a, b, ab), c, tc));
+  }
+}
+
 // even[m] = s[2m] and odd[m] = s[2m + 1] for 2m (+ 1) < n: a row's two column phases
 // (stride-2 convs and pools).
 template <typename T>
