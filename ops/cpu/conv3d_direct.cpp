@@ -45,7 +45,12 @@ namespace {
 // the second 48-column tile mostly empty) and an im2col GEMM (weight gradient).
 // conv3d_bench --cold, 2 threads, stem 1x7x7 ms, before -> after: 4 x 8x112 forward 5.58
 // -> 2.90, weight gradient 8.55 -> 4.50; 1 x 16x224 9.55 -> 7.60 and 16.8 -> 10.8. The
-// input gradient keeps its path (its transposed conv has 3 output channels).
+// input gradient keeps its path (its transposed conv has 3 output channels). The forward
+// then filled each frame's planes once for all blocks of a group (direct_plane's nob) and
+// runs the blocks one after another over them: computing all four blocks per 48 positions
+// stored 32 output rows at a time and was slower (timing loop over the stem's forward at
+// 4 x 8x112, 5 interleaved runs, ms: a fill per block 3.1-3.9, all blocks per position
+// block 3.9-4.4, block after block 3.2-3.7; the fills were 6.5% of its perf samples).
 constexpr std::int64_t kDirectOg = 8;
 constexpr std::int64_t kDirectVecs = 3;     // output vectors per block: 8 x 3 accumulators
 constexpr std::int64_t kPlaneTail = 64;     // zeros after each phase plane, >= one block
@@ -226,18 +231,20 @@ inline void block_sums(const Conv3dGeometry& g, const std::int64_t* off, const T
     }
 }
 
-// Output frame `to` of one sample-group: y (8, To*Ho*Wo) from x (Cg, T, H, W). wt is the
-// group's weight reordered to (Cg, kH, kW, 8); scratch holds Cg * plane_scratch(g) values.
-// ep (from the group's first channel) applies as the outputs are stored.
+// Output frame `to` of one sample-group: y (nob * 8, To*Ho*Wo) from x (Cg, T, H, W), in
+// nob blocks of 8 output channels that share the input planes (Note [output-channel
+// blocks]). wt holds each block's weight reordered to (Cg, kH, kW, 8), one after another;
+// scratch holds Cg * plane_scratch(g) values. ep (from the group's first channel) applies
+// as the outputs are stored.
 template <typename T>
 void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t to, T* scratch,
-                  const GemmEpilogue<T>& ep) {
+                  const GemmEpilogue<T>& ep, std::int64_t nob) {
   const PlaneShape ps = plane_shape(g);
-  const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L();
+  const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L(), K = g.K();
   const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * ps.Wq, ti = to * g.sT - g.pT;
-  T* yt = y + to * HoWo;
   if (ti < 0 || ti >= g.T) {  // every tap reads padding
-    for (std::int64_t o = 0; o < kDirectOg; ++o) std::fill(yt + o * L, yt + o * L + HoWo, ep.apply(T(0), o));
+    for (std::int64_t o = 0; o < nob * kDirectOg; ++o)
+      std::fill(y + o * L + to * HoWo, y + o * L + (to + 1) * HoWo, ep.apply(T(0), o));
     return;
   }
   for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
@@ -248,34 +255,37 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
   // The next output frame's input planes, a share before each block (Note [plane prefetch]).
   const std::int64_t next_ti = ti + g.sT, blocks = (Q + kBlock - 1) / kBlock;
   PlanePrefetch<T> next(next_ti < g.T ? x + next_ti * g.H * g.W : nullptr, g.T * g.H * g.W, g.H * g.W, Cg);
-  for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
-    next.share(q0 / kBlock, blocks);
-    V acc[kDirectOg][kDirectVecs];
-    block_sums(g, off.data(), scratch, per_c, wt, q0, ep, acc);
-    // Each vector's lanes are grid positions q .. q + kL - 1: a run in output row ho from
-    // column wo (up to Wo), and, where the vector crosses the end of the grid row, a run at
-    // the start of row ho + 1. Both are masked stores; planes narrower than a vector (a
-    // vector then spans several rows) store lane by lane.
-    for (std::int64_t j = 0; j < kDirectVecs; ++j) {
-      const std::int64_t q = q0 + j * kL;
-      if (q >= Q) break;
-      const std::int64_t ho = q / ps.Wq, wo = q % ps.Wq, b = ps.Wq - wo;
-      const std::int64_t first = std::clamp<std::int64_t>(g.Wo - wo, 0, kL);
-      const std::int64_t second = b < kL && ho + 1 < g.Ho ? std::min(kL - b, g.Wo) : 0;
-      const std::int64_t off1 = ho * g.Wo + wo, off2 = (ho + 1) * g.Wo - b;
-      if (ps.Wq >= kL && (second == 0 || off2 >= 0)) {
-        const std::uint32_t m1 = (std::uint32_t{1} << first) - 1;
-        const std::uint32_t m2 = second > 0 ? ((std::uint32_t{1} << second) - 1) << b : 0;  // b < kL here
-        for (std::int64_t o = 0; o < kDirectOg; ++o) {
-          if (m1) store_lanes(yt + o * L + off1, acc[o][j], m1);
-          if (m2) store_lanes(yt + o * L + off2, acc[o][j], m2);
+  for (std::int64_t ob = 0; ob < nob; ++ob) {  // block by block: 8 output rows stored at a time
+    for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
+      next.share((ob * blocks + q0 / kBlock), nob * blocks);
+      T* yt = y + ob * kDirectOg * L + to * HoWo;
+      V acc[kDirectOg][kDirectVecs];
+      block_sums(g, off.data(), scratch, per_c, wt + ob * K * kDirectOg, q0, ep.from_row(ob * kDirectOg), acc);
+      // Each vector's lanes are grid positions q .. q + kL - 1: a run in output row ho from
+      // column wo (up to Wo), and, where the vector crosses the end of the grid row, a run at
+      // the start of row ho + 1. Both are masked stores; planes narrower than a vector (a
+      // vector then spans several rows) store lane by lane.
+      for (std::int64_t j = 0; j < kDirectVecs; ++j) {
+        const std::int64_t q = q0 + j * kL;
+        if (q >= Q) break;
+        const std::int64_t ho = q / ps.Wq, wo = q % ps.Wq, b = ps.Wq - wo;
+        const std::int64_t first = std::clamp<std::int64_t>(g.Wo - wo, 0, kL);
+        const std::int64_t second = b < kL && ho + 1 < g.Ho ? std::min(kL - b, g.Wo) : 0;
+        const std::int64_t off1 = ho * g.Wo + wo, off2 = (ho + 1) * g.Wo - b;
+        if (ps.Wq >= kL && (second == 0 || off2 >= 0)) {
+          const std::uint32_t m1 = (std::uint32_t{1} << first) - 1;
+          const std::uint32_t m2 = second > 0 ? ((std::uint32_t{1} << second) - 1) << b : 0;  // b < kL here
+          for (std::int64_t o = 0; o < kDirectOg; ++o) {
+            if (m1) store_lanes(yt + o * L + off1, acc[o][j], m1);
+            if (m2) store_lanes(yt + o * L + off2, acc[o][j], m2);
+          }
+          continue;
         }
-        continue;
-      }
-      for (std::int64_t i = 0; i < kL && q + i < Q; ++i) {
-        const std::int64_t h = (q + i) / ps.Wq, w = (q + i) % ps.Wq;
-        if (w < g.Wo)
-          for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + h * g.Wo + w] = acc[o][j][i];
+        for (std::int64_t i = 0; i < kL && q + i < Q; ++i) {
+          const std::int64_t h = (q + i) / ps.Wq, w = (q + i) % ps.Wq;
+          if (w < g.Wo)
+            for (std::int64_t o = 0; o < kDirectOg; ++o) yt[o * L + h * g.Wo + w] = acc[o][j][i];
+        }
       }
     }
   }
@@ -721,30 +731,45 @@ void phase_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 
 template <typename T>
 void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
-  const std::int64_t Cg = g.Cg(), K = g.K(), L = g.L(), blocks = g.O / kDirectOg, items = g.N * blocks;
-  const bool outer = items_parallel(items, kDirectOg * K * L);
-  auto run_item = [&](std::int64_t item) {  // sample n, output channels [o0, o0 + 8) (Note [output-channel blocks])
-    const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / g.Og();
-    const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
-    T* yg = y + (n * g.O + o0) * L;
-    const GemmEpilogue<T> group_ep = ep.from_row(o0);
-    std::vector<T> wt(static_cast<std::size_t>(K * kDirectOg));  // (Cg, kH, kW, 8)
-    for (std::int64_t o = 0; o < kDirectOg; ++o)
-      for (std::int64_t k = 0; k < K; ++k) wt[k * kDirectOg + o] = w[(o0 + o) * K + k];
-    if (stacked_frames(g)) {  // all frames at once; inside an item loop or serially
-      direct_frames(g, xg, wt.data(), yg, col_buffer<T>(Cg * stack_shape<T>(g).per_c), group_ep);
-      return;
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), nob = Og / kDirectOg;
+  // The weight of each block of 8 output channels reordered to (Cg, kH, kW, 8).
+  std::vector<T> wt(static_cast<std::size_t>(g.O * K));
+  for (std::int64_t o = 0; o < g.O; ++o)
+    for (std::int64_t k = 0; k < K; ++k) wt[(o / kDirectOg * K + k) * kDirectOg + o % kDirectOg] = w[o * K + k];
+  if (stacked_frames(g)) {  // items of (sample, 8 output channels), all frames at once
+    const std::int64_t blocks = g.O / kDirectOg, items = g.N * blocks;
+    auto run_item = [&](std::int64_t item) {
+      const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / Og;
+      direct_frames(g, x + (n * g.C + gr * Cg) * g.in_volume(), wt.data() + o0 * K, y + (n * g.O + o0) * L,
+                    col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep.from_row(o0));
+    };
+    if (items_parallel(items, kDirectOg * K * L)) {
+#pragma omp parallel for schedule(dynamic)
+      for (std::int64_t item = 0; item < items; ++item) run_item(item);
+    } else {
+      for (std::int64_t item = 0; item < items; ++item) run_item(item);
     }
-    const std::int64_t scratch = Cg * plane_scratch(g);
+    return;
+  }
+  // Items of (sample, group), frame by frame, each frame's planes filled once for all the
+  // group's output-channel blocks (Note [output-channel blocks]).
+  const std::int64_t items = g.N * g.groups, scratch = Cg * plane_scratch(g);
+  const bool outer = items_parallel(items, Og * K * L);
+  auto run_item = [&](std::int64_t item) {
+    const std::int64_t n = item / g.groups, gr = item % g.groups;
+    const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
+    const T* wg = wt.data() + gr * Og * K;
+    T* yg = y + (n * g.O + gr * Og) * L;
+    const GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
     if (outer) {  // this thread owns the item
       T* buf = col_buffer<T>(scratch);
-      for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg, to, buf, group_ep);
+      for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob);
     } else {
-#pragma omp parallel if (g.To > 1 && L * kDirectOg * K >= kMinParallelWork)
+#pragma omp parallel if (g.To > 1 && L * Og * K >= kMinParallelWork)
       {
         T* buf = col_buffer<T>(scratch);
 #pragma omp for schedule(static)
-        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wt.data(), yg, to, buf, group_ep);
+        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob);
       }
     }
   };
