@@ -489,19 +489,21 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
         continue;
       }
       for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, slot + c * per_c);
-      // Each output-gradient row as whole vectors of masked loads (zeros past Wo), rows in
-      // order: a row's last vector may spill into the next row, written after it; the last
-      // row's stays inside the grid, whose tail is zeroed after it.
+      // Each output-gradient row as vectors of masked loads (zeros past Wo), rows in order:
+      // a row's vectors may spill into the rows after it, written later, but not past the
+      // grid (narrow rows would reach the next grid or past the scratch); the last row's
+      // stay inside its own, and the grid's tail is zeroed after it.
       for (std::int64_t o = 0; o < kDirectOg; ++o) {
         T* dst = slot + Cg * per_c + o * Qv;
         const T* src = gy + o * L + to * HoWo;
         for (std::int64_t ho = 0; ho < g.Ho; ++ho)
           for (std::int64_t j0 = 0; j0 < ps.Wq; j0 += kL) {
             const V v = load_lanes(src + ho * g.Wo + j0, first_lanes<T>(std::clamp<std::int64_t>(g.Wo - j0, 0, kL)));
-            if (ho + 1 < g.Ho)
+            const std::int64_t room = ho + 1 < g.Ho ? Qv - (ho * ps.Wq + j0) : ps.Wq - j0;
+            if (room >= kL)
               store_vec(dst + ho * ps.Wq + j0, v);
             else
-              store_lanes(dst + ho * ps.Wq + j0, v, first_lanes<T>(std::min(kL, ps.Wq - j0)));
+              store_lanes(dst + ho * ps.Wq + j0, v, first_lanes<T>(room));
           }
         zero_values(dst + g.Ho * ps.Wq, Qv - g.Ho * ps.Wq);
       }
