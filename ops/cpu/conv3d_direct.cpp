@@ -257,7 +257,7 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
   PlanePrefetch<T> next(next_ti < g.T ? x + next_ti * g.H * g.W : nullptr, g.T * g.H * g.W, g.H * g.W, Cg);
   for (std::int64_t ob = 0; ob < nob; ++ob) {  // block by block: 8 output rows stored at a time
     for (std::int64_t q0 = 0; q0 < Q; q0 += kBlock) {
-      next.share((ob * blocks + q0 / kBlock), nob * blocks);
+      next.share(ob * blocks + q0 / kBlock, nob * blocks);
       T* yt = y + ob * kDirectOg * L + to * HoWo;
       V acc[kDirectOg][kDirectVecs];
       block_sums(g, off.data(), scratch, per_c, wt + ob * K * kDirectOg, q0, ep.from_row(ob * kDirectOg), acc);
@@ -373,8 +373,8 @@ StackShape stack_shape(const Conv3dGeometry& g) {
   return st;
 }
 
-// All frames of one sample-group (Notes [stacked frames] and [shared padding]): y (8,
-// T*Ho*Wo) from x (Cg, T, H, W), wt as for direct_plane, scratch of Cg *
+// All frames of one sample-group (Notes [stacked frames], [shared padding] and [strided
+// stacks]): y (8, T*Ho*Wo) from x (Cg, T, H, W), wt as for direct_plane, scratch of Cg *
 // stack_shape(g).per_c values.
 template <typename T>
 void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* scratch, const GemmEpilogue<T>& ep) {
@@ -404,7 +404,8 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
   std::vector<std::int64_t> off(static_cast<std::size_t>(g.kH * g.kW));
   for (std::int64_t kh = 0; kh < g.kH; ++kh)
     for (std::int64_t kw = 0; kw < g.kW; ++kw)
-      off[kh * g.kW + kw] = unit ? st.base + (kh * g.dH - g.pH) * st.Ws + kw * g.dW - g.pW : tap_offset(g, frames, kh, kw);
+      off[kh * g.kW + kw] =
+          unit ? st.base + (kh * g.dH - g.pH) * st.Ws + kw * g.dW - g.pW : tap_offset(g, frames, kh, kw);
   for (std::int64_t q0 = 0; q0 < st.Q; q0 += kBlock) {
     V acc[kDirectOg][kDirectVecs];
     block_sums(g, off.data(), scratch, st.per_c, wt, q0, ep, acc);
