@@ -9,7 +9,7 @@
 //   1 x kH x kW with 8 output channels per group or a multiple of 8 and at most 16 input
 //     channels per group (the grouped 1x3x3 convs, the stem): direct kernels on padded,
 //     stride-split frame planes (conv3d_direct.cpp, Notes [direct planes] and
-//     [output-channel blocks]).
+//     [output-channel blocks]; the strided input gradient in conv3d_strided_grad.cpp).
 //   other ungrouped convs with wide output rows: one row GEMM per output row
 //     (Note [strided rows]) for the forward.
 //   everything else, and the remaining passes: im2col in cache-sized tiles + Eigen GEMM

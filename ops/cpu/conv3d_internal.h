@@ -1,7 +1,7 @@
 // Shared between the CPU conv's files: conv3d_cpu.cpp (dispatch, row GEMM and im2col
-// paths), conv3d_direct.cpp (the direct kernels for 8-channel groups) and
-// conv3d_winograd.cpp (3x1x1 convs by Winograd's F(4, 3)). Not installed API: include only
-// from those.
+// paths), conv3d_direct.cpp (the direct kernels for 1 x kH x kW convs with 8-channel
+// blocks), conv3d_strided_grad.cpp (their strided input gradient) and conv3d_winograd.cpp
+// (3x1x1 convs by Winograd's F(4, 3)). Not installed API: include only from those.
 #pragma once
 
 #include <omp.h>
@@ -46,7 +46,7 @@ template <typename T>
 void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
 
 // The input gradient of a direct-plane conv with spatial stride (gx written); false, with
-// nothing done, when g is not one.
+// nothing done, when g is not one (conv3d_strided_grad.cpp).
 template <typename T>
 bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
 

@@ -522,12 +522,19 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   // this was a fifth of a 4 x 8x112 stage-4 weight gradient's perf samples.
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
-  auto taps_of = [&](const auto* q, auto* r) {  // r[k] = sum over p of G[p][k] q[p]
+  // r[k] = sum over p of G[p][k] Q_p at (o, c): load reads a value or a vector of them.
+  auto taps_at = [&](std::int64_t o, std::int64_t c, auto load, auto* r) {
+    using Q = std::remove_cvref_t<decltype(load(partial))>;
+    Q q[P];
+    for (int p = 0; p < P; ++p) {
+      q[p] = load(partial + p * O * C + o * C + c);
+      for (int t = 1; t < team; ++t) q[p] += load(partial + t * per + p * O * C + o * C + c);
+    }
 #pragma GCC unroll 8
     for (int k = 0; k < 3; ++k) {
-      r[k] = q[P - 1] * static_cast<T>(W::G[P - 1][k]);
+      r[k] = Q{};
 #pragma GCC unroll 8
-      for (int p = 0; p < P - 1; ++p)
+      for (int p = 0; p < P; ++p)
         if (W::G[p][k] != 0) r[k] += static_cast<T>(W::G[p][k]) * q[p];
     }
   };
@@ -535,23 +542,11 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   for (std::int64_t o = 0; o < O; ++o) {
     std::int64_t c = 0;
     for (; c + kL <= C; c += kL) {
-      V q[P], r[3];
-      for (int p = 0; p < P; ++p) {
-        q[p] = load_vec(partial + p * O * C + o * C + c);
-        for (int t = 1; t < team; ++t) q[p] += load_vec(partial + t * per + p * O * C + o * C + c);
-      }
-      taps_of(q, r);
+      V r[3];
+      taps_at(o, c, [](const T* src) { return load_vec(src); }, r);
       store_interleaved3<T>(r[0], r[1], r[2], gw + (o * C + c) * 3);
     }
-    for (; c < C; ++c) {
-      T q[P], r[3];
-      for (int p = 0; p < P; ++p) {
-        q[p] = partial[p * O * C + o * C + c];
-        for (int t = 1; t < team; ++t) q[p] += partial[t * per + p * O * C + o * C + c];
-      }
-      taps_of(q, r);
-      for (int k = 0; k < 3; ++k) gw[(o * C + c) * 3 + k] = r[k];
-    }
+    for (; c < C; ++c) taps_at(o, c, [](const T* src) { return *src; }, gw + (o * C + c) * 3);
   }
 }
 

@@ -1,0 +1,195 @@
+// The input gradient of strided convs whose transposed conv the direct kernels take
+// (SEVNet's downsampling 1x3x3 gw8): by stride phase (Note [input gradient by phase]) or,
+// on small planes, on the output gradient spread over the stride-1 grid. Both compute
+// through conv3d_forward / conv3d_backward_input on unit-stride convs; conv3d_cpu.cpp
+// dispatches here.
+#include "vidgrad/ops/cpu/conv3d_internal.h"
+
+#include "vidgrad/core/storage.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace vidgrad::cpu {
+
+namespace {
+
+// Whether the direct kernels take g's transposed conv (input and output channels swapped),
+// on which both strided paths below compute the input gradient.
+bool transposed_direct(const Conv3dGeometry& g) {
+  Conv3dGeometry t = g;
+  t.C = g.O;
+  t.O = g.C;
+  return direct_planes(t);
+}
+
+// Note [input gradient by phase]: for a conv with spatial stride s (SEVNet's downsampling
+// 1x3x3, s = 2), input row h = s*i + r - p (phase r of the padded rows) receives only the
+// taps kh = r + s*j, from output row i - j: per phase (r_h, r_w) the input gradient is a
+// unit-stride conv of gy with the sub-kernel w[r_h + s*j][r_w + s*j'] flipped, padded by
+// its size - 1, which the direct-plane kernel computes (on the transposed channels, as for
+// unit strides). Its outputs i start at ceil((p - r) / s) and are scattered to every s-th
+// row and column of gx. The phases together do exactly the useful multiplies; spreading gy
+// onto the unit-stride grid (zeros between) did s*s times as many.
+// Below this many outputs per plane (SEVNet's 4x4) the phases' per-conv costs outweigh
+// the saved multiplies. First measured with the threshold at 100: conv3d_bench, 4 x 8x112,
+// stage4/5 downsampling input gradient 0.70/0.62 ms spread, 0.80/0.73 by phase; above it
+// (min of 3 interleaved runs, 2 threads), stage2/3: 4 x 8x112 4.14/1.33 -> 2.60/0.93 ms,
+// 16x224 6.84/2.78 -> 5.35/2.26. With the phase convs on stacked frames (Notes [shared
+// padding], [strided stacks]), a timing loop over conv3d_backward_input at 4 x 8x112 (min
+// of 60 calls, 2 interleaved runs), spread / by phase, ms: 14x14 -> 7x7 (49 outputs, 128
+// channels) 0.57-0.68 / 0.45, 7x7 -> 4x4 (16, 256) 0.36 / 0.47.
+constexpr std::int64_t kPhaseMinPlane = 40;
+
+bool strided_direct_input_grad(const Conv3dGeometry& g) {
+  if (g.kT != 1 || g.sT != 1 || g.pT != 0 || g.dH != 1 || g.dW != 1 || (g.sH == 1 && g.sW == 1)) return false;
+  if (g.pH >= g.kH || g.pW >= g.kW) return false;  // every phase's padding stays >= 0 below
+  return transposed_direct(g);  // the phases' convs (kernel sizes vary)
+}
+
+struct PhaseAxis {
+  std::int64_t taps;      // sub-kernel size J = ceil((k - r) / s)
+  std::int64_t first;     // first i that lands inside the input
+  std::int64_t size;      // last i that lands inside the input, + 1
+  std::int64_t computed;  // i < computed read some output (out + J - 1); the rest get no tap
+};
+
+// One axis of phase r: kernel k, stride s, padding p, input size `in`, output size `out`.
+PhaseAxis phase_axis(std::int64_t r, std::int64_t k, std::int64_t s, std::int64_t p, std::int64_t in,
+                     std::int64_t out) {
+  PhaseAxis a;
+  a.taps = k > r ? (k - r + s - 1) / s : 0;
+  a.first = p > r ? (p - r + s - 1) / s : 0;  // s*i + r - p >= 0
+  a.size = (in - 1 + p - r) / s + 1;          // s*i + r - p <= in - 1
+  a.computed = a.taps > 0 ? std::min(a.size, out + a.taps - 1) : 0;
+  return a;
+}
+
+// The phase (rh, rw) conv's output, for every plane: (N*C*T, computed_h, computed_w) at out.
+template <typename T>
+void phase_conv(const Conv3dGeometry& g, const PhaseAxis& ah, const PhaseAxis& aw, std::int64_t rh, std::int64_t rw,
+                const T* gy, const T* w, T* out) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og();
+  Conv3dGeometry t = g;
+  t.C = g.O;
+  t.O = g.C;
+  t.H = g.Ho;
+  t.W = g.Wo;
+  t.kH = ah.taps;
+  t.kW = aw.taps;
+  t.sH = t.sW = 1;
+  t.pH = ah.taps - 1;
+  t.pW = aw.taps - 1;
+  t.Ho = ah.computed;
+  t.Wo = aw.computed;
+  // Per group (Cg, Og, 1, J_h, J_w): wt[c][o][jh][jw] = w[o][c][rh + sH (J_h-1-jh)][rw + sW (J_w-1-jw)].
+  std::vector<T> wt(static_cast<std::size_t>(g.groups * Cg * Og * ah.taps * aw.taps));
+  for (std::int64_t gr = 0; gr < g.groups; ++gr)
+    for (std::int64_t c = 0; c < Cg; ++c)
+      for (std::int64_t o = 0; o < Og; ++o)
+        for (std::int64_t jh = 0; jh < ah.taps; ++jh)
+          for (std::int64_t jw = 0; jw < aw.taps; ++jw) {
+            const std::int64_t kh = rh + g.sH * (ah.taps - 1 - jh), kw = rw + g.sW * (aw.taps - 1 - jw);
+            wt[(((gr * Cg + c) * Og + o) * ah.taps + jh) * aw.taps + jw] =
+                w[(((gr * Og + o) * Cg + c) * g.kH + kh) * g.kW + kw];
+          }
+  conv3d_forward<T>(t, gy, wt.data(), out, {});
+}
+
+// Per row phase rh, the sW column phases are computed into their own buffers, then the
+// rows of gx in that phase are written whole, column by column from the phase it belongs
+// to (two interleaved sources for stride 2, a loop the compiler vectorises with permutes).
+template <typename T>
+void phase_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+  const std::int64_t planes = g.N * g.C * g.T, HW = g.H * g.W;
+  std::vector<PhaseAxis> aws;
+  std::int64_t width = 0;  // largest computed_w
+  for (std::int64_t rw = 0; rw < g.sW; ++rw) {
+    aws.push_back(phase_axis(rw, g.kW, g.sW, g.pW, g.W, g.Wo));
+    width = std::max(width, aws.back().computed);
+  }
+  std::int64_t height = 0;
+  for (std::int64_t rh = 0; rh < g.sH; ++rh) height = std::max(height, phase_axis(rh, g.kH, g.sH, g.pH, g.H, g.Ho).computed);
+  const std::int64_t per = height * width;  // values per plane of one phase buffer
+  const Storage out_buf(static_cast<std::size_t>(g.sW * planes * std::max<std::int64_t>(per, 1)) * sizeof(T),
+                        Device::cpu());  // block cache
+  T* out = static_cast<T*>(out_buf.data());
+  // Stride 2 with every column phase computed for all its columns: rows are two interleaved sources.
+  const bool pairs = g.sW == 2 && aws[0].computed == aws[0].size && aws[1].computed == aws[1].size;
+  for (std::int64_t rh = 0; rh < g.sH; ++rh) {
+    const PhaseAxis ah = phase_axis(rh, g.kH, g.sH, g.pH, g.H, g.Ho);
+    if (ah.first >= ah.size) continue;  // no input row in this phase
+    std::vector<bool> has(static_cast<std::size_t>(g.sW));
+    for (std::int64_t rw = 0; rw < g.sW; ++rw) {
+      const PhaseAxis& aw = aws[rw];
+      has[rw] = ah.computed > ah.first && aw.computed > aw.first;
+      if (has[rw]) phase_conv(g, ah, aw, rh, rw, gy, w, out + rw * planes * per);
+    }
+    auto src_of = [&](std::int64_t rw, std::int64_t pl, std::int64_t i) {  // phase_conv's (planes, rows, cols)
+      return out + rw * planes * per + (pl * ah.computed + i) * aws[rw].computed;
+    };
+#pragma omp parallel for schedule(static) if (planes * (ah.size - ah.first) * g.W >= kMinParallelWork)
+    for (std::int64_t pl = 0; pl < planes; ++pl)
+      for (std::int64_t i = ah.first; i < ah.size; ++i) {
+        T* dst = gx + pl * HW + (g.sH * i + rh - g.pH) * g.W;
+        if (pairs && has[0] && has[1] && i < ah.computed) {
+          // Column w = 2m + e is phase (e + pW) % 2 at j = m + (e + pW) / 2.
+          const T* a = src_of(g.pW % 2, pl, i) + g.pW / 2;
+          const T* b = src_of((g.pW + 1) % 2, pl, i) + (g.pW + 1) / 2;
+          const std::int64_t half = g.W / 2;
+#pragma omp simd
+          for (std::int64_t m = 0; m < half; ++m) {
+            dst[2 * m] = a[m];
+            dst[2 * m + 1] = b[m];
+          }
+          if (g.W % 2) dst[g.W - 1] = a[half];
+          continue;
+        }
+        for (std::int64_t wi = 0; wi < g.W; ++wi) {  // general: column by column
+          const std::int64_t rw = (wi + g.pW) % g.sW, j = (wi + g.pW) / g.sW;
+          dst[wi] = has[rw] && i < ah.computed && j < aws[rw].computed ? src_of(rw, pl, i)[j] : T(0);
+        }
+      }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+  const std::int64_t L = g.L();
+  if (strided_direct_input_grad(g) && g.Ho * g.Wo >= kPhaseMinPlane) {
+    phase_input_grad(g, gy, w, gx);
+    return true;
+  }
+  if (transposed_direct(g) && g.kT == 1 && g.sT == 1 && g.pT == 0 && (g.sH > 1 || g.sW > 1)) {
+    // Strided grouped convs with small output planes: the input gradient of a stride s
+    // conv is that of the stride-1 conv with the same padding given gy spread onto the
+    // stride-1 output grid (zeros in between), which the direct-plane kernel computes;
+    // 1/(sH*sW) of its multiplies are useful, but it is one conv, not sH*sW of them.
+    Conv3dGeometry u = g;
+    u.sH = u.sW = 1;
+    u.Ho = g.H + 2 * g.pH - g.dH * (g.kH - 1);
+    u.Wo = g.W + 2 * g.pW - g.dW * (g.kW - 1);
+    const std::size_t bytes = static_cast<std::size_t>(g.N * g.O * g.To * u.Ho * u.Wo) * sizeof(T);
+    const Storage spread(bytes, Device::cpu());  // from the block cache: no fresh pages each call
+    T* sp = static_cast<T*>(spread.data());
+#pragma omp parallel for schedule(static) if (g.N * g.O * L >= kMinParallelWork)
+    for (std::int64_t p = 0; p < g.N * g.O * g.To; ++p)
+      for (std::int64_t h = 0; h < u.Ho; ++h) {
+        T* row = sp + (p * u.Ho + h) * u.Wo;
+        std::fill(row, row + u.Wo, T(0));
+        if (h % g.sH != 0 || h / g.sH >= g.Ho) continue;
+        const T* src = gy + (p * g.Ho + h / g.sH) * g.Wo;
+        for (std::int64_t wo = 0; wo < g.Wo; ++wo) row[wo * g.sW] = src[wo];
+      }
+    conv3d_backward_input(u, sp, w, gx);
+    return true;
+  }
+  return false;
+}
+
+template bool direct_strided_input_grad<float>(const Conv3dGeometry&, const float*, const float*, float*);
+template bool direct_strided_input_grad<double>(const Conv3dGeometry&, const double*, const double*, double*);
+
+}  // namespace vidgrad::cpu
