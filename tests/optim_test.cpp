@@ -91,6 +91,46 @@ TEST(Sgd, StateRoundTripContinuesIdentically) {
   EXPECT_THROW_MSG(sb.load_state({{"momentum_buffer.w", Tensor::zeros({4})}}), "load_state", "[4]", "[3]");
 }
 
+// Many parameters of mixed sizes, together over the parallel threshold: the update runs
+// over all of them at once, split between threads by value (Note [one pass over the
+// parameters]); every value must follow the rule with its own gradient, momentum and decay.
+TEST(Sgd, ManyParametersOfMixedSizes) {
+  const SgdOptions o{.lr = 0.05, .momentum = 0.9, .dampening = 0.1, .weight_decay = 1e-2, .decay_bn_and_bias = false};
+  const std::vector<Shape> shapes = {{1}, {7, 3}, {40001}, {3}, {70, 1001}, {2, 2}, {5}};
+  std::vector<std::pair<std::string, Tensor>> named;
+  std::vector<std::vector<double>> p_ref, buf_ref(shapes.size());
+  for (std::size_t k = 0; k < shapes.size(); ++k) {
+    Tensor p = Tensor::zeros(shapes[k]);
+    std::vector<float> v(static_cast<std::size_t>(p.numel()));
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(std::sin(0.37 * i + k));
+    p = Tensor::from_vector(v, shapes[k]).set_requires_grad(true);
+    named.push_back({"p" + std::to_string(k), p});
+    p_ref.emplace_back(v.begin(), v.end());
+  }
+  Sgd sgd(named, o);
+  for (int step = 0; step < 3; ++step) {
+    for (std::size_t k = 0; k < shapes.size(); ++k) {
+      Tensor& p = named[k].second;
+      std::vector<float> g(static_cast<std::size_t>(p.numel()));
+      for (std::size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(std::cos(0.11 * i + 3 * k + step));
+      p.set_grad(Tensor::from_vector(g, shapes[k]));
+      const double wd = shapes[k].size() > 1 ? o.weight_decay : 0.0;  // 1-D: no decay
+      buf_ref[k].resize(g.size());
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const double d = g[i] + wd * p_ref[k][i];
+        buf_ref[k][i] = step == 0 ? d : o.momentum * buf_ref[k][i] + (1 - o.dampening) * d;
+        p_ref[k][i] -= o.lr * buf_ref[k][i];
+      }
+    }
+    sgd.step();
+    for (std::size_t k = 0; k < shapes.size(); ++k) {
+      const std::vector<float> got = named[k].second.to_vector<float>();
+      for (std::size_t i = 0; i < got.size(); ++i)
+        ASSERT_NEAR(got[i], p_ref[k][i], 1e-5) << "parameter " << k << " value " << i << " step " << step;
+    }
+  }
+}
+
 TEST(Sgd, BadOptionsThrow) {
   Tensor p = Tensor::zeros({1}).set_requires_grad(true);
   EXPECT_THROW_MSG(Sgd({{"p", p}}, {.lr = -1}), "Sgd", "lr");
