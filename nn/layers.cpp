@@ -50,7 +50,7 @@ void Conv3d::record_cost(const Tensor& y) {
 Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual) {
   if (bn.is_training() || autograd::GradMode::enabled()) {
     const Tensor c = forward(x);
-    if (residual.defined()) return relu ? add_relu(bn.forward(c), residual) : add(bn.forward(c), residual);
+    if (residual.defined()) return bn.forward_add(c, residual, relu);
     return relu ? bn.forward_relu(c) : bn.forward(c);
   }
   Conv3dOptions opts = cfg_.opts;
@@ -76,11 +76,14 @@ Tensor BatchNorm3d::forward(const Tensor& x) { return run(x, false); }
 
 Tensor BatchNorm3d::forward_relu(const Tensor& x) { return run(x, true); }
 
-Tensor BatchNorm3d::run(const Tensor& x, bool relu) {
+Tensor BatchNorm3d::forward_add(const Tensor& x, const Tensor& residual, bool relu) { return run(x, relu, residual); }
+
+Tensor BatchNorm3d::run(const Tensor& x, bool relu, const Tensor& residual) {
   const bool training = is_training();
   if (training) num_batches_tracked.data<std::int64_t>()[0] += 1;
-  Tensor y = batch_norm(x, weight, bias, running_mean, running_var,
-                        {.training = training, .momentum = momentum_, .eps = eps_, .relu = relu});
+  const BatchNormOptions opts{.training = training, .momentum = momentum_, .eps = eps_, .relu = relu};
+  Tensor y = residual.defined() ? batch_norm_add(x, weight, bias, running_mean, running_var, residual, opts)
+                                : batch_norm(x, weight, bias, running_mean, running_var, opts);
   CostRecorder::record(this, 0, y.shape());
   return y;
 }

@@ -53,13 +53,15 @@ class BatchNorm3d : public Module {
   Tensor forward(const Tensor& x) override;
   // relu(forward(x)) in one pass (BatchNormOptions::relu).
   Tensor forward_relu(const Tensor& x);
+  // forward(x) + residual, then the ReLU when relu: a residual join (batch_norm_add).
+  Tensor forward_add(const Tensor& x, const Tensor& residual, bool relu);
   std::string type_name() const override { return "BatchNorm3d"; }
   double eps() const { return eps_; }
 
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 
  private:
-  Tensor run(const Tensor& x, bool relu);
+  Tensor run(const Tensor& x, bool relu, const Tensor& residual = Tensor());
   double momentum_, eps_;
 };
 

@@ -7,6 +7,7 @@
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
+#include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
@@ -22,11 +23,10 @@ void check_channel_vector(const char* arg, const Tensor& t, std::int64_t C) {
            "batch_norm: " << arg << " must have shape [" << C << "], got " << shape_str(t.shape()));
 }
 
-}  // namespace
-
-Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                  const Tensor& running_var, const BatchNormOptions& opts) {
-  profile::Scope scope("batch_norm");
+// batch_norm, or with residual (CPU, with the ReLU: batch_norm_add) relu(batch_norm(x) + residual).
+Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                       const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in) {
+  profile::Scope scope(residual_in.defined() ? "batch_norm_add_relu" : "batch_norm");
   ops_detail::check_floating("batch_norm", "input", x_in);
   VG_CHECK(x_in.dim() >= 2, "batch_norm: input must have rank >= 2 (N, C, ...), got shape " << shape_str(x_in.shape()));
   ops_detail::check_same("batch_norm", {{"input", &x_in}, {"weight", &weight}, {"bias", &bias},
@@ -48,6 +48,7 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                                             << shape_str(x_in.shape()));
 
   const Tensor x = x_in.contiguous();
+  const Tensor residual = residual_in.defined() ? residual_in.contiguous() : Tensor();
   const Tensor weight_c = weight.defined() ? weight.contiguous() : Tensor();
   const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -59,12 +60,13 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
-        const T* w = weight_c.defined() ? weight_c.data<T>() : nullptr;
-        const T* b = bias_c.defined() ? bias_c.data<T>() : nullptr;
+        auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+        const T* w = ptr(weight_c);
+        const T* b = ptr(bias_c);
         if (opts.training) {
           std::vector<double> var(C);
           cpu::batch_norm_train_forward<T>(x.data<T>(), N, C, S, opts.eps, w, b, y.data<T>(), opts.relu, mean->data(),
-                                           var.data(), invstd->data());
+                                           var.data(), invstd->data(), ptr(residual));
           if (running_mean.defined()) {
             T* rm = running_mean.data<T>();
             T* rv = running_var.data<T>();
@@ -81,7 +83,8 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
             (*mean)[c] = rm[c];
             (*invstd)[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + opts.eps);
           }
-          cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(), w, b, y.data<T>(), opts.relu);
+          cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(), w, b, y.data<T>(), opts.relu,
+                                   ptr(residual));
         }
       });
       break;
@@ -109,6 +112,35 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
       break;
 #endif
     default: ops_detail::no_kernel("batch_norm", x.device());
+  }
+  if (residual.defined()) {
+    if (autograd::needs_graph({&x_in, &weight, &bias, &residual_in})) {
+      // The ReLU's mask comes from the saved output (the next layer's input, saved by it
+      // anyway); the masked gradient is the residual's, written over the incoming one when
+      // the engine holds the only handle on it (Note [reusing the output gradient]).
+      autograd::attach(
+          y, "batch_norm_add_relu", {x_in, weight, bias, residual_in},
+          [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), y_saved = y.detach(), mean, invstd,
+           N, C, S, training = opts.training](const Tensor& gy_in, const std::vector<bool>& needs) {
+            const bool over_gy = gy_in.is_contiguous() && gy_in.dtype() == x.dtype() && gy_in.shape() == x.shape() &&
+                                 autograd::grad_output_reusable();
+            const Tensor gy = gy_in.contiguous();
+            std::vector<Tensor> grads(4);
+            grads[3] = over_gy ? gy : Tensor::empty(x.shape(), x.dtype(), x.device());  // always: the masked gradient
+            if (needs[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+            if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
+            if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype(), x.device());
+            dispatch_floating(x.dtype(), "batch_norm_add backward", [&]<typename T>() {
+              auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+              cpu::batch_norm_add_relu_backward<T>(x.data<T>(), y_saved.data<T>(), gy.data<T>(), N, C, S,
+                                                   mean->data(), invstd->data(), ptr(w), training, grads[3].data<T>(),
+                                                   ptr(grads[0]), ptr(grads[1]), ptr(grads[2]));
+            });
+            if (!needs[3]) grads[3] = Tensor();
+            return grads;
+          });
+    }
+    return y;
   }
   if (autograd::needs_graph({&x_in, &weight, &bias})) {
     autograd::attach(y, opts.relu ? "batch_norm_relu" : "batch_norm", {x_in, weight, bias},
@@ -159,6 +191,28 @@ Tensor batch_norm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, 
                      });
   }
   return y;
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                  const Tensor& running_var, const BatchNormOptions& opts) {
+  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, Tensor());
+}
+
+Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                      const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts) {
+  VG_CHECK(residual.defined(), "batch_norm_add: residual is undefined");
+  ops_detail::check_same("batch_norm_add", {{"input", &x}, {"residual", &residual}});
+  VG_CHECK(residual.shape() == x.shape(), "batch_norm_add: residual must have the input's shape "
+                                              << shape_str(x.shape()) << ", got " << shape_str(residual.shape()));
+  if (x.device().type != DeviceType::kCPU || !opts.relu) {  // composed: the plain batch norm, then the join
+    BatchNormOptions plain = opts;
+    plain.relu = false;
+    const Tensor y = batch_norm(x, weight, bias, running_mean, running_var, plain);
+    return opts.relu ? add_relu(y, residual) : add(y, residual);
+  }
+  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, residual);
 }
 
 }  // namespace vidgrad

@@ -24,4 +24,12 @@ struct BatchNormOptions {
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& opts = {});
 
+// batch_norm(x) + residual, then the ReLU with opts.relu: a residual block's join. On the
+// CPU with the ReLU it is one op: the output is written in the normalising pass (the
+// normalised tensor is never stored, nor read back by a separate add), and the backward
+// masks the gradient (the residual's) while taking the batch-norm sums. residual has x's
+// shape, dtype and device. Otherwise composed of batch_norm and add_relu or add.
+Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                      const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts = {});
+
 }  // namespace vidgrad

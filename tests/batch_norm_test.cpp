@@ -148,6 +148,55 @@ TEST_P(BatchNormShapes, FusedReluMatchesSeparateReluAndFiniteDifferences) {
   }
 }
 
+// batch_norm_add: relu(batch_norm(x) + r) in one op on the CPU (the mask from the saved
+// output, the residual's gradient masked while the sums are taken), against the composed
+// ops in float32 (values and all four gradients) and finite differences in float64, in
+// training and eval, with the incoming gradient reused or not; without the ReLU, composed.
+TEST_P(BatchNormShapes, AddReluMatchesComposedOpsAndFiniteDifferences) {
+  const Shape shape = GetParam();
+  const std::int64_t C = shape[1];
+  Tensor x = randn(shape, 40, DType::kFloat32), r = randn(shape, 41, DType::kFloat32);
+  Tensor w = randn({C}, 42, DType::kFloat32), b = randn({C}, 43, DType::kFloat32);
+  const Tensor gy = randn(shape, 44, DType::kFloat32);
+  for (bool training : {true, false})
+    for (bool relu : {true, false}) {
+      SCOPED_TRACE(std::string(training ? "training" : "eval") + (relu ? ", relu" : ""));
+      Tensor ys[2], grads[2][4];
+      Tensor rms[2], rvs[2];
+      for (int f = 0; f < 2; ++f) {
+        Tensor xf = x.clone().set_requires_grad(true), rf = r.clone().set_requires_grad(true);
+        Tensor wf = w.clone().set_requires_grad(true), bf = b.clone().set_requires_grad(true);
+        rms[f] = randn({C}, 45, DType::kFloat32);
+        rvs[f] = Tensor::full({C}, 1.3, DType::kFloat32);
+        const BatchNormOptions o{.training = training, .relu = relu};
+        if (f == 0) {
+          ys[f] = batch_norm_add(xf, wf, bf, rms[f], rvs[f], rf, o);
+        } else {
+          const Tensor h = batch_norm(xf, wf, bf, rms[f], rvs[f], {.training = training});
+          ys[f] = relu ? add_relu(h, rf) : add(h, rf);
+        }
+        ys[f].backward(gy);
+        grads[f][0] = xf.grad();
+        grads[f][1] = wf.grad();
+        grads[f][2] = bf.grad();
+        grads[f][3] = rf.grad();
+      }
+      EXPECT_TRUE(all_close(ys[0], ys[1], 1e-6, 1e-6));
+      EXPECT_TRUE(all_close(rms[0], rms[1], 0, 0));
+      for (int i = 0; i < 4; ++i) EXPECT_TRUE(all_close(grads[0][i], grads[1][i], 1e-5, 1e-5)) << "gradient " << i;
+      Tensor rmd = randn({C}, 46), rvd = Tensor::full({C}, 1.7, DType::kFloat64);
+      const BatchNormOptions o{.training = training, .relu = relu};
+      EXPECT_GRADCHECK(
+          [&](const std::vector<Tensor>& t) { return batch_norm_add(t[0], t[1], t[2], rmd, rvd, t[3], o); },
+          (std::vector<Tensor>{param(shape, 47), param({C}, 48), param({C}, 49), param(shape, 50)}));
+      // Behind another op the incoming gradient is the engine's alone: the residual's
+      // gradient is written over it.
+      EXPECT_GRADCHECK(
+          [&](const std::vector<Tensor>& t) { return mul(batch_norm_add(t[0], t[1], t[2], rmd, rvd, t[3], o), 1.5); },
+          (std::vector<Tensor>{param(shape, 51), param({C}, 52), param({C}, 53), param(shape, 54)}));
+    }
+}
+
 // A channel with |mean| >> std (Note [one-pass statistics] and the blocked float sums in
 // the backward): float32 forward and gradients stay close to the float64 ones.
 TEST(BatchNorm, LargeMeanStaysAccurateInFloat32) {
@@ -195,6 +244,10 @@ TEST(BatchNorm, BadArgumentsThrowWithValues) {
   EXPECT_THROW_MSG(batch_norm(Tensor::zeros({3}), {}, {}, {}, {}), "batch_norm", "rank >= 2", "[3]");
   EXPECT_THROW_MSG(batch_norm(x, {}, {}, Tensor::zeros({3}), {}), "batch_norm", "together");
   EXPECT_THROW_MSG(batch_norm(x, {}, {}, {}, {}, {.momentum = 1.5}), "batch_norm", "momentum", "1.5");
+  EXPECT_THROW_MSG(batch_norm_add(x, {}, {}, {}, {}, Tensor::zeros({2, 3, 2, 2, 1}), {.relu = true}), "batch_norm_add",
+                   "residual", "[2, 3, 2, 2, 2]", "[2, 3, 2, 2, 1]");
+  EXPECT_THROW_MSG(batch_norm_add(x, {}, {}, {}, {}, Tensor::zeros({2, 3, 2, 2, 2}, DType::kFloat64)),
+                   "batch_norm_add", "residual");
 }
 
 }  // namespace

@@ -43,10 +43,22 @@ void channel_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, s
   *var = std::max(0.0, ss / M - md * md);
 }
 
-// y = fma(x, a, shift) (then the ReLU) over one (sample, channel) plane of S values.
+// y = fma(x, a, shift) (plus the residual r) (then the ReLU) over one (sample, channel)
+// plane of S values.
 template <typename T>
-void apply_plane(const T* p, std::int64_t S, T a, T shift, T* q, bool relu) {
-  if (relu) {
+void apply_plane(const T* p, std::int64_t S, T a, T shift, T* q, bool relu, const T* r) {
+  if (r) {
+    if (relu) {
+#pragma omp simd
+      for (std::int64_t i = 0; i < S; ++i) {
+        const T v = std::fma(p[i], a, shift) + r[i];
+        q[i] = v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
+      }
+    } else {
+#pragma omp simd
+      for (std::int64_t i = 0; i < S; ++i) q[i] = std::fma(p[i], a, shift) + r[i];
+    }
+  } else if (relu) {
 #pragma omp simd
     for (std::int64_t i = 0; i < S; ++i) {
       const T v = std::fma(p[i], a, shift);
@@ -68,12 +80,13 @@ void batch_norm_stats(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
-                      const double* invstd, const T* w, const T* b, T* y, bool relu) {
+                      const double* invstd, const T* w, const T* b, T* y, bool relu, const T* residual) {
 #pragma omp parallel for collapse(2) schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t n = 0; n < N; ++n) {
     for (std::int64_t c = 0; c < C; ++c) {
       const auto [a, shift] = bn_affine(mean[c], invstd[c], w, b, c);
-      apply_plane(x + (n * C + c) * S, S, a, shift, y + (n * C + c) * S, relu);
+      const std::int64_t at = (n * C + c) * S;
+      apply_plane(x + at, S, a, shift, y + at, relu, residual ? residual + at : nullptr);
     }
   }
 }
@@ -85,11 +98,12 @@ void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S
 // statistics, while the channel (N * S values: 800 KB there) is still in L2 or L3.
 template <typename T>
 void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double eps, const T* w,
-                              const T* b, T* y, bool relu, double* mean, double* var, double* invstd) {
+                              const T* b, T* y, bool relu, double* mean, double* var, double* invstd,
+                              const T* residual) {
   if (C < 2 * omp_get_max_threads()) {  // too few channels to share out: the two passes
     batch_norm_stats(x, N, C, S, mean, var);
     for (std::int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
-    batch_norm_apply(x, N, C, S, mean, invstd, w, b, y, relu);
+    batch_norm_apply(x, N, C, S, mean, invstd, w, b, y, relu, residual);
     return;
   }
 #pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
@@ -97,7 +111,10 @@ void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::i
     channel_stats(x, N, C, S, c, mean + c, var + c);
     invstd[c] = 1.0 / std::sqrt(var[c] + eps);
     const auto [a, shift] = bn_affine(mean[c], invstd[c], w, b, c);
-    for (std::int64_t n = 0; n < N; ++n) apply_plane(x + (n * C + c) * S, S, a, shift, y + (n * C + c) * S, relu);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t at = (n * C + c) * S;
+      apply_plane(x + at, S, a, shift, y + at, relu, residual ? residual + at : nullptr);
+    }
   }
 }
 
@@ -157,6 +174,38 @@ void plane_grad_sums(const T* p, const T* g, std::int64_t S, T m, T ra, T rshift
   }
 }
 
+// The same sums over one plane of gm = g where y > 0 (a ReLU after a residual join:
+// batch_norm_add), storing gm to q (which may be g) as it goes.
+template <typename T>
+void plane_mask_sums(const T* p, const T* y, const T* g, T* q, std::int64_t S, T m, double& sum_g, double& sum_gd) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t L = Vec<T>::kLanes, kBlock = 1024;
+  const V vm = V{} + m;
+  for (std::int64_t i0 = 0; i0 < S; i0 += kBlock) {
+    const std::int64_t i1 = std::min(S, i0 + kBlock);
+    V bg = {}, bgd = {};
+    for (std::int64_t i = i0; i < i1; i += L) {
+      const bool whole = i + L <= i1;
+      const std::uint32_t mask = first_lanes<T>(i1 - i);
+      auto load = [&](const T* src) { return whole ? load_vec(src + i) : load_lanes(src + i, mask); };
+      const V gm = relu_pass(load(y), load(g));  // masked lanes: y reads 0 and passes nothing
+      if (whole)
+        store_vec(q + i, gm);
+      else
+        store_lanes(q + i, gm, mask);
+      bg += gm;
+      bgd += gm * (load(p) - vm);
+    }
+    T sg = 0, sgd = 0;
+    for (std::int64_t k = 0; k < L; ++k) {
+      sg += bg[k];
+      sgd += bgd[k];
+    }
+    sum_g += static_cast<double>(sg);
+    sum_gd += static_cast<double>(sgd);
+  }
+}
+
 // q = alpha * gm + beta * (x - m) + gamma over one plane, gm as in plane_grad_sums.
 template <typename T, bool kRelu>
 void plane_grad_input(const T* p, const T* g, T* q, std::int64_t S, T m, T ra, T rshift, T alpha, T beta,
@@ -174,6 +223,37 @@ void plane_grad_input(const T* p, const T* g, T* q, std::int64_t S, T m, T ra, T
     const std::uint32_t mask = first_lanes<T>(S - i);
     store_lanes(q + i, value(load_lanes(p + i, mask), load_lanes(g + i, mask)), mask);
   }
+}
+
+}  // namespace
+
+namespace {
+
+// The input gradient's coefficients of channel c, gx = alpha * gm + beta * (x - m) + gamma
+// with m = mean rounded to T, from the sums of gm and gm * (x - m) over the channel; writes
+// the weight and bias gradients (gw, gb may be null).
+template <typename T>
+struct GradCoefficients {
+  T alpha, beta, gamma;
+};
+template <typename T>
+GradCoefficients<T> grad_coefficients(std::int64_t c, double M, double sum_g, double sum_gd, const double* mean,
+                                      const double* invstd, const T* w, bool batch_stats, T* gw, T* gb) {
+  const T m = static_cast<T>(mean[c]);
+  // d weight; the rounding of mean to T shifts x - mean by a constant, corrected here.
+  const double sum_gxhat = (sum_gd - (mean[c] - static_cast<double>(m)) * sum_g) * invstd[c];
+  if (gb) gb[c] = static_cast<T>(sum_g);
+  if (gw) gw[c] = static_cast<T>(sum_gxhat);
+  const double wc = w ? static_cast<double>(w[c]) : 1.0;
+  const double k = wc * invstd[c];
+  // training: gx = k * (g - mean(g) - xhat * mean(g * xhat)); eval: gx = k * g. With
+  // xhat = (x - mean) * invstd that is linear in g and x per element.
+  const double mg = batch_stats ? sum_g / M : 0.0;
+  const double mgx = batch_stats ? sum_gxhat / M : 0.0;
+  // As alpha * g + beta * (x - m) + gamma, with m = mean rounded to T: no cancellation
+  // between two large terms when |mean| >> std.
+  const double b = -k * invstd[c] * mgx;
+  return {static_cast<T>(k), static_cast<T>(b), static_cast<T>(-k * mg + b * (static_cast<double>(m) - mean[c]))};
 }
 
 }  // namespace
@@ -197,22 +277,8 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
       else
         plane_grad_sums<T, false>(p, g, S, m, ra, rshift, sum_g, sum_gd);
     }
-    // d weight; the rounding of mean to T shifts x - mean by a constant, corrected here.
-    const double sum_gxhat = (sum_gd - (mean[c] - static_cast<double>(m)) * sum_g) * invstd[c];
-    if (gb) gb[c] = static_cast<T>(sum_g);
-    if (gw) gw[c] = static_cast<T>(sum_gxhat);
+    const auto [alpha, beta, gamma] = grad_coefficients(c, M, sum_g, sum_gd, mean, invstd, w, batch_stats, gw, gb);
     if (!gx) continue;
-    const double wc = w ? static_cast<double>(w[c]) : 1.0;
-    const double k = wc * invstd[c];
-    // training: gx = k * (g - mean(g) - xhat * mean(g * xhat)); eval: gx = k * g. With
-    // xhat = (x - mean) * invstd that is linear in g and x per element.
-    const double mg = batch_stats ? sum_g / M : 0.0;
-    const double mgx = batch_stats ? sum_gxhat / M : 0.0;
-    // As alpha * g + beta * (x - m) + gamma, with m = mean rounded to T: no cancellation
-    // between two large terms when |mean| >> std.
-    const double b = -k * invstd[c] * mgx;
-    const T alpha = static_cast<T>(k), beta = static_cast<T>(b);
-    const T gamma = static_cast<T>(-k * mg + b * (static_cast<double>(m) - mean[c]));
     for (std::int64_t n = 0; n < N; ++n) {
       const T* p = x + (n * C + c) * S;
       const T* g = gy + (n * C + c) * S;
@@ -225,12 +291,40 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
   }
 }
 
+// Per channel, as batch_norm_backward: the masked gradient is stored to gres while the sums
+// are taken, and the input gradient's pass reads it back (from L2: the channel was just
+// written) instead of masking again.
+template <typename T>
+void batch_norm_add_relu_backward(const T* x, const T* y, const T* gy, std::int64_t N, std::int64_t C,
+                                  std::int64_t S, const double* mean, const double* invstd, const T* w,
+                                  bool batch_stats, T* gres, T* gx, T* gw, T* gb) {
+  const double M = static_cast<double>(N * S);
+#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
+  for (std::int64_t c = 0; c < C; ++c) {
+    const T m = static_cast<T>(mean[c]);
+    double sum_g = 0.0, sum_gd = 0.0;
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t at = (n * C + c) * S;
+      plane_mask_sums(x + at, y + at, gy + at, gres + at, S, m, sum_g, sum_gd);
+    }
+    const auto [alpha, beta, gamma] = grad_coefficients(c, M, sum_g, sum_gd, mean, invstd, w, batch_stats, gw, gb);
+    if (!gx) continue;
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t at = (n * C + c) * S;
+      plane_grad_input<T, false>(x + at, gres + at, gx + at, S, m, T(0), T(0), alpha, beta, gamma);
+    }
+  }
+}
+
 #define VIDGRAD_INSTANTIATE(T)                                                                                   \
   template void batch_norm_stats<T>(const T*, std::int64_t, std::int64_t, std::int64_t, double*, double*);     \
   template void batch_norm_apply<T>(const T*, std::int64_t, std::int64_t, std::int64_t, const double*,         \
-                                    const double*, const T*, const T*, T*, bool);                              \
+                                    const double*, const T*, const T*, T*, bool, const T*);                    \
   template void batch_norm_train_forward<T>(const T*, std::int64_t, std::int64_t, std::int64_t, double,        \
-                                            const T*, const T*, T*, bool, double*, double*, double*);          \
+                                            const T*, const T*, T*, bool, double*, double*, double*, const T*); \
+  template void batch_norm_add_relu_backward<T>(const T*, const T*, const T*, std::int64_t, std::int64_t,      \
+                                                std::int64_t, const double*, const double*, const T*, bool, T*, \
+                                                T*, T*, T*);                                                    \
   template void batch_norm_backward<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,           \
                                        const double*, const double*, const T*, const T*, bool, T*, T*, T*, bool);
 VIDGRAD_INSTANTIATE(float)

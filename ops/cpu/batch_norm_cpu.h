@@ -22,16 +22,19 @@ inline BnAffine<T> bn_affine(double mean, double invstd, const T* w, const T* b,
   const double scale = invstd * (w ? static_cast<double>(w[c]) : 1.0);
   return {static_cast<T>(scale), static_cast<T>((b ? static_cast<double>(b[c]) : 0.0) - mean * scale)};
 }
+// With residual (x's layout), y = that + residual before the ReLU (batch_norm_add).
 template <typename T>
 void batch_norm_apply(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, const double* mean,
-                      const double* invstd, const T* w, const T* b, T* y, bool relu = false);
+                      const double* invstd, const T* w, const T* b, T* y, bool relu = false,
+                      const T* residual = nullptr);
 
 // Training forward: mean[c], biased var[c] and invstd[c] = 1 / sqrt(var[c] + eps) from x,
 // and y as batch_norm_apply writes it, channel by channel (Note [statistics and output per
 // channel]); the same values as batch_norm_stats then batch_norm_apply.
 template <typename T>
 void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::int64_t S, double eps, const T* w,
-                              const T* b, T* y, bool relu, double* mean, double* var, double* invstd);
+                              const T* b, T* y, bool relu, double* mean, double* var, double* invstd,
+                              const T* residual = nullptr);
 
 // Gradients given gy. With `batch_stats`, mean/invstd came from this batch and the input
 // gradient includes their dependence on x; otherwise they are constants (eval).
@@ -43,5 +46,14 @@ template <typename T>
 void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
                          const double* mean, const double* invstd, const T* w, const T* b, bool batch_stats, T* gx,
                          T* gw, T* gb, bool relu = false);
+
+// The backward of y = relu(batch_norm(x) + residual) (batch_norm_add with its ReLU), given
+// the output y: gres = gy where y > 0, else 0 (the residual's gradient, and the masked
+// gradient the batch norm's backward then takes as above, without a ReLU of its own). gres
+// may be gy itself; gx, gw, gb as batch_norm_backward writes them.
+template <typename T>
+void batch_norm_add_relu_backward(const T* x, const T* y, const T* gy, std::int64_t N, std::int64_t C,
+                                  std::int64_t S, const double* mean, const double* invstd, const T* w,
+                                  bool batch_stats, T* gres, T* gx, T* gw, T* gb);
 
 }  // namespace vidgrad::cpu
