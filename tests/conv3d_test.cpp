@@ -356,6 +356,28 @@ TEST(Simd, StoreInterleaved3PutsTheThreeSourcesSideBySide) {
   check_store_interleaved3<double>();
 }
 
+// load_deinterleaved3 (the Winograd filter transform's tap split): lane i of output k is
+// in[3i + k], and with n < 3 kL values the lanes past them read zeros (nothing past n read).
+template <typename T>
+void check_load_deinterleaved3() {
+  using V = typename cpu::Vec<T>::type;
+  constexpr std::int64_t kL = cpu::Vec<T>::kLanes;
+  std::vector<T> in(3 * kL);
+  for (std::int64_t f = 0; f < 3 * kL; ++f) in[f] = static_cast<T>(f + 1);
+  for (std::int64_t n : std::initializer_list<std::int64_t>{3 * kL, 3 * kL - 1, 2 * kL + 1, kL, 4, 1, 0}) {
+    V out[3];
+    cpu::load_deinterleaved3<T>(in.data(), out[0], out[1], out[2], n);
+    for (std::int64_t i = 0; i < kL; ++i)
+      for (int k = 0; k < 3; ++k)
+        EXPECT_EQ(out[k][i], 3 * i + k < n ? static_cast<T>(3 * i + k + 1) : T(0)) << "n " << n << " lane " << i << " output " << k;
+  }
+}
+
+TEST(Simd, LoadDeinterleaved3TakesTheThreeSourcesApart) {
+  check_load_deinterleaved3<float>();
+  check_load_deinterleaved3<double>();
+}
+
 TEST(RowGemm, MatchesTripleLoopAtBlockEdges) {
   for (std::int64_t M : {1, 8, 13, 64})
     for (std::int64_t K : {1, 5, 128, 300})

@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -293,31 +294,98 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   }
 }
 
-// (G w)_p for every point p, packed as PackedA packs a matrix ([panel][k][kMr], rows past
-// `out` zero), one point after another, into the calling thread's buffer (kept between
-// calls: a fresh 6 MB each call at 512 channels cost page faults). Rows are `out`
-// channels, depth `in`; tap(o, i, k) reads the filter of output o and input i at tap k.
-template <typename T, int Mo, typename Tap>
-const T* transformed_filters(std::int64_t out, std::int64_t in, Tap&& tap) {
+// Note [filter transform in vectors]: (G w)_p for every point p, packed as PackedA packs a
+// matrix ([panel][k][kMr], rows past `out` zero), one point after another, into the calling
+// thread's buffer (kept between calls: a fresh 6 MB each call at 512 channels cost page
+// faults). The filter w (O, C, 3) holds each channel pair's three taps together. Value by
+// value (three taps of eight rows gathered per depth index, six points of eight stored) the
+// transform was 15% of a 4 x 8x112 stage-4 forward and 28% of a stage-5 one (perf, timing
+// loop): it runs once per call, on O x C x 3 values, against a GEMM of depth C over only
+// 392 or 128 columns. In vectors instead, kL depth or row indices at a time:
+// - forward (rows the outputs o, depth the inputs c): each row's taps for kL inputs are
+//   one run of 3 kL values, taken apart by load_deinterleaved3; each point's eight rows are
+//   then combined and transposed to [c][8] by three rounds of lane zips (transpose_block's
+//   rounds for 8 rows: after them, lane j of vector v holds row v' = (v kL + j) % 8 of depth
+//   (v kL + j) / 8, the packed order);
+// - input gradient (rows the inputs c, depth the outputs o, taps reversed): the taps of kL
+//   consecutive inputs for one output are one run too, and their combinations are already
+//   rows of the packed panels, stored eight at a time.
+template <typename T, int Mo>
+const T* transformed_filters(std::int64_t O, std::int64_t C, const T* w, bool rows_are_outputs) {
   using W = Winograd<Mo>;
+  using V = typename Vec<T>::type;
   constexpr int P = W::P;
+  constexpr std::int64_t L = Vec<T>::kLanes;
+  static_assert(kMr == 8, "three rounds of zips transpose eight rows");
+  const std::int64_t out = rows_are_outputs ? O : C, in = rows_are_outputs ? C : O;
   const std::int64_t m_panels = (out + kMr - 1) / kMr, a_point = m_panels * in * kMr;
   thread_local std::vector<T> buf;
   buf.resize(static_cast<std::size_t>(P * a_point));
   T* a = buf.data();
-#pragma omp parallel for schedule(static) if (out * in >= (1 << 15))
-  for (std::int64_t mp = 0; mp < m_panels; ++mp)
-    for (std::int64_t k = 0; k < in; ++k) {
-      T g[3][kMr] = {};
-      for (std::int64_t i = 0; i < std::min(kMr, out - mp * kMr); ++i)
-        for (int t = 0; t < 3; ++t) g[t][i] = tap(mp * kMr + i, k, t);
-      for (int p = 0; p < P; ++p) {
-        T* dst = a + p * a_point + (mp * in + k) * kMr;
-        for (std::int64_t i = 0; i < kMr; ++i)  // vectorised over the panel's rows
-          dst[i] = static_cast<T>(W::G[p][0]) * g[0][i] + static_cast<T>(W::G[p][1]) * g[1][i] +
-                   static_cast<T>(W::G[p][2]) * g[2][i];
+  // r = sum over taps k of G[p][k] * taps[k] (the zeros and ones of G cost nothing).
+  auto combine = [](int p, const V& t0, const V& t1, const V& t2) {
+    V r{};
+    if (W::G[p][0] != 0) r += static_cast<T>(W::G[p][0]) * t0;
+    if (W::G[p][1] != 0) r += static_cast<T>(W::G[p][1]) * t1;
+    if (W::G[p][2] != 0) r += static_cast<T>(W::G[p][2]) * t2;
+    return r;
+  };
+  const bool parallel = O * C >= (1 << 13);
+  if (rows_are_outputs) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t mp = 0; mp < m_panels; ++mp)
+      for (std::int64_t c0 = 0; c0 < C; c0 += L) {
+        const std::int64_t n = std::min(L, C - c0);  // depth indices in this run
+        V taps[3][kMr];
+        for (std::int64_t i = 0; i < kMr; ++i) {
+          const std::int64_t o = mp * kMr + i;
+          if (o < O)
+            load_deinterleaved3(w + (o * C + c0) * 3, taps[0][i], taps[1][i], taps[2][i], 3 * n);
+          else
+            taps[0][i] = taps[1][i] = taps[2][i] = V{};
+        }
+        for (int p = 0; p < P; ++p) {
+          V r[kMr];
+          for (std::int64_t i = 0; i < kMr; ++i) r[i] = combine(p, taps[0][i], taps[1][i], taps[2][i]);
+          for (int round = 0; round < 3; ++round) {
+            V t[kMr];
+            for (std::int64_t i = 0; i < kMr / 2; ++i) {
+              t[2 * i] = zip_low<T>(r[i], r[i + kMr / 2]);
+              t[2 * i + 1] = zip_high<T>(r[i], r[i + kMr / 2]);
+            }
+            for (std::int64_t i = 0; i < kMr; ++i) r[i] = t[i];
+          }
+          T* dst = a + p * a_point + (mp * in + c0) * kMr;
+          for (std::int64_t v = 0; v < kMr; ++v) {  // n * kMr packed values
+            const std::int64_t m = std::clamp<std::int64_t>(n * kMr - v * L, 0, L);
+            if (m == L)
+              store_vec(dst + v * L, r[v]);
+            else if (m > 0)
+              store_lanes(dst + v * L, r[v], first_lanes<T>(m));
+          }
+        }
+      }
+  } else {
+    const std::int64_t rows = m_panels * kMr, blocks = (rows + L - 1) / L;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t c0 = b * L, n = std::clamp<std::int64_t>(C - c0, 0, L);  // rows of inputs with filters
+      for (std::int64_t o = 0; o < O; ++o) {
+        V t0, t1, t2;
+        load_deinterleaved3(w + (o * C + c0) * 3, t0, t1, t2, 3 * n);
+        for (int p = 0; p < P; ++p) {
+          alignas(64) T r[L];
+          store_vec(r, combine(p, t2, t1, t0));  // tap k of the input gradient is tap 2 - k
+          for (std::int64_t q = 0; q < L; q += std::min(L, kMr)) {  // a panel's rows at a time
+            const std::int64_t c = c0 + q;
+            if (c >= rows) break;
+            std::memcpy(a + p * a_point + ((c / kMr) * in + o) * kMr + c % kMr, r + q,
+                        static_cast<std::size_t>(std::min(L, kMr)) * sizeof(T));
+          }
+        }
       }
     }
+  }
   return a;
 }
 
@@ -340,9 +408,7 @@ void with_tile_frames(const Conv3dGeometry& g, F&& f) {
 template <typename T, int Mo>
 void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
   const std::int64_t C = g.C;
-  const T* a = transformed_filters<T, Mo>(g.O, g.C, [&](std::int64_t o, std::int64_t c, int k) {
-    return w[(o * C + c) * 3 + k];
-  });
+  const T* a = transformed_filters<T, Mo>(g.O, C, w, true);
   winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep);
 }
 
@@ -351,9 +417,7 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
   const std::int64_t C = g.C;
   // gx(c, t) = sum over o, k of w(o, c, k) gy(o, t + 1 - k): the correlation of gy with
   // the taps reversed, rows c and depth o.
-  const T* a = transformed_filters<T, Mo>(g.C, g.O, [&](std::int64_t c, std::int64_t o, int k) {
-    return w[(o * C + c) * 3 + (2 - k)];
-  });
+  const T* a = transformed_filters<T, Mo>(g.O, C, w, false);
   winograd_correlate<T, Mo>(g.N, g.O, g.C, g.To, g.H * g.W, gy, a, gx, {});
 }
 

@@ -3,6 +3,7 @@
 // plain C++ arithmetic on vectors and the compiler picks the instructions.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -162,6 +163,31 @@ inline void store_interleaved3(typename Vec<T>::type a, typename Vec<T>::type b,
       tc[l] = k == 2 ? kL + i : l;
     }
     store_vec(out + j * kL, __builtin_shuffle(__builtin_shuffle(a, b, ab), c, tc));
+  }
+}
+
+// (a, b, c)[k][i] = in[3i + k] for i < kL: the inverse of store_interleaved3 (a filter's
+// three taps per (output, input) channel pair, taken apart), each output vector by two
+// two-source shuffles of the three loaded ones. n < 3 kL values: the rest read as zeros.
+template <typename T>
+inline void load_deinterleaved3(const T* in, typename Vec<T>::type& a, typename Vec<T>::type& b,
+                                typename Vec<T>::type& c, std::int64_t n = 3 * Vec<T>::kLanes) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  V v[3];
+  for (std::int64_t j = 0; j < 3; ++j) {
+    const std::int64_t m = std::clamp<std::int64_t>(n - j * kL, 0, kL);
+    v[j] = m == kL ? load_vec(in + j * kL) : m > 0 ? load_lanes(in + j * kL, first_lanes<T>(m)) : V{};
+  }
+  V* out[3] = {&a, &b, &c};
+  for (std::int64_t k = 0; k < 3; ++k) {
+    typename LaneIndex<T>::type lo, hi;
+    for (std::int64_t i = 0; i < kL; ++i) {
+      const std::int64_t f = 3 * i + k;  // in v[f / kL], lane f % kL
+      lo[i] = f < 2 * kL ? f : i;       // from v0 and v1 (lanes from v2: a placeholder, replaced next)
+      hi[i] = f < 2 * kL ? i : kL + f - 2 * kL;
+    }
+    *out[k] = __builtin_shuffle(__builtin_shuffle(v[0], v[1], lo), v[2], hi);
   }
 }
 
