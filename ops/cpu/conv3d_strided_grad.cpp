@@ -7,6 +7,8 @@
 
 #include "vidgrad/core/storage.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -65,92 +67,150 @@ PhaseAxis phase_axis(std::int64_t r, std::int64_t k, std::int64_t s, std::int64_
   return a;
 }
 
-// The phase (rh, rw) conv's output, for every plane: (N*C*T, computed_h, computed_w) at out.
-template <typename T>
-void phase_conv(const Conv3dGeometry& g, const PhaseAxis& ah, const PhaseAxis& aw, std::int64_t rh, std::int64_t rw,
-                const T* gy, const T* w, T* out) {
-  const std::int64_t Cg = g.Cg(), Og = g.Og();
+// Phase (rh, rw): the unit-stride transposed conv on the output gradient, whose output
+// has (computed_h, computed_w) per plane.
+struct Phase {
+  PhaseAxis ah, aw;
+  bool has;           // some input row and column of the phase reads the output
+  std::int64_t taps;  // sub-kernel values per group: Cg * Og * J_h * J_w
+};
+
+Phase make_phase(const Conv3dGeometry& g, std::int64_t rh, std::int64_t rw) {
+  Phase ph;
+  ph.ah = phase_axis(rh, g.kH, g.sH, g.pH, g.H, g.Ho);
+  ph.aw = phase_axis(rw, g.kW, g.sW, g.pW, g.W, g.Wo);
+  ph.has = ph.ah.computed > ph.ah.first && ph.aw.computed > ph.aw.first;
+  ph.taps = g.Cg() * g.Og() * ph.ah.taps * ph.aw.taps;
+  return ph;
+}
+
+// The phase's conv over `samples` samples and `groups` groups of g's channels.
+Conv3dGeometry phase_geometry(const Conv3dGeometry& g, const Phase& ph, std::int64_t samples, std::int64_t groups) {
   Conv3dGeometry t = g;
-  t.C = g.O;
-  t.O = g.C;
+  t.N = samples;
+  t.groups = groups;
+  t.C = groups * g.Og();
+  t.O = groups * g.Cg();
   t.H = g.Ho;
   t.W = g.Wo;
-  t.kH = ah.taps;
-  t.kW = aw.taps;
+  t.kH = ph.ah.taps;
+  t.kW = ph.aw.taps;
   t.sH = t.sW = 1;
-  t.pH = ah.taps - 1;
-  t.pW = aw.taps - 1;
-  t.Ho = ah.computed;
-  t.Wo = aw.computed;
-  // Per group (Cg, Og, 1, J_h, J_w): wt[c][o][jh][jw] = w[o][c][rh + sH (J_h-1-jh)][rw + sW (J_w-1-jw)].
-  std::vector<T> wt(static_cast<std::size_t>(g.groups * Cg * Og * ah.taps * aw.taps));
+  t.pH = ph.ah.taps - 1;
+  t.pW = ph.aw.taps - 1;
+  t.Ho = ph.ah.computed;
+  t.Wo = ph.aw.computed;
+  return t;
+}
+
+// The sub-kernels of phase (rh, rw) for every group, (groups, Cg, Og, J_h, J_w):
+// wt[gr][c][o][jh][jw] = w[gr Og + o][c][rh + sH (J_h-1-jh)][rw + sW (J_w-1-jw)].
+template <typename T>
+std::vector<T> phase_kernel(const Conv3dGeometry& g, const Phase& ph, std::int64_t rh, std::int64_t rw, const T* w) {
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), Jh = ph.ah.taps, Jw = ph.aw.taps;
+  std::vector<T> wt(static_cast<std::size_t>(g.groups * ph.taps));
   for (std::int64_t gr = 0; gr < g.groups; ++gr)
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t o = 0; o < Og; ++o)
-        for (std::int64_t jh = 0; jh < ah.taps; ++jh)
-          for (std::int64_t jw = 0; jw < aw.taps; ++jw) {
-            const std::int64_t kh = rh + g.sH * (ah.taps - 1 - jh), kw = rw + g.sW * (aw.taps - 1 - jw);
-            wt[(((gr * Cg + c) * Og + o) * ah.taps + jh) * aw.taps + jw] =
-                w[(((gr * Og + o) * Cg + c) * g.kH + kh) * g.kW + kw];
+        for (std::int64_t jh = 0; jh < Jh; ++jh)
+          for (std::int64_t jw = 0; jw < Jw; ++jw) {
+            const std::int64_t kh = rh + g.sH * (Jh - 1 - jh), kw = rw + g.sW * (Jw - 1 - jw);
+            wt[(((gr * Cg + c) * Og + o) * Jh + jh) * Jw + jw] = w[(((gr * Og + o) * Cg + c) * g.kH + kh) * g.kW + kw];
           }
-  conv3d_forward<T>(t, gy, wt.data(), out, {});
+  return wt;
 }
 
-// Per row phase rh, the sW column phases are computed into their own buffers, then the
-// rows of gx in that phase are written whole, column by column from the phase it belongs
-// to (two interleaved sources for stride 2, a loop the compiler vectorises with permutes).
+// Note [phases per item]: with a large input gradient (the batch's over 8 MB: 4 x 8x112,
+// the 32-channel stride-2 conv's 56x56 input, 12.8 MB), the phase convs and the interleave
+// that writes gx run item by item, (sample, group) pairs shared between threads: an item's
+// output gradient (8 channels) is read by its sH * sW phase convs from L2, and their
+// outputs (together as large as the item's gx) stay in L2 until its rows of gx are written.
+// Phase by phase over the whole batch, the output gradient was read from memory once per
+// phase and the phase outputs went to memory and came back. A timing loop over
+// conv3d_backward_input (2 threads, 64 MiB written before each call, min of 30, 2 runs),
+// whole batch / per item, ms: 4 x 8x112 32 channels 56x56 -> 28x28 1.23-1.24 / 1.07; 64
+// channels 28x28 -> 14x14 0.60-0.64 / 0.70-0.74 and 128 of 14x14 -> 7x7 0.45 / 0.52 (the
+// per-call costs of 4 small convs per item outweigh the traffic saved there), so smaller
+// gradients stay whole-batch.
+constexpr std::int64_t kPhaseItemBytes = std::int64_t{8} << 20;
+
+// Per column phase of a row phase the outputs go to their own buffers; the rows of gx in
+// that row phase are then written whole, column by column from the phase each belongs to
+// (two interleaved sources for stride 2, a loop the compiler vectorises with permutes).
 template <typename T>
 void phase_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
-  const std::int64_t planes = g.N * g.C * g.T, HW = g.H * g.W;
-  std::vector<PhaseAxis> aws;
-  std::int64_t width = 0;  // largest computed_w
-  for (std::int64_t rw = 0; rw < g.sW; ++rw) {
-    aws.push_back(phase_axis(rw, g.kW, g.sW, g.pW, g.W, g.Wo));
-    width = std::max(width, aws.back().computed);
-  }
-  std::int64_t height = 0;
-  for (std::int64_t rh = 0; rh < g.sH; ++rh) height = std::max(height, phase_axis(rh, g.kH, g.sH, g.pH, g.H, g.Ho).computed);
-  const std::int64_t per = height * width;  // values per plane of one phase buffer
-  const Storage out_buf(static_cast<std::size_t>(g.sW * planes * std::max<std::int64_t>(per, 1)) * sizeof(T),
-                        Device::cpu());  // block cache
-  T* out = static_cast<T*>(out_buf.data());
-  // Stride 2 with every column phase computed for all its columns: rows are two interleaved sources.
-  const bool pairs = g.sW == 2 && aws[0].computed == aws[0].size && aws[1].computed == aws[1].size;
-  for (std::int64_t rh = 0; rh < g.sH; ++rh) {
-    const PhaseAxis ah = phase_axis(rh, g.kH, g.sH, g.pH, g.H, g.Ho);
-    if (ah.first >= ah.size) continue;  // no input row in this phase
-    std::vector<bool> has(static_cast<std::size_t>(g.sW));
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), HW = g.H * g.W;
+  std::vector<Phase> phases;  // [rh * sW + rw]
+  std::vector<std::vector<T>> kernels;
+  std::int64_t height = 0, width = 0;  // largest computed_h, computed_w
+  for (std::int64_t rh = 0; rh < g.sH; ++rh)
     for (std::int64_t rw = 0; rw < g.sW; ++rw) {
-      const PhaseAxis& aw = aws[rw];
-      has[rw] = ah.computed > ah.first && aw.computed > aw.first;
-      if (has[rw]) phase_conv(g, ah, aw, rh, rw, gy, w, out + rw * planes * per);
+      phases.push_back(make_phase(g, rh, rw));
+      kernels.push_back(phases.back().has ? phase_kernel(g, phases.back(), rh, rw, w) : std::vector<T>());
+      height = std::max(height, phases.back().ah.computed);
+      width = std::max(width, phases.back().aw.computed);
     }
-    auto src_of = [&](std::int64_t rw, std::int64_t pl, std::int64_t i) {  // phase_conv's (planes, rows, cols)
-      return out + rw * planes * per + (pl * ah.computed + i) * aws[rw].computed;
-    };
-#pragma omp parallel for schedule(static) if (planes * (ah.size - ah.first) * g.W >= kMinParallelWork)
-    for (std::int64_t pl = 0; pl < planes; ++pl)
-      for (std::int64_t i = ah.first; i < ah.size; ++i) {
-        T* dst = gx + pl * HW + (g.sH * i + rh - g.pH) * g.W;
-        if (pairs && has[0] && has[1] && i < ah.computed) {
-          // Column w = 2m + e is phase (e + pW) % 2 at j = m + (e + pW) / 2.
-          const T* a = src_of(g.pW % 2, pl, i) + g.pW / 2;
-          const T* b = src_of((g.pW + 1) % 2, pl, i) + (g.pW + 1) / 2;
-          const std::int64_t half = g.W / 2;
-#pragma omp simd
-          for (std::int64_t m = 0; m < half; ++m) {
-            dst[2 * m] = a[m];
-            dst[2 * m + 1] = b[m];
-          }
-          if (g.W % 2) dst[g.W - 1] = a[half];
-          continue;
-        }
-        for (std::int64_t wi = 0; wi < g.W; ++wi) {  // general: column by column
-          const std::int64_t rw = (wi + g.pW) % g.sW, j = (wi + g.pW) / g.sW;
-          dst[wi] = has[rw] && i < ah.computed && j < aws[rw].computed ? src_of(rw, pl, i)[j] : T(0);
-        }
+  const std::int64_t per = std::max<std::int64_t>(height * width, 1);  // values per plane of one phase buffer
+  // Stride 2 with every column phase computed for all its columns: rows are two interleaved sources.
+  const bool pairs = g.sW == 2 && phases[0].aw.computed == phases[0].aw.size &&
+                     phases[1].aw.computed == phases[1].aw.size;
+  // Samples [n0, n0 + samples) and groups [gr0, gr0 + groups) (all of them, or one group of
+  // one sample), phase outputs in `out` (sW buffers of planes * per values).
+  auto run = [&](std::int64_t n0, std::int64_t samples, std::int64_t gr0, std::int64_t groups, T* out) {
+    const std::int64_t planes = samples * groups * Cg * g.T;
+    const T* gy_c = gy + (n0 * g.O + gr0 * Og) * g.To * g.Ho * g.Wo;
+    T* gx_c = gx + (n0 * g.C + gr0 * Cg) * g.T * HW;
+    for (std::int64_t rh = 0; rh < g.sH; ++rh) {
+      const PhaseAxis& ah = phases[rh * g.sW].ah;
+      if (ah.first >= ah.size) continue;  // no input row in this phase
+      for (std::int64_t rw = 0; rw < g.sW; ++rw) {
+        const Phase& ph = phases[rh * g.sW + rw];
+        if (ph.has)
+          conv3d_forward<T>(phase_geometry(g, ph, samples, groups), gy_c,
+                            kernels[rh * g.sW + rw].data() + gr0 * ph.taps, out + rw * planes * per, {});
       }
+      const bool has0 = phases[rh * g.sW].has, has1 = g.sW > 1 && phases[rh * g.sW + 1].has;
+      auto src_of = [&](std::int64_t rw, std::int64_t pl, std::int64_t i) {  // a phase output's (planes, rows, cols)
+        return out + rw * planes * per + (pl * ah.computed + i) * phases[rh * g.sW + rw].aw.computed;
+      };
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && planes * (ah.size - ah.first) * g.W >= kMinParallelWork)
+      for (std::int64_t pl = 0; pl < planes; ++pl)
+        for (std::int64_t i = ah.first; i < ah.size; ++i) {
+          T* dst = gx_c + pl * HW + (g.sH * i + rh - g.pH) * g.W;
+          if (pairs && has0 && has1 && i < ah.computed) {
+            // Column w = 2m + e is phase (e + pW) % 2 at j = m + (e + pW) / 2.
+            const T* a = src_of(g.pW % 2, pl, i) + g.pW / 2;
+            const T* b = src_of((g.pW + 1) % 2, pl, i) + (g.pW + 1) / 2;
+            const std::int64_t half = g.W / 2;
+#pragma omp simd
+            for (std::int64_t m = 0; m < half; ++m) {
+              dst[2 * m] = a[m];
+              dst[2 * m + 1] = b[m];
+            }
+            if (g.W % 2) dst[g.W - 1] = a[half];
+            continue;
+          }
+          for (std::int64_t wi = 0; wi < g.W; ++wi) {  // general: column by column
+            const std::int64_t rw = (wi + g.pW) % g.sW, j = (wi + g.pW) / g.sW;
+            const Phase& ph = phases[rh * g.sW + rw];
+            dst[wi] = ph.has && i < ah.computed && j < ph.aw.computed ? src_of(rw, pl, i)[j] : T(0);
+          }
+        }
+    }
+  };
+  const std::int64_t items = g.N * g.groups, item_planes = Cg * g.T, item_buffer = g.sW * item_planes * per;
+  const bool per_item = g.N * g.C * g.T * HW * static_cast<std::int64_t>(sizeof(T)) > kPhaseItemBytes &&
+                        items_parallel(items, item_planes * HW);
+  if (per_item) {
+    const int threads = omp_get_max_threads();
+    const Storage out_buf(static_cast<std::size_t>(threads * item_buffer) * sizeof(T), Device::cpu());  // block cache
+#pragma omp parallel for schedule(static)
+    for (std::int64_t item = 0; item < items; ++item)
+      run(item / g.groups, 1, item % g.groups, 1, static_cast<T*>(out_buf.data()) + omp_get_thread_num() * item_buffer);
+    return;
   }
+  const Storage out_buf(static_cast<std::size_t>(items * item_buffer) * sizeof(T), Device::cpu());  // block cache
+  run(0, g.N, 0, g.groups, static_cast<T*>(out_buf.data()));
 }
 
 }  // namespace
