@@ -200,9 +200,9 @@ std::vector<std::int64_t> tap_offsets(const Conv3dGeometry& g, const PlaneShape&
 }
 
 // One block of outputs from grid position q0: acc[o][j] = the sum over (c, kh, kw) of
-// wt(c, kh, kw, o) times channel c's planes (per_c values apart) at the tap's offset
-// (off, from tap_offsets), then the epilogue (scale, bias, ReLU; ep from the group's first
-// channel).
+// wt(c, kh, kw, o) times channel c's planes (per_c values apart) at the tap's offset (off,
+// from tap_offsets), then the bias and the ReLU (ep from the group's first channel; its
+// scale is already in wt, Note [scale in the weights]).
 template <typename T>
 inline void block_sums(const Conv3dGeometry& g, const std::int64_t* off, const T* scratch, std::int64_t per_c,
                        const T* wt, std::int64_t q0, const GemmEpilogue<T>& ep,
@@ -225,7 +225,6 @@ inline void block_sums(const Conv3dGeometry& g, const std::int64_t* off, const T
     }
   for (std::int64_t o = 0; o < kDirectOg; ++o)
     for (std::int64_t j = 0; j < kDirectVecs; ++j) {
-      if (ep.scale) acc[o][j] *= ep.scale[o];
       if (ep.bias) acc[o][j] += ep.bias[o];
       if (ep.relu) acc[o][j] = acc[o][j] > T(0) ? acc[o][j] : V{};  // as relu(): NaN becomes 0
     }
@@ -598,16 +597,21 @@ bool direct_planes(const Conv3dGeometry& g) {
 template <typename T>
 void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), nob = Og / kDirectOg;
-  // The weight of each block of 8 output channels reordered to (Cg, kH, kW, 8).
+  // Note [scale in the weights]: the weight of each block of 8 output channels reordered to
+  // (Cg, kH, kW, 8), times the epilogue's scale (inference batch norm): scale * conv(x, w) =
+  // conv(x, scale * w), so the kernels' epilogue is the bias and the ReLU only.
   std::vector<T> wt(static_cast<std::size_t>(g.O * K));
   for (std::int64_t o = 0; o < g.O; ++o)
-    for (std::int64_t k = 0; k < K; ++k) wt[(o / kDirectOg * K + k) * kDirectOg + o % kDirectOg] = w[o * K + k];
+    for (std::int64_t k = 0; k < K; ++k)
+      wt[(o / kDirectOg * K + k) * kDirectOg + o % kDirectOg] = ep.scale ? w[o * K + k] * ep.scale[o] : w[o * K + k];
+  GemmEpilogue<T> ep_unscaled = ep;
+  ep_unscaled.scale = nullptr;
   if (stacked_frames(g)) {  // items of (sample, 8 output channels), all frames at once
     const std::int64_t blocks = g.O / kDirectOg, items = g.N * blocks;
     auto run_item = [&](std::int64_t item) {
       const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / Og;
       direct_frames(g, x + (n * g.C + gr * Cg) * g.in_volume(), wt.data() + o0 * K, y + (n * g.O + o0) * L,
-                    col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep.from_row(o0));
+                    col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep_unscaled.from_row(o0));
     };
     if (items_parallel(items, kDirectOg * K * L)) {
 #pragma omp parallel for schedule(dynamic)
@@ -626,7 +630,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
     const T* wg = wt.data() + gr * Og * K;
     T* yg = y + (n * g.O + gr * Og) * L;
-    const GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
+    const GemmEpilogue<T> group_ep = ep_unscaled.from_row(gr * Og);
     if (outer) {  // this thread owns the item
       T* buf = col_buffer<T>(scratch);
       for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob);
