@@ -97,7 +97,12 @@ INSTANTIATE_TEST_SUITE_P(
         PoolCase{"WideRowsStride2OddWidth", {1, 2, 1, 3, 67}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
         PoolCase{"RowsOf16Stride2", {2, 2, 2, 4, 16}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
         PoolCase{"SevShortcutRowsOf28", {1, 2, 2, 6, 28}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
-        PoolCase{"WideRowsStride3", {1, 1, 2, 2, 70}, {{1, 2, 4}, std::array<std::int64_t, 3>{1, 1, 3}, {0, 1, 2}}}),
+        PoolCase{"WideRowsStride3", {1, 1, 2, 2, 70}, {{1, 2, 4}, std::array<std::int64_t, 3>{1, 1, 3}, {0, 1, 2}}},
+        // Rows of one vector or less in registers (Note [narrow shortcut pool]): SEVNet-G8's
+        // 7x7 and 14x14 planes at 8x112, and a width of 8 (one float64 vector exactly).
+        PoolCase{"NarrowShortcut7x7", {2, 3, 2, 7, 7}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
+        PoolCase{"NarrowShortcut14x14", {1, 2, 2, 14, 14}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}},
+        PoolCase{"NarrowShortcutWidth8", {1, 2, 1, 5, 8}, {{1, 3, 3}, std::array<std::int64_t, 3>{1, 2, 2}, {0, 1, 1}}}),
     [](const ::testing::TestParamInfo<PoolCase>& info) { return std::string(info.param.name); });
 
 TEST(GlobalAvgPool, ForwardAndGrad) {

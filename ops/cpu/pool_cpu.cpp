@@ -101,9 +101,128 @@ inline std::int64_t shortcut_row_buffer(const Pool3dGeometry& g, std::int64_t la
   return (g.W + 4 * lanes) / lanes * lanes;
 }
 
+// Note [narrow shortcut pool]: on rows of two vectors or less (SEVNet-G8's 28x28, 14x14 and
+// 7x7 planes at 8x112), the row code spent its time on loop overheads: a 7-column row went
+// through a summed-row buffer, a deinterleave and a 4-output loop. There each row is one or
+// two masked loads and each output row is computed in registers: the window rows' sum v,
+// its even and odd lanes (e[m] = v[2m], o[m] = v[2m + 1]; lanes past W read zeros), output wo
+// = o[wo - 1] + e[wo] + o[wo] (o shifted by a lane), in the row code's order of additions
+// so the values are the same; the backward spreads each output row's shares s to input
+// columns as zip(s, s + s shifted), the pairs (s[m], s[m] + s[m + 1]). A timing loop over
+// avg_pool3d_forward / backward (2 threads, 64 MiB written before each call, best of 20
+// calls, 4 interleaved runs; SEVNet-G8's shortcut pools at 4 x 8x112), ms, forward and
+// backward, before -> after: 28x28 (256 planes of 8 frames) 0.40 -> 0.36 and 0.33 -> 0.23,
+// 14x14 (512) 0.34 -> 0.21 and 0.30 -> 0.13, 7x7 (1024) 0.34 -> 0.12 and 0.27 -> 0.08.
+
+// v shifted by one lane toward higher (up = true: lane m takes v[m - 1], lane 0 zero) or
+// lower lanes (lane m takes v[m + 1], the last lane zero).
+template <typename T>
+inline typename Vec<T>::type shift_lane(typename Vec<T>::type v, bool up) {
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  typename LaneIndex<T>::type idx_up, idx_down;
+  for (std::int64_t m = 0; m < kL; ++m) {
+    idx_up[m] = m == 0 ? kL : m - 1;  // lane kL: the zero vector's first
+    idx_down[m] = m + 1 < kL ? m + 1 : kL;
+  }
+  return __builtin_shuffle(v, typename Vec<T>::type{}, up ? idx_up : idx_down);
+}
+
+// The divisors of one output row's columns, a vector (lanes past Wo: 1).
+template <typename T>
+inline typename Vec<T>::type row_divisors(const std::vector<T>& cw, T dr) {
+  typename Vec<T>::type d{};
+  for (std::size_t wo = 0; wo < static_cast<std::size_t>(Vec<T>::kLanes); ++wo) d[wo] = wo < cw.size() ? dr * cw[wo] : T(1);
+  return d;
+}
+
+// Rows of up to two vectors: [lo, hi) of a row as (lanes [0, kL), lanes [kL, 2 kL)).
+template <typename T>
+struct RowMasks {
+  std::uint32_t lo, hi;
+  explicit RowMasks(std::int64_t n)
+      : lo(first_lanes<T>(n)), hi(first_lanes<T>(std::max<std::int64_t>(0, n - Vec<T>::kLanes))) {}
+};
+
+template <typename T>
+void shortcut_pool_forward_narrow(const Pool3dGeometry& g, const RowTaps& r, const T* x, T* y) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  const std::int64_t frames = g.planes * g.T;
+  const RowMasks<T> in(g.W);
+  const std::uint32_t out_mask = first_lanes<T>(g.Wo);  // Wo <= kL
+  const bool two = g.W > kL;
+  const std::vector<T> cw(r.cw.begin(), r.cw.end());
+  std::vector<V> d(static_cast<std::size_t>(g.Ho));
+  for (std::int64_t ho = 0; ho < g.Ho; ++ho) d[ho] = row_divisors(cw, static_cast<T>(row_divisor(g, r.wt[0], r.wh[ho])));
+  auto load = [&](const T* row, V& v0, V& v1) {
+    v0 = load_lanes(row, in.lo);
+    v1 = two ? load_lanes(row + kL, in.hi) : V{};
+  };
+#pragma omp parallel for schedule(static) if (frames * g.H * g.W >= kMinParallelWork)
+  for (std::int64_t f = 0; f < frames; ++f) {
+    const T* xf = x + f * g.H * g.W;
+    T* yf = y + f * g.Ho * g.Wo;
+    for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+      const T* r1 = xf + 2 * ho * g.W;
+      V v0, v1, u0, u1;
+      load(r1, v0, v1);
+      if (ho > 0) {
+        load(r1 - g.W, u0, u1);
+        v0 = u0 + v0;
+        v1 = u1 + v1;
+      }
+      if (2 * ho + 1 < g.H) {
+        load(r1 + g.W, u0, u1);
+        v0 = v0 + u0;
+        v1 = v1 + u1;
+      }
+      const V e = even_lanes<T>(v0, v1), o = odd_lanes<T>(v0, v1);
+      const V sum = shift_lane<T>(o, true) + e + o;
+      const V dv = d[ho];
+      store_lanes(yf + ho * g.Wo, dv > T(0) ? sum / dv : V{}, out_mask);
+    }
+  }
+}
+
+template <typename T>
+void shortcut_pool_backward_narrow(const Pool3dGeometry& g, const RowTaps& r, const T* gy, T* gx) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  const std::int64_t frames = g.planes * g.T;
+  const RowMasks<T> in(g.W);
+  const std::uint32_t out_mask = first_lanes<T>(g.Wo);
+  const bool two = g.W > kL;
+  const std::vector<T> cw(r.cw.begin(), r.cw.end());
+  std::vector<V> d(static_cast<std::size_t>(g.Ho));
+  for (std::int64_t ho = 0; ho < g.Ho; ++ho) d[ho] = row_divisors(cw, static_cast<T>(row_divisor(g, r.wt[0], r.wh[ho])));
+  auto store = [&](T* row, const V& v0, const V& v1) {
+    store_lanes(row, v0, in.lo);
+    if (two) store_lanes(row + kL, v1, in.hi);
+  };
+#pragma omp parallel for schedule(static) if (frames * g.H * g.W >= kMinParallelWork)
+  for (std::int64_t f = 0; f < frames; ++f) {
+    const T* gf = gy + f * g.Ho * g.Wo;
+    T* xf = gx + f * g.H * g.W;
+    V prev0{}, prev1{};
+    for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
+      const V dv = d[ho];
+      const V s = dv > T(0) ? load_lanes(gf + ho * g.Wo, out_mask) / dv : V{};  // zero past Wo
+      const V s2 = s + shift_lane<T>(s, false);
+      const V cur0 = zip_low<T>(s, s2), cur1 = zip_high<T>(s, s2);  // (s[m], s[m] + s[m + 1]) pairs
+      T* row = xf + 2 * ho * g.W;
+      store(row, cur0, cur1);
+      if (ho > 0) store(row - g.W, prev0 + cur0, prev1 + cur1);  // row 2ho - 1: windows ho - 1 and ho
+      prev0 = cur0;
+      prev1 = cur1;
+    }
+    if (2 * g.Ho - 1 < g.H) store(xf + (2 * g.Ho - 1) * g.W, prev0, prev1);  // the last, odd row
+  }
+}
+
 template <typename T>
 void shortcut_pool_forward(const Pool3dGeometry& g, const RowTaps& r, const T* x, T* y) {
   constexpr std::int64_t kL = Vec<T>::kLanes;
+  if (g.W <= 2 * kL) return shortcut_pool_forward_narrow(g, r, x, y);  // Note [narrow shortcut pool]
   const std::int64_t frames = g.planes * g.T, len = shortcut_row_buffer(g, kL), half = g.W / 2;
   std::vector<T> cw(r.cw.begin(), r.cw.end());  // column divisors, exact small integers
 #pragma omp parallel if (frames * g.H * g.W >= kMinParallelWork)
@@ -145,6 +264,7 @@ void shortcut_pool_forward(const Pool3dGeometry& g, const RowTaps& r, const T* x
 template <typename T>
 void shortcut_pool_backward(const Pool3dGeometry& g, const RowTaps& r, const T* gy, T* gx) {
   constexpr std::int64_t kL = Vec<T>::kLanes;
+  if (g.W <= 2 * kL) return shortcut_pool_backward_narrow(g, r, gy, gx);  // Note [narrow shortcut pool]
   const std::int64_t frames = g.planes * g.T, len = shortcut_row_buffer(g, kL);
   std::vector<T> cw(r.cw.begin(), r.cw.end());
 #pragma omp parallel if (frames * g.H * g.W >= kMinParallelWork)
