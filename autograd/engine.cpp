@@ -44,12 +44,24 @@ void check_grad(const Tensor& g, const Shape& shape, DType dtype, Device device,
                                               << target << " on " << device);
 }
 
-void accumulate_leaf(TensorImpl& leaf, const Tensor& g) {
+// Note [taking a leaf's gradient]: a leaf's first gradient is its own copy, never an alias
+// of a gradient another node may still hold. A gradient a closure made for this input alone
+// (the engine's grads entry the only handle on it and on its storage, a whole contiguous
+// array) is taken as it is: copying every parameter's gradient once a step cost about as
+// much as the autograd engine's own work (perf, 4 x 8x112 SEVNet-G8 training: the copy in
+// 30 of 70 engine samples).
+void accumulate_leaf(TensorImpl& leaf, const Tensor& g, bool owned = false) {
   if (!leaf.grad.defined()) {
-    leaf.grad = fresh_copy(g);  // never alias a gradient that another node may still hold
+    leaf.grad = owned ? g : fresh_copy(g);
   } else {
     add_into(leaf.grad, g);
   }
+}
+
+// True when g may become a leaf's gradient without a copy (Note [taking a leaf's gradient]).
+bool takeable(const Tensor& g) {
+  return exclusively_owned(g) && g.is_contiguous() && g.offset() == 0 &&
+         g.storage()->nbytes() == static_cast<std::size_t>(g.numel()) * dtype_size(g.dtype());
 }
 
 }  // namespace
@@ -206,7 +218,7 @@ void Tensor::backward(const Tensor& grad_in, bool retain_graph) const {
         if (--deps[e.node.get()] == 0) ready.push_back(e.node.get());
       } else {
         autograd::check_grad(grads[i], e.leaf->shape, e.leaf->dtype, e.leaf->storage->device(), n->name, target);
-        autograd::accumulate_leaf(*e.leaf, grads[i]);
+        autograd::accumulate_leaf(*e.leaf, grads[i], autograd::takeable(grads[i]));
       }
     }
     if (!retain_graph) n->backward = nullptr;  // frees the tensors the closure saved

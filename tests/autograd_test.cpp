@@ -36,6 +36,36 @@ TEST(Autograd, ExplicitGradientForNonScalarRoot) {
   EXPECT_EQ(x.grad().to_vector<double>(), (std::vector<double>{20, 200}));
 }
 
+// Note [taking a leaf's gradient]: a gradient a closure made for one input alone becomes
+// the leaf's gradient without a copy; one shared with another input, with the caller's
+// output gradient or with a view is copied, so that no two gradients alias.
+TEST(Autograd, LeafGradientsNeverAlias) {
+  Tensor a = Tensor::from_vector<double>({1, 2}, {2}).set_requires_grad(true);
+  Tensor b = Tensor::from_vector<double>({3, 4}, {2}).set_requires_grad(true);
+  const Tensor gy = Tensor::from_vector<double>({10, 20}, {2});
+  add(a, b).backward(gy);  // add's backward hands gy to both inputs
+  a.grad().add_(Tensor::from_vector<double>({1, 1}, {2}));
+  EXPECT_EQ(b.grad().to_vector<double>(), (std::vector<double>{10, 20}));
+  EXPECT_EQ(gy.to_vector<double>(), (std::vector<double>{10, 20}));
+  // mul's gradients are fresh tensors of their own: taken, and still each leaf's alone.
+  Tensor c = Tensor::from_vector<double>({5, 6}, {2}).set_requires_grad(true);
+  Tensor d = Tensor::from_vector<double>({7, 8}, {2}).set_requires_grad(true);
+  sum(mul(c, d)).backward();
+  EXPECT_EQ(c.grad().to_vector<double>(), (std::vector<double>{7, 8}));
+  EXPECT_EQ(d.grad().to_vector<double>(), (std::vector<double>{5, 6}));
+  c.grad().add_(Tensor::from_vector<double>({1, 1}, {2}));
+  EXPECT_EQ(d.grad().to_vector<double>(), (std::vector<double>{5, 6}));
+  // A second backward accumulates into the taken gradient.
+  sum(mul(c, d)).backward();
+  EXPECT_EQ(c.grad().to_vector<double>(), (std::vector<double>{15, 17}));
+  // Views of one gradient (concat's backward) are copied.
+  Tensor e = Tensor::from_vector<double>({1}, {1}).set_requires_grad(true);
+  Tensor f = Tensor::from_vector<double>({2}, {1}).set_requires_grad(true);
+  concat({e, f}, 0).backward(Tensor::from_vector<double>({3, 4}, {2}));
+  e.grad().add_(Tensor::from_vector<double>({100}, {1}));
+  EXPECT_EQ(f.grad().to_vector<double>(), (std::vector<double>{4}));
+}
+
 TEST(Autograd, DiamondGraphSumsBothPaths) {
   Tensor x = Tensor::from_vector<double>({2}, {1}).set_requires_grad(true);
   Tensor a = mul(x, 3.0), b = mul(x, x);
