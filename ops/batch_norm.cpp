@@ -17,6 +17,20 @@ namespace vidgrad {
 
 namespace {
 
+// The distance between g's samples when g has x's shape, dtype and device and is
+// contiguous within each sample but not as a whole (a channel slice); else 0.
+std::int64_t sample_slice_stride(const Tensor& g, const Tensor& x) {
+  if (g.is_contiguous() || g.shape() != x.shape() || g.dtype() != x.dtype() || g.device() != x.device() ||
+      g.dim() < 2)
+    return 0;
+  std::int64_t expect = 1;
+  for (int k = g.dim() - 1; k >= 1; --k) {
+    if (g.shape()[k] != 1 && g.strides()[k] != expect) return 0;
+    expect *= g.shape()[k];
+  }
+  return g.shape()[0] == 1 || g.strides()[0] >= expect ? std::max(g.strides()[0], expect) : 0;
+}
+
 void check_channel_vector(const char* arg, const Tensor& t, std::int64_t C) {
   if (!t.defined()) return;
   VG_CHECK(t.dim() == 1 && t.shape()[0] == C,
@@ -154,7 +168,12 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
                        const bool over_gy = needs[0] && x.device().type == DeviceType::kCPU &&
                                             gy_in.is_contiguous() && gy_in.dtype() == x.dtype() &&
                                             gy_in.shape() == x.shape() && autograd::grad_output_reusable();
-                       Tensor gy = gy_in.contiguous();
+                       // A channel slice of a larger tensor (concat's backward hands out such
+                       // views), contiguous within each sample, is read in place on the CPU.
+                       const std::int64_t slice_stride = x.device().type == DeviceType::kCPU && !over_gy
+                                                             ? sample_slice_stride(gy_in, x)
+                                                             : 0;
+                       Tensor gy = slice_stride > 0 ? gy_in : gy_in.contiguous();
                        std::vector<Tensor> grads(3);
                        if (needs[0]) grads[0] = over_gy ? gy : Tensor::empty(x.shape(), x.dtype(), x.device());
                        if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
@@ -166,7 +185,7 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
                              // The ReLU's mask is recomputed from x (Note [ReLU mask from x]).
                              cpu::batch_norm_backward<T>(x.data<T>(), gy.data<T>(), N, C, S, mean->data(),
                                                          invstd->data(), ptr(w), ptr(b), training, ptr(grads[0]),
-                                                         ptr(grads[1]), ptr(grads[2]), relu);
+                                                         ptr(grads[1]), ptr(grads[2]), relu, slice_stride);
                              break;
 #ifdef VIDGRAD_WITH_CUDA
                            case DeviceType::kCUDA: {

@@ -197,6 +197,38 @@ TEST_P(BatchNormShapes, AddReluMatchesComposedOpsAndFiniteDifferences) {
     }
 }
 
+// Behind concat, batch norm's incoming gradient is a channel slice of the concat's (a view,
+// contiguous within each sample): read in place, with the same gradients as from a copy.
+TEST(BatchNorm, ChannelSliceOfTheOutputGradientReadInPlace) {
+  for (bool relu : {false, true}) {
+    SCOPED_TRACE(relu ? "relu" : "plain");
+    const BatchNormOptions o{.training = true, .relu = relu};
+    EXPECT_GRADCHECK(
+        [&](const std::vector<Tensor>& t) {
+          return concat({batch_norm(t[0], t[1], {}, {}, {}, o), batch_norm(t[2], {}, t[3], {}, {}, o)}, 1);
+        },
+        (std::vector<Tensor>{param({3, 2, 2, 3, 2}, 60), param({2}, 61), param({3, 3, 2, 3, 2}, 62), param({3}, 63)}));
+    // float32: the same gradients as through a contiguous copy of the slice.
+    Tensor x1 = randn({4, 3, 2, 5, 5}, 64, DType::kFloat32), x2 = randn({4, 5, 2, 5, 5}, 65, DType::kFloat32);
+    Tensor gy = randn({4, 8, 2, 5, 5}, 66, DType::kFloat32);
+    Tensor grads[2][2];
+    for (int f = 0; f < 2; ++f) {
+      Tensor a = x1.clone().set_requires_grad(true), b = x2.clone().set_requires_grad(true);
+      Tensor ya = batch_norm(a, {}, {}, {}, {}, o), yb = batch_norm(b, {}, {}, {}, {}, o);
+      if (f == 0) {
+        concat({ya, yb}, 1).backward(gy);
+      } else {
+        ya.backward(gy.narrow(1, 0, 3).contiguous());
+        yb.backward(gy.narrow(1, 3, 5).contiguous());
+      }
+      grads[f][0] = a.grad();
+      grads[f][1] = b.grad();
+    }
+    EXPECT_TRUE(all_close(grads[0][0], grads[1][0], 0, 0));
+    EXPECT_TRUE(all_close(grads[0][1], grads[1][1], 0, 0));
+  }
+}
+
 // A channel with |mean| >> std (Note [one-pass statistics] and the blocked float sums in
 // the backward): float32 forward and gradients stay close to the float64 ones.
 TEST(BatchNorm, LargeMeanStaysAccurateInFloat32) {

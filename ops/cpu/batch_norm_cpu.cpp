@@ -261,8 +261,9 @@ GradCoefficients<T> grad_coefficients(std::int64_t c, double M, double sum_g, do
 template <typename T>
 void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
                          const double* mean, const double* invstd, const T* w, const T* b, bool batch_stats, T* gx,
-                         T* gw, T* gb, bool relu) {
+                         T* gw, T* gb, bool relu, std::int64_t gy_stride) {
   const double M = static_cast<double>(N * S);
+  const std::int64_t gs = gy_stride > 0 ? gy_stride : C * S;
 #pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
     // Sums of g and g * (x - mean), g masked by a fused ReLU (Note [backward in vectors]).
@@ -271,7 +272,7 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
     double sum_g = 0.0, sum_gd = 0.0;
     for (std::int64_t n = 0; n < N; ++n) {
       const T* p = x + (n * C + c) * S;
-      const T* g = gy + (n * C + c) * S;
+      const T* g = gy + n * gs + c * S;
       if (relu)
         plane_grad_sums<T, true>(p, g, S, m, ra, rshift, sum_g, sum_gd);
       else
@@ -281,7 +282,7 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
     if (!gx) continue;
     for (std::int64_t n = 0; n < N; ++n) {
       const T* p = x + (n * C + c) * S;
-      const T* g = gy + (n * C + c) * S;
+      const T* g = gy + n * gs + c * S;
       T* q = gx + (n * C + c) * S;
       if (relu)
         plane_grad_input<T, true>(p, g, q, S, m, ra, rshift, alpha, beta, gamma);
@@ -326,7 +327,8 @@ void batch_norm_add_relu_backward(const T* x, const T* y, const T* gy, std::int6
                                                 std::int64_t, const double*, const double*, const T*, bool, T*, \
                                                 T*, T*, T*);                                                    \
   template void batch_norm_backward<T>(const T*, const T*, std::int64_t, std::int64_t, std::int64_t,           \
-                                       const double*, const double*, const T*, const T*, bool, T*, T*, T*, bool);
+                                       const double*, const double*, const T*, const T*, bool, T*, T*, T*, bool, \
+                                       std::int64_t);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)
 #undef VIDGRAD_INSTANTIATE

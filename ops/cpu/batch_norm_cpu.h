@@ -41,11 +41,13 @@ void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::i
 // Any of gx, gw, gb may be null to skip it; all are written, not accumulated. gx may be gy
 // itself (each value is read before it is overwritten, in the same pass). With relu,
 // the forward had a fused ReLU: gy counts only where its output was > 0, recomputed from x,
-// mean, invstd, w and b exactly as batch_norm_apply did (b is read only then).
+// mean, invstd, w and b exactly as batch_norm_apply did (b is read only then). gy's samples
+// lie gy_stride values apart (0: C * S; more for a channel slice of a larger tensor, as
+// concat's backward hands out), each contiguous.
 template <typename T>
 void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C, std::int64_t S,
                          const double* mean, const double* invstd, const T* w, const T* b, bool batch_stats, T* gx,
-                         T* gw, T* gb, bool relu = false);
+                         T* gw, T* gb, bool relu = false, std::int64_t gy_stride = 0);
 
 // The backward of y = relu(batch_norm(x) + residual) (batch_norm_add with its ReLU), given
 // the output y: gres = gy where y > 0, else 0 (the residual's gradient, and the masked
