@@ -135,12 +135,25 @@ inline typename Vec<T>::type row_divisors(const std::vector<T>& cw, T dr) {
   return d;
 }
 
-// Rows of up to two vectors: [lo, hi) of a row as (lanes [0, kL), lanes [kL, 2 kL)).
+// What both narrow kernels take from the geometry: an input row of up to two vectors as
+// masks of its lanes [0, kL) and [kL, 2 kL), the output row's mask (Wo <= kL), and each
+// output row's divisors as a vector.
 template <typename T>
-struct RowMasks {
-  std::uint32_t lo, hi;
-  explicit RowMasks(std::int64_t n)
-      : lo(first_lanes<T>(n)), hi(first_lanes<T>(std::max<std::int64_t>(0, n - Vec<T>::kLanes))) {}
+struct NarrowRows {
+  using V = typename Vec<T>::type;
+  std::uint32_t lo, hi, out;
+  bool two;  // rows of more than one vector
+  std::vector<V> divisors;
+  NarrowRows(const Pool3dGeometry& g, const RowTaps& r)
+      : lo(first_lanes<T>(g.W)),
+        hi(first_lanes<T>(std::max<std::int64_t>(0, g.W - Vec<T>::kLanes))),
+        out(first_lanes<T>(g.Wo)),
+        two(g.W > Vec<T>::kLanes),
+        divisors(static_cast<std::size_t>(g.Ho)) {
+    const std::vector<T> cw(r.cw.begin(), r.cw.end());
+    for (std::int64_t ho = 0; ho < g.Ho; ++ho)
+      divisors[ho] = row_divisors(cw, static_cast<T>(row_divisor(g, r.wt[0], r.wh[ho])));
+  }
 };
 
 template <typename T>
@@ -148,15 +161,10 @@ void shortcut_pool_forward_narrow(const Pool3dGeometry& g, const RowTaps& r, con
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
   const std::int64_t frames = g.planes * g.T;
-  const RowMasks<T> in(g.W);
-  const std::uint32_t out_mask = first_lanes<T>(g.Wo);  // Wo <= kL
-  const bool two = g.W > kL;
-  const std::vector<T> cw(r.cw.begin(), r.cw.end());
-  std::vector<V> d(static_cast<std::size_t>(g.Ho));
-  for (std::int64_t ho = 0; ho < g.Ho; ++ho) d[ho] = row_divisors(cw, static_cast<T>(row_divisor(g, r.wt[0], r.wh[ho])));
+  const NarrowRows<T> nr(g, r);
   auto load = [&](const T* row, V& v0, V& v1) {
-    v0 = load_lanes(row, in.lo);
-    v1 = two ? load_lanes(row + kL, in.hi) : V{};
+    v0 = load_lanes(row, nr.lo);
+    v1 = nr.two ? load_lanes(row + kL, nr.hi) : V{};
   };
 #pragma omp parallel for schedule(static) if (frames * g.H * g.W >= kMinParallelWork)
   for (std::int64_t f = 0; f < frames; ++f) {
@@ -178,8 +186,8 @@ void shortcut_pool_forward_narrow(const Pool3dGeometry& g, const RowTaps& r, con
       }
       const V e = even_lanes<T>(v0, v1), o = odd_lanes<T>(v0, v1);
       const V sum = shift_lane<T>(o, true) + e + o;
-      const V dv = d[ho];
-      store_lanes(yf + ho * g.Wo, dv > T(0) ? sum / dv : V{}, out_mask);
+      const V dv = nr.divisors[ho];
+      store_lanes(yf + ho * g.Wo, dv > T(0) ? sum / dv : V{}, nr.out);
     }
   }
 }
@@ -189,15 +197,10 @@ void shortcut_pool_backward_narrow(const Pool3dGeometry& g, const RowTaps& r, co
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
   const std::int64_t frames = g.planes * g.T;
-  const RowMasks<T> in(g.W);
-  const std::uint32_t out_mask = first_lanes<T>(g.Wo);
-  const bool two = g.W > kL;
-  const std::vector<T> cw(r.cw.begin(), r.cw.end());
-  std::vector<V> d(static_cast<std::size_t>(g.Ho));
-  for (std::int64_t ho = 0; ho < g.Ho; ++ho) d[ho] = row_divisors(cw, static_cast<T>(row_divisor(g, r.wt[0], r.wh[ho])));
+  const NarrowRows<T> nr(g, r);
   auto store = [&](T* row, const V& v0, const V& v1) {
-    store_lanes(row, v0, in.lo);
-    if (two) store_lanes(row + kL, v1, in.hi);
+    store_lanes(row, v0, nr.lo);
+    if (nr.two) store_lanes(row + kL, v1, nr.hi);
   };
 #pragma omp parallel for schedule(static) if (frames * g.H * g.W >= kMinParallelWork)
   for (std::int64_t f = 0; f < frames; ++f) {
@@ -205,8 +208,8 @@ void shortcut_pool_backward_narrow(const Pool3dGeometry& g, const RowTaps& r, co
     T* xf = gx + f * g.H * g.W;
     V prev0{}, prev1{};
     for (std::int64_t ho = 0; ho < g.Ho; ++ho) {
-      const V dv = d[ho];
-      const V s = dv > T(0) ? load_lanes(gf + ho * g.Wo, out_mask) / dv : V{};  // zero past Wo
+      const V dv = nr.divisors[ho];
+      const V s = dv > T(0) ? load_lanes(gf + ho * g.Wo, nr.out) / dv : V{};  // zero past Wo
       const V s2 = s + shift_lane<T>(s, false);
       const V cur0 = zip_low<T>(s, s2), cur1 = zip_high<T>(s, s2);  // (s[m], s[m] + s[m + 1]) pairs
       T* row = xf + 2 * ho * g.W;
