@@ -225,10 +225,6 @@ void plane_grad_input(const T* p, const T* g, T* q, std::int64_t S, T m, T ra, T
   }
 }
 
-}  // namespace
-
-namespace {
-
 // The input gradient's coefficients of channel c, gx = alpha * gm + beta * (x - m) + gamma
 // with m = mean rounded to T, from the sums of gm and gm * (x - m) over the channel; writes
 // the weight and bias gradients (gw, gb may be null).

@@ -469,6 +469,8 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
   const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L(), HoWo = g.Ho * g.Wo, Qv = grid_len<T>(g);
   const std::int64_t fs = weight_frame_scratch<T>(g), chunk = weight_chunk_frames<T>(g);
   const bool narrow = g.sH == 1 && g.sW == 1 && g.W <= kL && g.Wo <= kL;
+  const std::int64_t taps_c = g.kH * g.kW;  // taps of one input channel, flat: t = kh * kW + kw
+  const std::vector<std::int64_t> offs = tap_offsets(g, ps);
   for (std::int64_t to0 = 0; to0 < g.To; to0 += chunk) {
     std::int64_t nf = 0;  // frames of this chunk that read the input
     for (std::int64_t to = to0; to < std::min(g.To, to0 + chunk); ++to) {
@@ -527,67 +529,65 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
     PlanePrefetch<T> next_x_lines(px && ti0 < ti1 ? px + ti0 * g.H * g.W : nullptr, g.T * g.H * g.W,
                                   (ti1 - ti0) * g.H * g.W, Cg);
     PlanePrefetch<T> next_gy_lines(pgy ? pgy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg);
-    const std::int64_t taps_c = g.kH * g.kW;  // taps of one input channel, flat: t = kh * kW + kw
     for (std::int64_t c = 0; c < Cg; ++c)
       for (std::int64_t t0 = 0; t0 < taps_c; t0 += kKw) {
-          V* a = acc + (c * taps_c + t0) * kDirectOg;  // a[kw * 8 + o] for tap t0 + kw
-          // Note [flat tap runs]: taps t0 .. t0 + K - 1 in K x 8 accumulators, runs taken over
-          // the channel's taps in flat order, across kernel rows: each run streams the output
-          // gradient's 8 grids once, so the stem's 49 taps take 17 runs (16 of 3, one of 1)
-          // instead of 21 per kernel row (3 + 3 + 1 for each of 7 rows). A 3x3 kernel still
-          // takes 3 runs of 3. A last run of fewer than kKw taps sweeps only its own. Timing
-          // loop over the stem's weight gradient (min of 20 calls, 4 interleaved runs), ms:
-          // 4 x 8x112 3.93-4.24 -> 3.48-3.97, 1 x 16x224 7.81-8.83 -> 7.06-7.72.
-          auto sweep = [&](auto k_c, auto with_prefetch) {
-            constexpr std::int64_t K = decltype(k_c)::value;
-            V r[K][kDirectOg];
-            std::int64_t off[K];
-            for (std::int64_t kw = 0; kw < K; ++kw) {
-              const std::int64_t t = t0 + kw;
-              off[kw] = c * per_c + tap_offset(g, ps, t / g.kW, t % g.kW);
-              for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = a[kw * kDirectOg + o];
-            }
-            for (std::int64_t f = 0; f < nf; ++f) {
-              const T* slot = scratch + f * fs;
-              const T* gpad = slot + Cg * per_c;
-              for (std::int64_t q = 0; q < Qv; q += kL) {
-                if constexpr (decltype(with_prefetch)::value) {
-                  if (next_x_lines.left)
-                    next_x_lines.next();
-                  else
-                    next_gy_lines.next();
-                }
-                V xv[K];
-                for (std::int64_t kw = 0; kw < K; ++kw) std::memcpy(&xv[kw], slot + off[kw] + q, sizeof(V));
-                for (std::int64_t o = 0; o < kDirectOg; ++o) {
-                  V gv;
-                  std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
-                  // In a register: g++ otherwise folds the load into each of the three
-                  // FMAs below (27 loads per 24 FMAs instead of 11).
+        V* a = acc + (c * taps_c + t0) * kDirectOg;  // a[kw * 8 + o] for tap t0 + kw
+        // Note [flat tap runs]: taps t0 .. t0 + K - 1 in K x 8 accumulators, runs taken over
+        // the channel's taps in flat order, across kernel rows: each run streams the output
+        // gradient's 8 grids once, so the stem's 49 taps take 17 runs (16 of 3, one of 1)
+        // instead of 21 per kernel row (3 + 3 + 1 for each of 7 rows). A 3x3 kernel still
+        // takes 3 runs of 3. A last run of fewer than kKw taps sweeps only its own. Timing
+        // loop over the stem's weight gradient (min of 20 calls, 4 interleaved runs), ms:
+        // 4 x 8x112 3.93-4.24 -> 3.48-3.97, 1 x 16x224 7.81-8.83 -> 7.06-7.72.
+        auto sweep = [&](auto k_c, auto with_prefetch) {
+          constexpr std::int64_t K = decltype(k_c)::value;
+          V r[K][kDirectOg];
+          std::int64_t off[K];
+          for (std::int64_t kw = 0; kw < K; ++kw) {
+            off[kw] = c * per_c + offs[t0 + kw];
+            for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = a[kw * kDirectOg + o];
+          }
+          for (std::int64_t f = 0; f < nf; ++f) {
+            const T* slot = scratch + f * fs;
+            const T* gpad = slot + Cg * per_c;
+            for (std::int64_t q = 0; q < Qv; q += kL) {
+              if constexpr (decltype(with_prefetch)::value) {
+                if (next_x_lines.left)
+                  next_x_lines.next();
+                else
+                  next_gy_lines.next();
+              }
+              V xv[K];
+              for (std::int64_t kw = 0; kw < K; ++kw) std::memcpy(&xv[kw], slot + off[kw] + q, sizeof(V));
+              for (std::int64_t o = 0; o < kDirectOg; ++o) {
+                V gv;
+                std::memcpy(&gv, gpad + o * Qv + q, sizeof(V));
+                // In a register: g++ otherwise folds the load into each of the three
+                // FMAs below (27 loads per 24 FMAs instead of 11).
 #if defined(__x86_64__) || defined(__i386__)
-                  asm("" : "+v"(gv));
+                asm("" : "+v"(gv));
 #endif
-                  for (std::int64_t kw = 0; kw < K; ++kw) r[kw][o] += gv * xv[kw];
-                }
+                for (std::int64_t kw = 0; kw < K; ++kw) r[kw][o] += gv * xv[kw];
               }
             }
-            for (std::int64_t kw = 0; kw < K; ++kw)
-              for (std::int64_t o = 0; o < kDirectOg; ++o) a[kw * kDirectOg + o] = r[kw][o];
-          };
-          auto taps = [&](auto k_c) {
-            if (next_x_lines.left || next_gy_lines.left)
-              sweep(k_c, std::true_type{});
-            else
-              sweep(k_c, std::false_type{});
-          };
-          const std::int64_t nkw = std::min(kKw, taps_c - t0);
-          if (nkw == 3)
-            taps(std::integral_constant<std::int64_t, 3>{});
-          else if (nkw == 2)
-            taps(std::integral_constant<std::int64_t, 2>{});
+          }
+          for (std::int64_t kw = 0; kw < K; ++kw)
+            for (std::int64_t o = 0; o < kDirectOg; ++o) a[kw * kDirectOg + o] = r[kw][o];
+        };
+        auto taps = [&](auto k_c) {
+          if (next_x_lines.left || next_gy_lines.left)
+            sweep(k_c, std::true_type{});
           else
-            taps(std::integral_constant<std::int64_t, 1>{});
-        }
+            sweep(k_c, std::false_type{});
+        };
+        const std::int64_t nkw = std::min(kKw, taps_c - t0);
+        if (nkw == 3)
+          taps(std::integral_constant<std::int64_t, 3>{});
+        else if (nkw == 2)
+          taps(std::integral_constant<std::int64_t, 2>{});
+        else
+          taps(std::integral_constant<std::int64_t, 1>{});
+      }
   }
 }
 
