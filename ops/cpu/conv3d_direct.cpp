@@ -580,9 +580,10 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
               // Whole-vector loads (load_vec), unrolled: a memcpy per vector left in a loop
               // was expanded as two 32-byte copies through the stack (g++ 12's tuning for
               // that VM's CPU prefers 256-bit moves), read back as one 64-byte load that
-              // store forwarding cannot serve (Note [register accumulators]; with it, this
-              // weight gradient went 23.6 -> 17.4-19.2 ms a step for the grouped convs and
-              // 14.5 -> 11.8-12.7 for the stem).
+              // store forwarding cannot serve (Note [register accumulators]). Before -> after
+              // this and the forward's change together (not measured apart), --profile,
+              // batch 4 8x112 training: this weight gradient 23.6 -> 17.4-19.2 ms a step
+              // for the grouped convs, 14.5 -> 11.8-12.7 for the stem.
               V xv[K];
 #pragma GCC unroll 3
               for (std::int64_t kw = 0; kw < K; ++kw) xv[kw] = load_vec(slot + off[kw] + q);
