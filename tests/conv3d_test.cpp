@@ -453,23 +453,27 @@ TEST(Conv3d, InputGradientAddsIntoAPendingBranchGradient) {
     }
 }
 
-// Large planes make the grouped weight gradient work through several frame chunks
-// (direct_plane_weight); too big for finite differences, so checked by linearity in w:
-// for y = conv(x, w), <dL/dw, v> = <gy, conv(x, v)> for any direction v.
+// Large planes make the grouped weight gradient work through several frame chunks and
+// several position blocks per frame (direct_plane_weight, Note [weight-gradient position
+// blocks]); many frames of small planes, through blocks of several frames. Too big for
+// finite differences, so checked by linearity in w: for y = conv(x, w),
+// <dL/dw, v> = <gy, conv(x, v)> for any direction v.
 TEST(Conv3d, GroupedWeightGradientOverFrameChunksMatchesLinearity) {
-  for (auto stride : {std::int64_t{1}, std::int64_t{2}}) {
-    const Conv3dOptions o = opt({1, stride, stride}, {0, 1, 1}, {1, 1, 1}, 2);
-    Tensor x = randn({1, 16, 3, 60, 60}, 40), w = param({16, 8, 1, 3, 3}, 41);
-    Tensor y = conv3d(x, w, {}, o);
-    Tensor gy = randn(y.shape(), 42);
-    y.backward(gy);
-    for (std::uint64_t seed : {43, 44}) {
-      Tensor v = randn(w.shape(), seed);
-      const double lhs = sum(mul(w.grad(), v)).item();
-      const double rhs = sum(mul(gy, conv3d(x, v, {}, o))).item();
-      EXPECT_NEAR(lhs, rhs, 1e-9 * (1 + std::abs(rhs))) << "stride " << stride;
+  for (const Shape& shape : {Shape{1, 16, 3, 60, 60}, Shape{2, 16, 13, 6, 5}})
+    for (auto stride : {std::int64_t{1}, std::int64_t{2}}) {
+      SCOPED_TRACE(shape_str(shape));
+      const Conv3dOptions o = opt({1, stride, stride}, {0, 1, 1}, {1, 1, 1}, 2);
+      Tensor x = randn(shape, 40), w = param({16, 8, 1, 3, 3}, 41);
+      Tensor y = conv3d(x, w, {}, o);
+      Tensor gy = randn(y.shape(), 42);
+      y.backward(gy);
+      for (std::uint64_t seed : {43, 44}) {
+        Tensor v = randn(w.shape(), seed);
+        const double lhs = sum(mul(w.grad(), v)).item();
+        const double rhs = sum(mul(gy, conv3d(x, v, {}, o))).item();
+        EXPECT_NEAR(lhs, rhs, 1e-9 * (1 + std::abs(rhs))) << "stride " << stride;
+      }
     }
-  }
 }
 
 // The Winograd path for 3x1x1 convs (Note [Winograd temporal conv]), reached on small

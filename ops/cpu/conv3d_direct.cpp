@@ -473,6 +473,23 @@ std::int64_t weight_chunk_frames(const Conv3dGeometry& g) {
   return std::clamp<std::int64_t>((std::int64_t{1} << 16) / weight_frame_scratch<T>(g), 1, g.To);
 }
 
+// Note [weight-gradient position blocks]: each run of taps (Note [flat tap runs]) streams
+// the 8 output-gradient grids and its channel's planes past 24 accumulators: 11 vector
+// loads per 24 FMAs. Over a whole chunk (up to 256 KB) those loads came from L2, about 40
+// bytes a cycle at two FMAs a cycle, more than L2 delivers: the stem's weight gradient ran
+// at 70 GFLOP/s, under its forward's 120. The runs now sweep blocks of 2 KiB of each grid
+// (512 floats; a block spans several frames of small planes), all runs of all channels per
+// block, so a block's 16 KiB of grids and the channel's planes stay in L1 while the 24
+// accumulators of each run are loaded and stored once per block instead of once per chunk.
+// Timing loop over conv3d_backward_weight (2 threads, 64 MiB written before each call,
+// min of 6-12 calls, 3 interleaved runs), ms, whole chunk -> 2 KiB blocks: stem 1 x 16x224
+// 24.4-27.9 -> 18.9-23.1, 4 x 8x112 11.9-12.2 -> 7.8-10.2; grouped 64 channels 16x56x56
+// 6.2-6.7 -> 4.7-5.5, 128 of 16x28x28 3.2-3.5 -> 2.7-3.2, 4 x 64 of 8x28x28 3.4-3.8 ->
+// 2.9-3.1, 4 x 128 of 8x14x14 1.78-1.98 -> 1.39-1.53; 7x7 planes and the stride-2 convs
+// even (1 KiB and 1.5 KiB blocks: slower than 2 KiB at 56x56 and the stem, 2.5 KiB about
+// the same).
+constexpr std::int64_t kWeightBlockBytes = 2048;
+
 // Frames are taken in chunks (weight_chunk_frames): the accumulators of each (c, kh) are
 // loaded once per chunk, not once per frame, which matters for 7x7 and 4x4 planes where a
 // frame is only a few vectors long. scratch holds weight_chunk_frames * weight_frame_scratch.
@@ -547,77 +564,86 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
     PlanePrefetch<T> next_x_lines(px && ti0 < ti1 ? px + ti0 * g.H * g.W : nullptr, g.T * g.H * g.W,
                                   (ti1 - ti0) * g.H * g.W, Cg);
     PlanePrefetch<T> next_gy_lines(pgy ? pgy + n0 * HoWo : nullptr, L, (n1 - n0) * HoWo, kDirectOg);
-    for (std::int64_t c = 0; c < Cg; ++c)
-      for (std::int64_t t0 = 0; t0 < taps_c; t0 += kKw) {
-        V* a = acc + (c * taps_c + t0) * kDirectOg;  // a[kw * 8 + o] for tap t0 + kw
-        // Note [flat tap runs]: taps t0 .. t0 + K - 1 in K x 8 accumulators, runs taken over
-        // the channel's taps in flat order, across kernel rows: each run streams the output
-        // gradient's 8 grids once, so the stem's 49 taps take 17 runs (16 of 3, one of 1)
-        // instead of 21 per kernel row (3 + 3 + 1 for each of 7 rows). A 3x3 kernel still
-        // takes 3 runs of 3. A last run of fewer than kKw taps sweeps only its own. Timing
-        // loop over the stem's weight gradient (min of 20 calls, 4 interleaved runs), ms:
-        // 4 x 8x112 3.93-4.24 -> 3.48-3.97, 1 x 16x224 7.81-8.83 -> 7.06-7.72.
-        auto sweep = [&](auto k_c, auto with_prefetch) {
-          constexpr std::int64_t K = decltype(k_c)::value;
-          V r[K][kDirectOg];
-          std::int64_t off[K];
-#pragma GCC unroll 3
-          for (std::int64_t kw = 0; kw < K; ++kw) {
-            off[kw] = c * per_c + offs[t0 + kw];
-#pragma GCC unroll 8
-            for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = a[kw * kDirectOg + o];
-          }
-          for (std::int64_t f = 0; f < nf; ++f) {
-            const T* slot = scratch + f * fs;
-            const T* gpad = slot + Cg * per_c;
-            for (std::int64_t q = 0; q < Qv; q += kL) {
-              if constexpr (decltype(with_prefetch)::value) {
-                if (next_x_lines.left)
-                  next_x_lines.next();
-                else
-                  next_gy_lines.next();
+    // Position blocks (Note [weight-gradient position blocks]): frames [f0, f1) of the
+    // chunk, grid positions [qa, qb) of each.
+    constexpr std::int64_t qblock = kWeightBlockBytes / static_cast<std::int64_t>(sizeof(T));
+    static_assert(qblock % kL == 0);
+    const std::int64_t fb = Qv >= qblock ? 1 : std::max<std::int64_t>(1, qblock / Qv);
+    for (std::int64_t f0 = 0; f0 < nf; f0 += fb)
+      for (std::int64_t qa = 0; qa < Qv; qa += qblock) {
+        const std::int64_t f1 = std::min(nf, f0 + fb), qb = std::min(Qv, qa + qblock);
+        for (std::int64_t c = 0; c < Cg; ++c)
+          for (std::int64_t t0 = 0; t0 < taps_c; t0 += kKw) {
+            V* a = acc + (c * taps_c + t0) * kDirectOg;  // a[kw * 8 + o] for tap t0 + kw
+            // Note [flat tap runs]: taps t0 .. t0 + K - 1 in K x 8 accumulators, runs taken over
+            // the channel's taps in flat order, across kernel rows: each run streams the output
+            // gradient's 8 grids once, so the stem's 49 taps take 17 runs (16 of 3, one of 1)
+            // instead of 21 per kernel row (3 + 3 + 1 for each of 7 rows). A 3x3 kernel still
+            // takes 3 runs of 3. A last run of fewer than kKw taps sweeps only its own. Timing
+            // loop over the stem's weight gradient (min of 20 calls, 4 interleaved runs), ms:
+            // 4 x 8x112 3.93-4.24 -> 3.48-3.97, 1 x 16x224 7.81-8.83 -> 7.06-7.72.
+            auto sweep = [&](auto k_c, auto with_prefetch) {
+              constexpr std::int64_t K = decltype(k_c)::value;
+              V r[K][kDirectOg];
+              std::int64_t off[K];
+    #pragma GCC unroll 3
+              for (std::int64_t kw = 0; kw < K; ++kw) {
+                off[kw] = c * per_c + offs[t0 + kw];
+    #pragma GCC unroll 8
+                for (std::int64_t o = 0; o < kDirectOg; ++o) r[kw][o] = a[kw * kDirectOg + o];
               }
-              // Whole-vector loads (load_vec), unrolled: a memcpy per vector left in a loop
-              // was expanded as two 32-byte copies through the stack (g++ 12's tuning for
-              // that VM's CPU prefers 256-bit moves), read back as one 64-byte load that
-              // store forwarding cannot serve (Note [register accumulators]). Before -> after
-              // this and the forward's change together (not measured apart), --profile,
-              // batch 4 8x112 training: this weight gradient 23.6 -> 17.4-19.2 ms a step
-              // for the grouped convs, 14.5 -> 11.8-12.7 for the stem.
-              V xv[K];
-#pragma GCC unroll 3
-              for (std::int64_t kw = 0; kw < K; ++kw) xv[kw] = load_vec(slot + off[kw] + q);
-#pragma GCC unroll 8
-              for (std::int64_t o = 0; o < kDirectOg; ++o) {
-                V gv = load_vec(gpad + o * Qv + q);
-                // In a register: g++ otherwise folds the load into each of the three
-                // FMAs below (27 loads per 24 FMAs instead of 11).
-#if defined(__x86_64__) || defined(__i386__)
-                asm("" : "+v"(gv));
-#endif
-#pragma GCC unroll 3
-                for (std::int64_t kw = 0; kw < K; ++kw) r[kw][o] += gv * xv[kw];
+              for (std::int64_t f = f0; f < f1; ++f) {
+                const T* slot = scratch + f * fs;
+                const T* gpad = slot + Cg * per_c;
+                for (std::int64_t q = qa; q < qb; q += kL) {
+                  if constexpr (decltype(with_prefetch)::value) {
+                    if (next_x_lines.left)
+                      next_x_lines.next();
+                    else
+                      next_gy_lines.next();
+                  }
+                  // Whole-vector loads (load_vec), unrolled: a memcpy per vector left in a loop
+                  // was expanded as two 32-byte copies through the stack (g++ 12's tuning for
+                  // that VM's CPU prefers 256-bit moves), read back as one 64-byte load that
+                  // store forwarding cannot serve (Note [register accumulators]). Before -> after
+                  // this and the forward's change together (not measured apart), --profile,
+                  // batch 4 8x112 training: this weight gradient 23.6 -> 17.4-19.2 ms a step
+                  // for the grouped convs, 14.5 -> 11.8-12.7 for the stem.
+                  V xv[K];
+    #pragma GCC unroll 3
+                  for (std::int64_t kw = 0; kw < K; ++kw) xv[kw] = load_vec(slot + off[kw] + q);
+    #pragma GCC unroll 8
+                  for (std::int64_t o = 0; o < kDirectOg; ++o) {
+                    V gv = load_vec(gpad + o * Qv + q);
+                    // In a register: g++ otherwise folds the load into each of the three
+                    // FMAs below (27 loads per 24 FMAs instead of 11).
+    #if defined(__x86_64__) || defined(__i386__)
+                    asm("" : "+v"(gv));
+    #endif
+    #pragma GCC unroll 3
+                    for (std::int64_t kw = 0; kw < K; ++kw) r[kw][o] += gv * xv[kw];
+                  }
+                }
               }
-            }
+    #pragma GCC unroll 3
+              for (std::int64_t kw = 0; kw < K; ++kw)
+    #pragma GCC unroll 8
+                for (std::int64_t o = 0; o < kDirectOg; ++o) a[kw * kDirectOg + o] = r[kw][o];
+            };
+            auto taps = [&](auto k_c) {
+              if (next_x_lines.left || next_gy_lines.left)
+                sweep(k_c, std::true_type{});
+              else
+                sweep(k_c, std::false_type{});
+            };
+            const std::int64_t nkw = std::min(kKw, taps_c - t0);
+            if (nkw == 3)
+              taps(std::integral_constant<std::int64_t, 3>{});
+            else if (nkw == 2)
+              taps(std::integral_constant<std::int64_t, 2>{});
+            else
+              taps(std::integral_constant<std::int64_t, 1>{});
           }
-#pragma GCC unroll 3
-          for (std::int64_t kw = 0; kw < K; ++kw)
-#pragma GCC unroll 8
-            for (std::int64_t o = 0; o < kDirectOg; ++o) a[kw * kDirectOg + o] = r[kw][o];
-        };
-        auto taps = [&](auto k_c) {
-          if (next_x_lines.left || next_gy_lines.left)
-            sweep(k_c, std::true_type{});
-          else
-            sweep(k_c, std::false_type{});
-        };
-        const std::int64_t nkw = std::min(kKw, taps_c - t0);
-        if (nkw == 3)
-          taps(std::integral_constant<std::int64_t, 3>{});
-        else if (nkw == 2)
-          taps(std::integral_constant<std::int64_t, 2>{});
-        else
-          taps(std::integral_constant<std::int64_t, 1>{});
       }
   }
 }
