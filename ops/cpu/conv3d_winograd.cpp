@@ -443,11 +443,23 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // (and, when every column was transformed first, slower in the network's profile: 3.6 ->
 // 4.2 ms), stage5 (512, 196 columns) 3.68 / 4.65. At 256 channels and more, where threads
 // split the points instead (Note [Winograd weight-gradient points]), half a column per
-// channel in and out is enough (conv3d_bench --cold, ms, min of 5 or 8 interleaved runs,
+// channel in and out was enough there (conv3d_bench --cold, ms, min of 5 or 8 interleaved runs,
 // direct / column split / point split: 16x224 stage4 (784 columns) 3.82 / 3.22 / 3.01,
 // stage5 (196) 4.47 / 4.31 / 4.04; 4 x 8x112 stage4 (392) 1.96 / 1.94 / 1.86, stage5
-// (128) 2.32 / 3.50 / 3.28): the threshold leaves both stage-5 shapes on the direct GEMM,
-// which costs the one at 196 columns about 10% against a clear loss at 128.
+// (128) 2.32 / 3.50 / 3.28): the threshold left both stage-5 shapes on the direct GEMM,
+// which cost the one at 196 columns about 10% against a clear loss at 128. That was the AMD
+// EPYC VM of sessions 1-11. On the Intel Xeon VM (2 MiB L2 a core, 2026-11-22), the point
+// split won down to a twelfth of a column per channel: a timing loop over
+// conv3d_backward_weight (2 threads, 64 MiB written before each call, min of 15-30 calls,
+// 3 interleaved runs), direct / point split ms: 16x224 stage5 (512 channels, 196 columns)
+// 11.2-11.3 / 8.1-8.7, its 256-channel downsampling conv (7x7, 196) 2.54-2.65 / 2.13-2.24;
+// 4 x 8x112 stage5 (128) 7.0-9.6 / 5.4-5.5 and 256 channels at 4x4 (128) 1.65-1.88 /
+// 1.23-1.64; 1 x 8x112 at 512 channels 7x7 (98) 5.8-6.0 / 4.4-4.5. With fewer it lost:
+// 512 channels at 64 columns 3.15-3.54 / 3.51-3.68, 32 columns 2.27-3.45 / 3.15-3.17, 256
+// at 32 0.73-0.74 / 0.78-0.80. The threshold is now this machine's (kPointSplitDepth).
+
+// The point split pays from one column per kPointSplitDepth channels in and out (the Note).
+constexpr std::int64_t kPointSplitDepth = 12;
 
 // Columns of a weight-gradient block with both transformed operands (P points, C + O rows
 // of `bytes`-sized values) within about 1 MiB of L2, in whole vectors of 16.
@@ -629,9 +641,9 @@ void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, 
 
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
   const std::int64_t Mo = tile_frames(g), cols = g.N * ((g.To + Mo - 1) / Mo) * g.H * g.W;
-  // Split by points: at least half a column per channel in and out (Note [Winograd
-  // weight-gradient points]).
-  if (split_points(g, omp_in_parallel() ? 1 : omp_get_max_threads())) return 2 * cols >= g.C + g.O;
+  // Split by points: at least one column per kPointSplitDepth channels in and out (Note
+  // [Winograd weight-gradient points]).
+  if (split_points(g, omp_in_parallel() ? 1 : omp_get_max_threads())) return kPointSplitDepth * cols >= g.C + g.O;
   const bool in_l2 = weight_grad_l2_columns(Mo + 2, g.C, g.O, sizeof(float)) >= 128;
   return in_l2 ? 2 * cols >= 3 * (g.C + g.O) : cols >= 3 * (g.C + g.O);
 }
