@@ -7,9 +7,9 @@
 //
 // Blocking, in the usual way (BLIS): a thread owns a range of NR-column panels; for a
 // block of kPanels panels and kKc rows of B at a time it copies B into a contiguous
-// buffer ([k][kPanels * NR], one copy per row, zero past N; rows of B lie a multiple of
-// 4 KiB apart at most SEVNet sizes, so reading them in place would thrash the L1 sets;
-// the buffer's 1.5 KiB row pitch spreads a panel over the sets), then for each panel
+// buffer ([k][pitch], one copy per row, zero past N; rows of B lie a multiple of 4 KiB
+// apart at most SEVNet sizes, so reading them in place would thrash the L1 sets; see Note
+// [packed pitch] for the buffer's own), then for each panel
 // runs the MR x NR micro-kernel down all row panels of A (packed once by the caller, see
 // PackedA). The B panel (kKc x NR) stays in L1 while A streams from L2. The micro-kernel
 // keeps MR x NR = 8 x 48 floats in 24 vector registers (AVX-512) and does 24 FMAs per
@@ -37,8 +37,8 @@ using namespace kernel;
 // many streams for the hardware prefetchers; the copy then waited on memory for most of
 // its time (perf: memmove 20% of the samples beside the micro-kernel's 26%, one thread).
 // While a block computes, row_gemm_panels prefetches the rows of the block it copies next
-// into L2, one share before each panel, so the requests overlap the FMAs instead of
-// stalling the copy. conv3d_bench, 16x224 stem 3x1x1 forward, min of 4 interleaved runs:
+// into L2, a share before each micro-tile (Note [packed pitch]), so the requests overlap
+// the FMAs instead of stalling the copy. conv3d_bench, 16x224 stem 3x1x1 forward, min of 4 interleaved runs:
 // 7.44 -> 5.96 ms on 2 threads, 10.7 -> 10.0 ms on one; the cached stage shapes within noise.
 
 // Note [C prefetch]: accumulating into C (an input gradient added into a residual
@@ -54,6 +54,19 @@ using namespace kernel;
 // (1.75-1.80); in the step (batch 4 8x112 training, --profile, 3 alternations) the 1x1x1
 // forwards went from 73-78% of the 3x1x1 forwards' time to 70-71%.
 
+// Note [packed pitch]: the packed block's rows were kPanels * NR floats (1.5 KiB, 24 cache
+// lines) apart, and 24 * k mod 64 takes 8 values: a panel's 128 rows of 3 lines fell on 24
+// of L1's 64 sets, 16 lines a set against 12 ways (48 KiB L1; 8 ways on the AMD VM), so the
+// panel the micro-kernel rereads for every A panel did not stay in L1. The pitch is now an
+// odd number of lines (one line of padding when the width is even), which visits every set.
+// Also, the next block's B rows are prefetched a share per micro-tile rather than a share
+// per panel (Note [B prefetch]): 16 rows of 24 lines at once before each panel stalled on
+// the full line-fill buffers (perf put half of row_gemm_panels' own samples on those
+// prefetches). Both together, `vidgrad bench --model sevnet_g8 --batch 4 --frames 8 --size
+// 112 --threads 2 --profile`, 3 alternations of the two binaries, 2026-11-22 (Intel VM):
+// 1x1x1 forward + input gradient over 3x1x1 forward + input gradient (Winograd, which this
+// does not touch) 0.691 / 0.676 / 0.680 -> 0.646 / 0.641 / 0.647, about 3 ms a step.
+
 constexpr std::int64_t kKc = 128;     // rows of B per packed block
 constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 
@@ -65,7 +78,8 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
   const bool with_epilogue = epilogue.active();
   constexpr std::int64_t NR = kNr<T>;
   thread_local std::vector<T> packed;
-  packed.resize(static_cast<std::size_t>(kPanels * kKc * NR));
+  constexpr std::int64_t kLine = 64 / static_cast<std::int64_t>(sizeof(T));
+  packed.resize(static_cast<std::size_t>((kPanels * NR + kLine) * kKc));
   T* bp = packed.data();
   const std::int64_t m_panels = (a.M + kMr - 1) / kMr;
   for (std::int64_t pb = p_lo; pb < p_hi; pb += kPanels) {
@@ -75,8 +89,9 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
       // Row k of the block is one copy of (pe - pb) * NR columns, zero past N and outside
       // the row's valid range.
       const std::int64_t width = (pe - pb) * NR, c0 = pb * NR, c1 = std::min(N, c0 + width);
+      const std::int64_t pitch = (width / kLine) % 2 == 0 ? width + kLine : width;
       for (std::int64_t k = 0; k < kc; ++k) {
-        T* dst = bp + k * width;
+        T* dst = bp + k * pitch;
         const std::int64_t lo = b_lo ? std::clamp(b_lo[k0 + k], c0, c1) : c0;
         const std::int64_t hi = b_hi ? std::clamp(b_hi[k0 + k], lo, c1) : c1;
         std::fill(dst, dst + (lo - c0), T(0));
@@ -85,29 +100,33 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
       }
       const bool last = k0 + kc == a.K && with_epilogue;
       // The block copied next: the next rows of these panels, or the first rows of the
-      // next panels. Its rows are prefetched a share per panel while this block computes
-      // (Note [B prefetch]).
+      // next panels. Its rows are prefetched a share per micro-tile while this block
+      // computes (Note [B prefetch]).
       const std::int64_t nk0 = k0 + kc < a.K ? k0 + kc : 0, npb = k0 + kc < a.K ? pb : pb + kPanels;
       const std::int64_t nkc = npb < p_hi ? std::min(kKc, a.K - nk0) : 0;
       const std::int64_t nc0 = npb * NR, nc1 = std::min(N, std::min(p_hi, npb + kPanels) * NR);
-      for (std::int64_t p = pb; p < pe; ++p) {
-        for (std::int64_t k = nkc * (p - pb) / (pe - pb); k < nkc * (p - pb + 1) / (pe - pb); ++k) {
+      auto prefetch_b = [&](std::int64_t k_lo, std::int64_t k_hi) {
+        for (std::int64_t k = k_lo; k < k_hi; ++k) {
           const std::int64_t lo = b_lo ? std::clamp(b_lo[nk0 + k], nc0, nc1) : nc0;
           const std::int64_t hi = b_hi ? std::clamp(b_hi[nk0 + k], lo, nc1) : nc1;
           prefetch_l2(b_rows[nk0 + k] + lo, (hi - lo) * static_cast<std::int64_t>(sizeof(T)));
         }
+      };
+      for (std::int64_t p = pb; p < pe; ++p) {
+        const std::int64_t pk0 = nkc * (p - pb) / (pe - pb), pk1 = nkc * (p - pb + 1) / (pe - pb);
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         // The first block loads (accumulating) or first stores C's tiles: the next panel's,
         // row by row from memory, are requested while this one computes (Note [C prefetch]).
         const bool prefetch_c = k0 == 0 && p + 1 < p_hi;
         const std::int64_t next_cols = prefetch_c ? std::min(NR, N - n0 - NR) : 0;
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
+          prefetch_b(pk0 + (pk1 - pk0) * mp / m_panels, pk0 + (pk1 - pk0) * (mp + 1) / m_panels);
           if (next_cols > 0)
             for (std::int64_t i = mp * kMr; i < std::min(a.M, mp * kMr + kMr); ++i)
               for (std::int64_t j = 0; j < next_cols; j += 64 / static_cast<std::int64_t>(sizeof(T)))
                 __builtin_prefetch(c + i * ldc + n0 + NR + j, 1, 3);
           const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr).from_col(n0);
-          micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, width,
+          micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, pitch,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
                        last ? &ep : nullptr);
         }
@@ -212,7 +231,7 @@ void pack_transposed(const T* const* rows, const std::int64_t* lo, const std::in
 // it is packed. conv3d_bench, 16x224, min of 3 interleaved runs, weight grad ms: stage3
 // 1x1x1 1.69 -> 1.40, stage4 1x1x1 1.33 -> 1.22, stage4 3x1x1 3.58 -> 3.48, the others
 // within noise. (Prefetching the whole next block in bursts, a share per B panel, as
-// row_gemm does for B, was slower: stage5 3x1x1 3.76 -> 5.15 ms.)
+// row_gemm then did for B, was slower: stage5 3x1x1 3.76 -> 5.15 ms.)
 
 // Note [transposed row GEMM]: a weight gradient reduces over positions, along which both
 // operands (output gradient rows, input rows) are contiguous, so neither is the k-major
