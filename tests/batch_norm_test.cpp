@@ -251,6 +251,26 @@ TEST(BatchNorm, LargeMeanStaysAccurateInFloat32) {
   }
 }
 
+// Planes of 1200 values: the statistics' blocks of 1024 values in vectors, a partial block
+// and a tail shorter than two vectors (Note [one-pass statistics]), in both dtypes.
+TEST(BatchNorm, StatisticsOverLongPlanesMatchReference) {
+  const Shape shape{3, 4, 5, 16, 15};
+  const std::int64_t C = shape[1], M = shape_numel(shape) / C;
+  for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+    Tensor x = add(mul(randn(shape, 40, dt), 3.0), Tensor::scalar(5.0, dt));
+    Tensor w = randn({C}, 41, dt), b = randn({C}, 42, dt);
+    Tensor rm = Tensor::zeros({C}, dt), rv = Tensor::ones({C}, dt);
+    Tensor y = batch_norm(x, w, b, rm, rv, {.training = true, .momentum = 1.0, .eps = 1e-5});
+    const Stats s = reference_stats(x);
+    const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
+    EXPECT_TRUE(all_close(y, reference_apply(x, s.mean, s.var, w, b, 1e-5), tol, tol)) << dtype_name(dt);
+    std::vector<double> ev(C);
+    for (std::int64_t c = 0; c < C; ++c) ev[c] = s.var[c] * M / (M - 1);
+    EXPECT_TRUE(all_close(rm, Tensor::from_vector(s.mean, {C}), tol, tol)) << dtype_name(dt);
+    EXPECT_TRUE(all_close(rv, Tensor::from_vector(ev, {C}), tol, tol)) << dtype_name(dt);
+  }
+}
+
 // 40 channels: the training forward takes statistics and output channel by channel
 // (batch_norm_train_forward) on up to 20 threads; 2 or 3 channels on 2 threads or more,
 // the two passes over all channels.
