@@ -20,8 +20,12 @@ namespace vidgrad::cpu {
 // sums run in T over blocks of 1024 values, two vector accumulators each, then in double,
 // as the backward's sums do (Note [backward in vectors]): summed in double through `omp
 // simd reduction`, one vector accumulator per sum and a float-to-double conversion per
-// value, the pass was bound by the adds' latency, 20-24 GB/s over data in cache (two
-// threads), about as long as the output pass that reads x again and writes y.
+// value, the pass was bound by the adds' latency, about as long as the output pass that
+// reads x again and writes y. Timing loop over batch_norm_stats, data in cache, min of 30
+// to 200 calls, 2026-11-22 (Intel VM), ms before -> after: one thread, 64 channels of 4096
+// values 0.082 -> 0.036; two threads, 4 x 32 channels of 25088 0.580 -> 0.413. In the step
+// (batch 4 8x112 training, --profile, 3 alternations) the batch-norm forwards went 25.9 /
+// 25.8 / 24.5 -> 23.8 / 23.7 / 23.1 ms.
 namespace {
 
 // Mean and biased variance of channel c (Note [one-pass statistics]).
