@@ -4,6 +4,7 @@
 #include "test_util.h"
 
 #include "vidgrad/autograd/grad_mode.h"
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
 #include "vidgrad/ops/cpu/simd.h"
@@ -474,6 +475,57 @@ TEST(Conv3d, GroupedWeightGradientOverFrameChunksMatchesLinearity) {
         EXPECT_NEAR(lhs, rhs, 1e-9 * (1 + std::abs(rhs))) << "stride " << stride;
       }
     }
+}
+
+// Note [stealing ranges] (core/parallel.h): the Winograd temporal conv's units and the row
+// GEMM's panel blocks go to threads in even ranges, and a thread done first takes units
+// from the back of another's, reusing a packed block only when it holds the unit's own.
+// Each output value is summed the same way whichever thread computes it, so the forward
+// and the input gradient on 3 and 5 threads (more than this machine's cores: threads are
+// descheduled, and others steal their units) equal the one-thread results bit for bit, and
+// those match the naive loop (row GEMMs of many panel blocks: 131 and 78 panels).
+TEST(Conv3d, StolenUnitsGiveTheOneThreadResultsBitForBit) {
+  const int saved = get_num_threads();
+  cpu::set_winograd_temporal(true, 1);
+  struct Case {
+    Shape input;
+    std::int64_t kT;
+  };
+  // Winograd with output channels split into chunks (few blocks), Winograd with many
+  // blocks, and pointwise convs large enough for the row GEMM's panel split.
+  for (const Case& c : {Case{{2, 32, 8, 14, 14}, 3}, Case{{1, 24, 8, 28, 28}, 3}, Case{{1, 32, 8, 28, 28}, 1},
+                        Case{{2, 40, 4, 30, 31}, 1}}) {
+    SCOPED_TRACE(shape_str(c.input) + " kT " + std::to_string(c.kT));
+    const Conv3dOptions o = opt({1, 1, 1}, {(c.kT - 1) / 2, 0, 0}, {1, 1, 1}, 1);
+    const Tensor x = randn(c.input, 61, DType::kFloat32);
+    const Tensor w = randn({c.input[1], c.input[1], c.kT, 1, 1}, 62, DType::kFloat32);
+    const Tensor gy = randn(c.input, 63, DType::kFloat32);
+    Tensor y[3], gx[3];
+    const int threads[3] = {1, 3, 5};
+    for (int i = 0; i < 3; ++i) {
+      set_num_threads(threads[i]);
+      for (int rep = 0; rep < (i == 0 ? 1 : 4); ++rep) {  // several tries: stealing is up to the scheduler
+        Tensor xi = x.detach();
+        xi.set_requires_grad(true);
+        Tensor yi = conv3d(xi, w, {}, o);
+        yi.backward(gy);
+        if (rep == 0) {
+          y[i] = yi.detach();
+          gx[i] = xi.grad();
+        } else {
+          EXPECT_TRUE(all_close(yi.detach(), y[i], 0, 0)) << threads[i] << " threads, try " << rep;
+          EXPECT_TRUE(all_close(xi.grad(), gx[i], 0, 0)) << threads[i] << " threads, try " << rep;
+        }
+      }
+    }
+    set_num_threads(saved);
+    EXPECT_TRUE(all_close(y[0], conv3d_reference(x, w, {}, o), 1e-4, 1e-4)) << "one thread";
+    for (int i = 1; i < 3; ++i) {
+      EXPECT_TRUE(all_close(y[i], y[0], 0, 0)) << threads[i] << " threads";
+      EXPECT_TRUE(all_close(gx[i], gx[0], 0, 0)) << threads[i] << " threads";
+    }
+  }
+  cpu::set_winograd_temporal(true);
 }
 
 // The Winograd path for 3x1x1 convs (Note [Winograd temporal conv]), reached on small

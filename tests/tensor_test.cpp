@@ -2,10 +2,12 @@
 #include "test_util.h"
 
 #include <atomic>
+#include <chrono>
 #include <random>
 #include <thread>
 
 #include "vidgrad/core/cpu_memory.h"
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/core/cuda/context.h"
 
 namespace vidgrad {
@@ -202,6 +204,53 @@ TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
   EXPECT_EQ(cm::stats().cached_bytes, 0u);
   void* small = cm::allocate(1000);  // below 1 MiB: the C library's
   cm::release(small, 1000);
+}
+
+// Note [stealing ranges]: every unit is handed out exactly once and owners walk their own
+// ranges in order; a thread that has not started has its units taken by the others, from
+// the back (thread 0 waits until a thief has robbed it, thieves then until thread 0 has
+// taken a unit), and ranges with no thread of their own (a team of 2 for 4) are emptied.
+TEST(StealingRanges, EveryUnitOnceOwnersInOrderIdleRangesRobbed) {
+  for (const int team : {4, 2}) {
+    const std::int64_t total = 1000;
+    vidgrad::StealingRanges ranges(total, 4);
+    std::vector<std::atomic<int>> taken(total);
+    std::atomic<int> out_of_order{0}, robbed{0}, owner0_started{0};
+    std::atomic<std::int64_t> last_owned0{-1}, first_stolen0{total};  // range 0's, owner / thieves
+    auto worker = [&](int t) {
+      auto wait_for = [](const std::atomic<int>& flag) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (flag.load() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+      };
+      if (t == 0 && team == 4) wait_for(robbed);  // starts once another thread has taken one of its units
+      std::int64_t last_own = -1;
+      bool stolen = false;
+      for (std::int64_t u = ranges.next(t, &stolen); u >= 0; u = ranges.next(t, &stolen)) {
+        ++taken[u];
+        if (!stolen) {
+          if (u <= last_own || u < total * t / 4 || u >= total * (t + 1) / 4) ++out_of_order;
+          last_own = u;
+          if (t == 0) last_owned0 = u, owner0_started = 1;
+        } else if (u < total / 4) {
+          for (std::int64_t f = first_stolen0.load(); u < f && !first_stolen0.compare_exchange_weak(f, u);) {
+          }
+          ++robbed;
+          if (team == 4) wait_for(owner0_started);
+        }
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int t = 0; t < team; ++t) threads.emplace_back(worker, t);
+    for (auto& t : threads) t.join();
+    for (std::int64_t u = 0; u < total; ++u) ASSERT_EQ(taken[u].load(), 1) << "unit " << u << ", team " << team;
+    EXPECT_EQ(out_of_order.load(), 0) << "team " << team;
+    if (team == 4) {
+      EXPECT_GT(robbed.load(), 0) << "thread 0 waited; its units should have been stolen";
+      EXPECT_LT(last_owned0.load(), first_stolen0.load()) << "thieves take from the back";
+    }
+    EXPECT_EQ(ranges.next(0), -1);
+    EXPECT_EQ(ranges.peek(1), -1);
+  }
 }
 
 // The loader's threads allocate batch tensors while the training thread allocates

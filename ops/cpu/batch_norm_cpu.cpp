@@ -1,6 +1,7 @@
 // Batch norm on the CPU: one pass per channel for statistics, one for the output (with an
 // optional fused ReLU), two for the backward (sums, then the input gradient). Channels are
-// spread over threads.
+// spread over threads, in guided chunks where the loop is per channel, so that a thread
+// done first takes more (Note [stealing ranges] in core/parallel.h on why).
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
 
 #include "vidgrad/core/parallel.h"
@@ -133,7 +134,7 @@ void batch_norm_train_forward(const T* x, std::int64_t N, std::int64_t C, std::i
     batch_norm_apply(x, N, C, S, mean, invstd, w, b, y, relu, residual);
     return;
   }
-#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
+#pragma omp parallel for schedule(guided) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
     channel_stats(x, N, C, S, c, mean + c, var + c);
     invstd[c] = 1.0 / std::sqrt(var[c] + eps);
@@ -287,7 +288,7 @@ void batch_norm_backward(const T* x, const T* gy, std::int64_t N, std::int64_t C
                          T* gw, T* gb, bool relu, std::int64_t gy_stride) {
   const double M = static_cast<double>(N * S);
   const std::int64_t gs = gy_stride > 0 ? gy_stride : C * S;
-#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
+#pragma omp parallel for schedule(guided) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
     // Sums of g and g * (x - mean), g masked by a fused ReLU (Note [backward in vectors]).
     const T m = static_cast<T>(mean[c]);
@@ -323,7 +324,7 @@ void batch_norm_add_relu_backward(const T* x, const T* y, const T* gy, std::int6
                                   std::int64_t S, const double* mean, const double* invstd, const T* w,
                                   bool batch_stats, T* gres, T* gx, T* gw, T* gb) {
   const double M = static_cast<double>(N * S);
-#pragma omp parallel for schedule(static) if (N * C * S >= kMinParallelWork)
+#pragma omp parallel for schedule(guided) if (N * C * S >= kMinParallelWork)
   for (std::int64_t c = 0; c < C; ++c) {
     const T m = static_cast<T>(mean[c]);
     double sum_g = 0.0, sum_gd = 0.0;

@@ -181,7 +181,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   // frame of each run.
   auto block_rows = [&](std::int64_t unit, std::vector<std::pair<const char*, std::int64_t>>& rows) {
     rows.clear();
-    if (unit >= units || unit % chunks != 0) return;  // unit % chunks: the block is packed already
+    if (unit >= units) return;
     const std::int64_t p0 = unit / chunks * block, p1 = std::min(panels, p0 + block);
     const std::int64_t c0 = p0 * NR, c1 = std::min(total_cols, p1 * NR);
     for (std::int64_t q = c0; q < c1;) {
@@ -276,6 +276,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   };
 
   const bool parallel = threads > 1 && units > 1 && O * C * P * total_cols >= 4 * kMinParallelWork;
+  StealingRanges ranges(units, parallel ? static_cast<int>(threads) : 1);
 #pragma omp parallel if (parallel)
   {
     thread_local std::vector<T> bpack, tile_buf;
@@ -284,12 +285,16 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
     // One vector more: the output transform loads whole vectors from a run's offset in the
     // tile, past its last column (those lanes are not stored).
     tile_buf.resize(static_cast<std::size_t>(P * kMr * NR + L));
-    // Contiguous unit ranges, so that a thread knows (and prefetches) its next unit.
-    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const std::int64_t u0 = units * t / nt, u1 = units * (t + 1) / nt;
-    for (std::int64_t unit = u0; unit < u1; ++unit) {
-      block_rows(unit + 1 < u1 ? unit + 1 : units, next);
-      run_unit(unit, unit > u0 && unit % chunks != 0, bpack.data(), tile_buf.data(), next);
+    // Contiguous unit ranges, so that a thread knows (and prefetches) its next unit; a
+    // thread done with its own takes units from the back of another's (Note [stealing
+    // ranges] in core/parallel.h). bpack holds the block of `packed_block`.
+    const int t = omp_get_thread_num();
+    std::int64_t packed_block = -1;
+    for (std::int64_t unit = ranges.next(t); unit >= 0; unit = ranges.next(t)) {
+      const std::int64_t ahead = ranges.peek(t);
+      block_rows(ahead >= 0 && ahead / chunks != unit / chunks ? ahead : units, next);
+      run_unit(unit, packed_block == unit / chunks, bpack.data(), tile_buf.data(), next);
+      packed_block = unit / chunks;
     }
   }
 }

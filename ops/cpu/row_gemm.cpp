@@ -70,20 +70,24 @@ using namespace kernel;
 constexpr std::int64_t kKc = 128;     // rows of B per packed block
 constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 
-// Panels [p_lo, p_hi) of C; see the Note.
-template <typename T>
+// The blocks of `per_block` (at most kPanels) panels of C that next_block() hands out
+// (block b: panels from b * per_block; -1: done), with peek_block() the block it will
+// likely hand out next (to prefetch; -1: none); see the Note.
+template <typename T, typename Next, typename Peek>
 void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, const std::int64_t* b_lo,
                      const std::int64_t* b_hi, T* c, std::int64_t ldc, bool accumulate,
-                     const GemmEpilogue<T>& epilogue, std::int64_t p_lo, std::int64_t p_hi) {
+                     const GemmEpilogue<T>& epilogue, std::int64_t per_block, Next&& next_block,
+                     Peek&& peek_block) {
   const bool with_epilogue = epilogue.active();
   constexpr std::int64_t NR = kNr<T>;
   thread_local std::vector<T> packed;
   constexpr std::int64_t kLine = 64 / static_cast<std::int64_t>(sizeof(T));
   packed.resize(static_cast<std::size_t>((kPanels * NR + kLine) * kKc));
   T* bp = packed.data();
-  const std::int64_t m_panels = (a.M + kMr - 1) / kMr;
-  for (std::int64_t pb = p_lo; pb < p_hi; pb += kPanels) {
-    const std::int64_t pe = std::min(p_hi, pb + kPanels);
+  const std::int64_t m_panels = (a.M + kMr - 1) / kMr, panels = (N + NR - 1) / NR;
+  for (std::int64_t blk = next_block(); blk >= 0; blk = next_block()) {
+    const std::int64_t pb = blk * per_block, pe = std::min(panels, pb + per_block);
+    const std::int64_t ahead = peek_block(), ahead_pb = ahead >= 0 ? ahead * per_block : -1;
     for (std::int64_t k0 = 0; k0 < a.K; k0 += kKc) {
       const std::int64_t kc = std::min(kKc, a.K - k0);
       // Row k of the block is one copy of (pe - pb) * NR columns, zero past N and outside
@@ -102,9 +106,9 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
       // The block copied next: the next rows of these panels, or the first rows of the
       // next panels. Its rows are prefetched a share per micro-tile while this block
       // computes (Note [B prefetch]).
-      const std::int64_t nk0 = k0 + kc < a.K ? k0 + kc : 0, npb = k0 + kc < a.K ? pb : pb + kPanels;
-      const std::int64_t nkc = npb < p_hi ? std::min(kKc, a.K - nk0) : 0;
-      const std::int64_t nc0 = npb * NR, nc1 = std::min(N, std::min(p_hi, npb + kPanels) * NR);
+      const std::int64_t nk0 = k0 + kc < a.K ? k0 + kc : 0, npb = k0 + kc < a.K ? pb : ahead_pb;
+      const std::int64_t nkc = npb >= 0 ? std::min(kKc, a.K - nk0) : 0;
+      const std::int64_t nc0 = npb * NR, nc1 = std::min(N, std::min(panels, npb + per_block) * NR);
       auto prefetch_b = [&](std::int64_t k_lo, std::int64_t k_hi) {
         for (std::int64_t k = k_lo; k < k_hi; ++k) {
           const std::int64_t lo = b_lo ? std::clamp(b_lo[nk0 + k], nc0, nc1) : nc0;
@@ -117,14 +121,14 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         const std::int64_t n0 = p * NR, cols = std::min(NR, N - n0);
         // The first block loads (accumulating) or first stores C's tiles: the next panel's,
         // row by row from memory, are requested while this one computes (Note [C prefetch]).
-        const bool prefetch_c = k0 == 0 && p + 1 < p_hi;
-        const std::int64_t next_cols = prefetch_c ? std::min(NR, N - n0 - NR) : 0;
+        const std::int64_t np = p + 1 < pe ? p + 1 : ahead_pb;  // the next panel this thread stores
+        const std::int64_t next_cols = k0 == 0 && np >= 0 ? std::min(NR, N - np * NR) : 0;
         for (std::int64_t mp = 0; mp < m_panels; ++mp) {
           prefetch_b(pk0 + (pk1 - pk0) * mp / m_panels, pk0 + (pk1 - pk0) * (mp + 1) / m_panels);
           if (next_cols > 0)
             for (std::int64_t i = mp * kMr; i < std::min(a.M, mp * kMr + kMr); ++i)
               for (std::int64_t j = 0; j < next_cols; j += 64 / static_cast<std::int64_t>(sizeof(T)))
-                __builtin_prefetch(c + i * ldc + n0 + NR + j, 1, 3);
+                __builtin_prefetch(c + i * ldc + np * NR + j, 1, 3);
           const GemmEpilogue<T> ep = epilogue.from_row(mp * kMr).from_col(n0);
           micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, pitch,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
@@ -305,13 +309,24 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
   const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && panels > 1 &&
                         a.M * a.K * N >= 32 * kMinParallelWork;
   if (!parallel) {
-    row_gemm_panels(a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, 0, panels);
+    const std::int64_t blocks = (panels + kPanels - 1) / kPanels;
+    std::int64_t blk = 0;
+    row_gemm_panels(
+        a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, kPanels, [&] { return blk < blocks ? blk++ : -1; },
+        [&] { return blk < blocks ? blk : -1; });
     return;
   }
+  // Blocks in even ranges, at least 4 a thread, stolen from the back by a thread done first
+  // (Note [stealing ranges] in core/parallel.h).
+  const int threads = omp_get_max_threads();
+  const std::int64_t per_block = std::clamp<std::int64_t>((panels + 4 * threads - 1) / (4 * threads), 1, kPanels);
+  StealingRanges ranges((panels + per_block - 1) / per_block, threads);
 #pragma omp parallel
   {
-    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    row_gemm_panels(a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, panels * t / nt, panels * (t + 1) / nt);
+    const int t = omp_get_thread_num();
+    row_gemm_panels(
+        a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, per_block, [&] { return ranges.next(t); },
+        [&] { return ranges.peek(t); });
   }
 }
 
