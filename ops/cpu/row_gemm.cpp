@@ -5,8 +5,9 @@
 // one. Here B is a list of row pointers, so a kT x 1 x 1 conv is one GEMM of depth
 // C*kT whose rows are time-shifted views of the input, and the output is written once.
 //
-// Blocking, in the usual way (BLIS): a thread owns a range of NR-column panels; for a
-// block of kPanels panels and kKc rows of B at a time it copies B into a contiguous
+// Blocking, in the usual way (BLIS): a thread owns a range of blocks of up to kPanels
+// NR-column panels (and may steal others': Note [stealing ranges] in core/parallel.h);
+// for a block and kKc rows of B at a time it copies B into a contiguous
 // buffer ([k][pitch], one copy per row, zero past N; rows of B lie a multiple of 4 KiB
 // apart at most SEVNet sizes, so reading them in place would thrash the L1 sets; see Note
 // [packed pitch] for the buffer's own), then for each panel
@@ -38,8 +39,9 @@ using namespace kernel;
 // its time (perf: memmove 20% of the samples beside the micro-kernel's 26%, one thread).
 // While a block computes, row_gemm_panels prefetches the rows of the block it copies next
 // into L2, a share before each micro-tile (Note [packed pitch]), so the requests overlap
-// the FMAs instead of stalling the copy. conv3d_bench, 16x224 stem 3x1x1 forward, min of 4 interleaved runs:
-// 7.44 -> 5.96 ms on 2 threads, 10.7 -> 10.0 ms on one; the cached stage shapes within noise.
+// the FMAs instead of stalling the copy. conv3d_bench, 16x224 stem 3x1x1 forward, min of 4
+// interleaved runs (a share before each panel then): 7.44 -> 5.96 ms on 2 threads, 10.7 ->
+// 10.0 ms on one; the cached stage shapes within noise.
 
 // Note [C prefetch]: accumulating into C (an input gradient added into a residual
 // junction's pending gradient: autograd's Note [accumulating in place]), the micro-kernel
