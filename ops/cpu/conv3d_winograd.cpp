@@ -120,17 +120,6 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
   }
 }
 
-// f(std::integral_constant<int, i>{}) for a runtime i < N.
-template <int N, typename F>
-void with_index(int i, F&& f) {
-  if constexpr (N > 0) {
-    if (i == N - 1)
-      f(std::integral_constant<int, N - 1>{});
-    else
-      with_index<N - 1>(i, f);
-  }
-}
-
 // The 3x1x1 correlation y (N, O, T, HW) = ep(sum over c, k of w(o, c, k) x(n, c, t + k - 1)),
 // x (N, C, T, HW), zero outside [0, T), by F(Mo, 3) (the Note). a holds (G w)_p, O x C,
 // for each point p as transformed_filters packs it.
@@ -555,26 +544,22 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
       for (std::int64_t q0 = 0; q0 < total; q0 += block) {
         const std::int64_t q1 = std::min(total, q0 + block);
-        // On two threads, a thread's three (or two) points come from one read of the frames:
-        // point by point, each frame was read and its rows loaded once per point. Timing loop
+        // split_points leaves a team of two (one, if OpenMP gives fewer), so a thread's
+        // points are one half of them or all, transformed in one read of the frames: point
+        // by point, each frame was read and its rows loaded once per point. Timing loop
         // over conv3d_backward_weight, 2 threads, min of 15 calls, 5 interleaved runs,
         // 2026-11-22 (Intel VM), ms: 16x224 stage 4 (256 channels, 14x14) 6.42-7.05 ->
         // 5.99-6.42 cold, 6.08-6.73 -> 5.53-6.08 warm; stage 5 (512, 7x7) 5.37-7.37 ->
         // 5.21-7.13 cold.
-        if (nt == 2) {
-          if (p0 == 0)
-            transform_columns(std::integral_constant<int, 0>{}, std::integral_constant<int, P / 2>{}, q0, q1, u, v,
-                              block);
-          else
-            transform_columns(std::integral_constant<int, P / 2>{}, std::integral_constant<int, P>{}, q0, q1, u, v,
-                              block);
-        } else {
-          for (int p = p0; p < p1; ++p)
-            with_index<P>(p, [&](auto pc) {
-              transform_columns(pc, std::integral_constant<int, decltype(pc)::value + 1>{}, q0, q1,
-                                u + (p - p0) * O * block, v + (p - p0) * C * block, block);
-            });
-        }
+        using First = std::integral_constant<int, 0>;
+        using Half = std::integral_constant<int, P / 2>;
+        using All = std::integral_constant<int, P>;
+        if (p1 - p0 == P)
+          transform_columns(First{}, All{}, q0, q1, u, v, block);
+        else if (p0 == 0)
+          transform_columns(First{}, Half{}, q0, q1, u, v, block);
+        else
+          transform_columns(Half{}, All{}, q0, q1, u, v, block);
         for (int p = p0; p < p1; ++p)
           gemm(q1 - q0, u + (p - p0) * O * block, v + (p - p0) * C * block, block, partial + p * O * C, q0 > 0, a_rows,
                b_rows);
