@@ -486,6 +486,9 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   // Columns [q0, q1) of the batch (flat over (sample, tile, position)), transformed at the
   // points [R0, R1) (r0, r1: std::integral_constant): (AT^T gy)_p to
   // u[((p - R0) * O + o) * ld + j] and (BT x)_p to v[((p - R0) * C + c) * ld + j], j = q - q0.
+  using First = std::integral_constant<int, 0>;
+  using Half = std::integral_constant<int, P / 2>;
+  using All = std::integral_constant<int, P>;
   auto transform_columns = [&](auto r0, auto r1, std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
     constexpr int R0 = decltype(r0)::value, R1 = decltype(r1)::value;
     for (std::int64_t q = q0; q < q1;) {
@@ -551,9 +554,6 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         // 2026-11-22 (Intel VM), ms: 16x224 stage 4 (256 channels, 14x14) 6.42-7.05 ->
         // 5.99-6.42 cold, 6.08-6.73 -> 5.53-6.08 warm; stage 5 (512, 7x7) 5.37-7.37 ->
         // 5.21-7.13 cold.
-        using First = std::integral_constant<int, 0>;
-        using Half = std::integral_constant<int, P / 2>;
-        using All = std::integral_constant<int, P>;
         if (p1 - p0 == P)
           transform_columns(First{}, All{}, q0, q1, u, v, block);
         else if (p0 == 0)
@@ -590,7 +590,7 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
       for (std::int64_t q0 = c0; q0 < c1; q0 += block) {
         const std::int64_t q1 = std::min(c1, q0 + block);
-        transform_columns(std::integral_constant<int, 0>{}, std::integral_constant<int, P>{}, q0, q1, u, v, block);
+        transform_columns(First{}, All{}, q0, q1, u, v, block);
         for (int p = 0; p < P; ++p)
           gemm(q1 - q0, u + p * O * block, v + p * C * block, block, partial + t * per + p * O * C, q0 > c0, a_rows,
                b_rows);
