@@ -120,6 +120,58 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
   }
 }
 
+// transform_rows for the weight gradient's input operand, stored transposed as packed B
+// panels for the micro-kernel (Note [Winograd weight-gradient packing]): row k < count of
+// point p in [R0, R1) at column j0 + j (j < len) goes to
+//   dst + (p - R0) * dst_point + (k / NR) * kc * NR + (j0 + j) * NR + k % NR,
+// panels of NR rows (a multiple of kL), each kc columns. Rows past count up to the next
+// multiple of kL are stored as zeros. kL rows at a time, a chunk of columns at a time: each
+// row's points go to tmp ((R1 - R0) x kL rows of kChunk values, in L1), a row after
+// another (a few streams from memory at a time), then each point's kL x kL blocks are
+// transposed in registers and stored a column at a time.
+template <typename T>
+constexpr std::int64_t kPackChunk = 4 * Vec<T>::kLanes;  // columns a row at a time
+
+template <std::int64_t NR, typename T, int R, int J, int R0, int R1>
+void transform_packed(const double (&m)[R][J], const T* const (&src)[J], std::int64_t src_stride, std::int64_t count,
+                      std::int64_t len, std::int64_t j0, T* dst, std::int64_t dst_point, std::int64_t kc, T* tmp) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t L = Vec<T>::kLanes, kChunk = kPackChunk<T>;
+  static_assert(NR % L == 0, "a block of kL rows lies within one panel");
+  for (std::int64_t k0 = 0; k0 < count; k0 += L) {
+    const std::int64_t rows = std::min(L, count - k0);
+    T* const panel = dst + (k0 / NR) * kc * NR + k0 % NR;
+    for (std::int64_t c0 = 0; c0 < len; c0 += kChunk) {
+      const std::int64_t chunk = std::min(kChunk, len - c0);
+      for (std::int64_t i = 0; i < L; ++i)
+        for (std::int64_t v = 0; v < chunk; v += L) {
+          V e[R1 - R0];
+          if (i < rows) {
+            V d[J];
+            const std::int64_t at = (k0 + i) * src_stride + c0 + v, n = std::min(L, chunk - v);
+#pragma GCC unroll 16
+            for (int j = 0; j < J; ++j)
+              d[j] = !src[j] ? V{} : n == L ? load_vec(src[j] + at) : load_lanes(src[j] + at, first_lanes<T>(n));
+            transform<T, R, J, V, R0, R1>(m, d, e);
+          } else {
+#pragma GCC unroll 16
+            for (int p = 0; p < R1 - R0; ++p) e[p] = V{};
+          }
+#pragma GCC unroll 16
+          for (int p = 0; p < R1 - R0; ++p) store_vec(tmp + (p * L + i) * kChunk + v, e[p]);
+        }
+      for (int p = 0; p < R1 - R0; ++p)
+        for (std::int64_t v = 0; v < chunk; v += L) {
+          V r[L];
+          for (std::int64_t i = 0; i < L; ++i) r[i] = load_vec(tmp + (p * L + i) * kChunk + v);
+          transpose_lanes<T>(r);  // r[j]: rows k0 .. k0 + kL - 1 at column j0 + c0 + v + j
+          T* const out = panel + p * dst_point + (j0 + c0 + v) * NR;
+          for (std::int64_t j = 0; j < std::min(L, chunk - v); ++j) store_vec(out + j * NR, r[j]);
+        }
+    }
+  }
+}
+
 // The 3x1x1 correlation y (N, O, T, HW) = ep(sum over c, k of w(o, c, k) x(n, c, t + k - 1)),
 // x (N, C, T, HW), zero outside [0, T), by F(Mo, 3) (the Note). a holds (G w)_p, O x C,
 // for each point p as transformed_filters packs it.
@@ -424,8 +476,9 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // P transposed row GEMMs (Note [transposed row GEMM]) of depth (tiles x positions) instead
 // of 3 GEMMs of depth (frames x positions): 6 of depth 1/4 for F(4, 3), half the
 // multiplications again. Columns are split between threads in blocks; each transforms a
-// block of both operands into its own scratch (small enough for L2, which
-// row_gemm_nt then packs from) and accumulates its own Q; G^T is applied once at the end.
+// block of both operands into its own scratch (small enough for L2), already laid out for
+// the micro-kernel (Note [Winograd weight-gradient packing]), and accumulates its own Q;
+// G^T is applied once at the end.
 //
 // It pays only with enough columns per channel: at least 1.5 per channel in and out where
 // blocks of 128 or more columns fit in L2 (up to about 340 channels), and 3 where they do
@@ -451,6 +504,28 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // 1.23-1.64; 1 x 8x112 at 512 channels 7x7 (98) 5.8-6.0 / 4.4-4.5. With fewer it lost:
 // 512 channels at 64 columns 3.15-3.54 / 3.51-3.68, 32 columns 2.27-3.45 / 3.15-3.17, 256
 // at 32 0.73-0.74 / 0.78-0.80. The threshold is now this machine's (kPointSplitDepth).
+
+// Note [Winograd weight-gradient packing]: both transformed operands run along the
+// reduction (columns), and the micro-kernel wants B k-major: a row of NR input channels
+// per column. Until 2026-11-23 each block was transformed into rows (channel-major) and
+// row_gemm_nt then transposed both operands into its packed panels, a second pass over
+// P x (O + C) rows per block, a third of a 64-channel weight gradient's samples (perf,
+// warm loop). Now the input's transform stores its result transposed, straight into packed
+// B panels (transform_packed: kL channels at a time, each channel's points over 64 columns
+// into an L1 buffer, read from memory a channel after another, then kL x kL register
+// transposes), and A is not packed at all: the transformed output gradient stays in rows
+// (transform_rows) and the micro-kernel broadcasts its values from eight rows `block`
+// apart (micro_tile_rows_a), which costs it nothing, every value of a row being used
+// once per B panel from L1 or L2. Timing loop over conv3d_backward_weight (2 threads, 256
+// MiB written before each call, min of 15 calls, 3 interleaved runs, 2026-11-23, Intel
+// VM), before / after, ms: 1 x 16x112x112 at 32 channels 12.6-15.1 / 10.6-12.5; 1 x 16x28x28
+// at 128 5.9-8.0 / 4.8-6.2; 1 x 16x7x7 at 512 5.8-7.2 / 5.1-5.8; 4 x 8x28x28 at 64
+// 4.4-4.9 / 3.9-4.4; 4 x 8x14x14 at 128 3.0-3.6 / 2.5-3.0; 4 x 8x7x7 at 256 2.85-2.92 /
+// 2.45-2.60 (1 x 16x14x14 at 256 5.3-6.2 / 5.4-5.7, 1 x 16x56x56 at 64 9.8-13.8 /
+// 8.0-11.6: within the noise). Transposing straight from the input (kL channels x 6
+// frames, 96 streams from memory, a column vector at a time) was slower than before at 32
+// to 128 channels (32 channels 112x112: 16.1-18.8 -> 22.5-28.0), hence the row-by-row
+// chunks; prefetching the next chunk's rows made no difference and was dropped.
 
 // The point split pays from one column per kPointSplitDepth channels in and out (the Note).
 constexpr std::int64_t kPointSplitDepth = 12;
@@ -484,12 +559,17 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
   const int max_threads = omp_in_parallel() ? 1 : omp_get_max_threads();
 
   // Columns [q0, q1) of the batch (flat over (sample, tile, position)), transformed at the
-  // points [R0, R1) (r0, r1: std::integral_constant): (AT^T gy)_p to
-  // u[((p - R0) * O + o) * ld + j] and (BT x)_p to v[((p - R0) * C + c) * ld + j], j = q - q0.
+  // points [R0, R1) (r0, r1: std::integral_constant) and packed for the micro-kernel (Note
+  // [Winograd weight-gradient packing]): (AT^T gy)_p in rows, u + (p - R0) * a_point + o *
+  // a_ld, and (BT x)_p as packed B panels, v + (p - R0) * b_point, each of kc = q1 - q0
+  // columns.
   using First = std::integral_constant<int, 0>;
   using Half = std::integral_constant<int, P / 2>;
   using All = std::integral_constant<int, P>;
-  auto transform_columns = [&](auto r0, auto r1, std::int64_t q0, std::int64_t q1, T* u, T* v, std::int64_t ld) {
+  constexpr std::int64_t NR = kNr<T>, kSubKc = 128;
+  const std::int64_t m_panels = (O + kMr - 1) / kMr, n_panels = (C + NR - 1) / NR;
+  auto transform_columns = [&](auto r0, auto r1, std::int64_t q0, std::int64_t q1, T* u, std::int64_t a_point,
+                               std::int64_t a_ld, T* v, std::int64_t b_point, T* tmp) {
     constexpr int R0 = decltype(r0)::value, R1 = decltype(r1)::value;
     for (std::int64_t q = q0; q < q1;) {
       const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
@@ -506,19 +586,36 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         const std::int64_t f = tile * Mo - 1 + j;
         xsrc[j] = f >= 0 && f < frames ? xn + f * HW + pos : nullptr;
       }
-      transform_rows<T, P, Mo, R0, R1>(W::A, gsrc, vol, O, len, u + j0, O * ld, ld);
-      transform_rows<T, P, P, R0, R1>(W::BT, xsrc, vol, C, len, v + j0, C * ld, ld);
+      transform_rows<T, P, Mo, R0, R1>(W::A, gsrc, vol, O, len, u + j0, a_point, a_ld);
+      transform_packed<NR, T, P, P, R0, R1>(W::BT, xsrc, vol, C, len, j0, v, b_point, q1 - q0, tmp);
       q += len;
     }
   };
+  // Scratch of a thread for `points` points of blocks of `block` columns: packed A and B,
+  // then tmp for transform_packed.
+  auto scratch_size = [&](std::int64_t points, std::int64_t block) {
+    return points * (m_panels * kMr + n_panels * NR) * block + P * kLanes<T> * kPackChunk<T>;
+  };
+  // The rows of A past O up to a whole panel, which the micro-kernel reads but never stores:
+  // zeros, so that it multiplies no stale values.
+  auto zero_pad_rows = [&](T* u, std::int64_t points, std::int64_t a_point, std::int64_t ld) {
+    for (std::int64_t p = 0; p < points; ++p)
+      std::fill(u + p * a_point + O * ld, u + p * a_point + m_panels * kMr * ld, T(0));
+  };
   const std::int64_t total = g.N * cols_per_sample;
   // Each thread's first block stores its Q rather than adding to it: nothing is zeroed.
-  // q (O x C) = (accumulate: +=) u (O rows) * v (C rows)^T over `cols` columns, rows `ld` apart.
-  auto gemm = [&](std::int64_t cols, const T* u, const T* v, std::int64_t ld, T* q, bool accumulate,
-                  std::vector<const T*>& a_rows, std::vector<const T*>& b_rows) {
-    for (std::int64_t o = 0; o < O; ++o) a_rows[o] = u + o * ld;
-    for (std::int64_t c = 0; c < C; ++c) b_rows[c] = v + c * ld;
-    row_gemm_nt<T>(O, C, cols, a_rows.data(), b_rows.data(), nullptr, nullptr, q, C, accumulate);
+  // q (O x C) = (accumulate: +=) A B^T over kc columns, from the packed operands of one
+  // point: each B panel against every A panel, kSubKc columns at a time so that the part
+  // of the B panel read again for every A panel (128 x 48 floats) stays in L1 (as
+  // row_gemm_nt, Note [transposed row GEMM] in row_gemm.cpp).
+  auto gemm = [&](std::int64_t kc, const T* a, std::int64_t lda, const T* b, T* q, bool accumulate) {
+    for (std::int64_t cp = 0; cp < n_panels; ++cp) {
+      const std::int64_t cols = std::min(NR, C - cp * NR);
+      for (std::int64_t s0 = 0; s0 < kc; s0 += kSubKc)
+        for (std::int64_t mp = 0; mp < m_panels; ++mp)
+          micro_tile_rows_a(std::min(kSubKc, kc - s0), a + mp * kMr * lda + s0, lda, b + cp * kc * NR + s0 * NR, NR,
+                            q + mp * kMr * C + cp * NR, C, std::min(kMr, O - mp * kMr), cols, accumulate || s0 > 0);
+    }
   };
   const bool by_points = split_points(g, max_threads);
   const int threads =
@@ -541,10 +638,12 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       const std::int64_t nblocks = (total + block_max - 1) / block_max;
       const std::int64_t block = std::min(block_max, ((total + nblocks - 1) / nblocks + 15) / 16 * 16);
       thread_local std::vector<T> scratch;
-      scratch.resize(static_cast<std::size_t>((p1 - p0) * (O + C) * block));
+      scratch.resize(static_cast<std::size_t>(scratch_size(p1 - p0, block)));
+      const std::int64_t a_point = m_panels * kMr * block, b_point = n_panels * NR * block;
       T* u = scratch.data();
-      T* v = scratch.data() + (p1 - p0) * O * block;
-      std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
+      T* v = u + (p1 - p0) * a_point;
+      T* tmp = v + (p1 - p0) * b_point;
+      zero_pad_rows(u, p1 - p0, a_point, block);
       for (std::int64_t q0 = 0; q0 < total; q0 += block) {
         const std::int64_t q1 = std::min(total, q0 + block);
         // split_points leaves a team of two (one, if OpenMP gives fewer), so a thread's
@@ -555,14 +654,13 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         // 5.99-6.42 cold, 6.08-6.73 -> 5.53-6.08 warm; stage 5 (512, 7x7) 5.37-7.37 ->
         // 5.21-7.13 cold.
         if (p1 - p0 == P)
-          transform_columns(First{}, All{}, q0, q1, u, v, block);
+          transform_columns(First{}, All{}, q0, q1, u, a_point, block, v, b_point, tmp);
         else if (p0 == 0)
-          transform_columns(First{}, Half{}, q0, q1, u, v, block);
+          transform_columns(First{}, Half{}, q0, q1, u, a_point, block, v, b_point, tmp);
         else
-          transform_columns(Half{}, All{}, q0, q1, u, v, block);
+          transform_columns(Half{}, All{}, q0, q1, u, a_point, block, v, b_point, tmp);
         for (int p = p0; p < p1; ++p)
-          gemm(q1 - q0, u + (p - p0) * O * block, v + (p - p0) * C * block, block, partial + p * O * C, q0 > 0, a_rows,
-               b_rows);
+          gemm(q1 - q0, u + (p - p0) * a_point, block, v + (p - p0) * b_point, partial + p * O * C, q0 > 0);
       }
     }
   } else {
@@ -584,16 +682,17 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       const std::int64_t nblocks = std::max<std::int64_t>(1, (c1 - c0 + block_max - 1) / block_max);
       const std::int64_t block = std::min(block_max, ((c1 - c0 + nblocks - 1) / nblocks + 15) / 16 * 16);
       thread_local std::vector<T> scratch;
-      scratch.resize(static_cast<std::size_t>(P * (O + C) * block));
+      scratch.resize(static_cast<std::size_t>(scratch_size(P, block)));
+      const std::int64_t a_point = m_panels * kMr * block, b_point = n_panels * NR * block;
       T* u = scratch.data();
-      T* v = scratch.data() + P * O * block;
-      std::vector<const T*> a_rows(static_cast<std::size_t>(O)), b_rows(static_cast<std::size_t>(C));
+      T* v = u + P * a_point;
+      T* tmp = v + P * b_point;
+      zero_pad_rows(u, P, a_point, block);
       for (std::int64_t q0 = c0; q0 < c1; q0 += block) {
         const std::int64_t q1 = std::min(c1, q0 + block);
-        transform_columns(First{}, All{}, q0, q1, u, v, block);
+        transform_columns(First{}, All{}, q0, q1, u, a_point, block, v, b_point, tmp);
         for (int p = 0; p < P; ++p)
-          gemm(q1 - q0, u + p * O * block, v + p * C * block, block, partial + t * per + p * O * C, q0 > c0, a_rows,
-               b_rows);
+          gemm(q1 - q0, u + p * a_point, block, v + p * b_point, partial + t * per + p * O * C, q0 > c0);
       }
     }
   }

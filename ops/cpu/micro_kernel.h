@@ -36,9 +36,12 @@ template <typename T>
 // MR-row panel of packed A, b one NR-column panel of the packed B block. ep (null unless
 // this is the last block of k) is applied with its rows starting at this panel's first.
 // NV vectors per row of the tile: kNv, or fewer for a narrow last panel (micro_tile).
-template <typename T, int NV>
+// With kRowsA, a is instead MR rows lda apart (a[i * lda + k]): the kernel broadcasts one
+// value of A at a time, so A needs no packing where its rows are already in cache (the
+// Winograd weight gradient's transformed output gradient).
+template <typename T, int NV, bool kRowsA = false>
 void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* c, std::int64_t ldc, std::int64_t rows,
-                  std::int64_t cols, bool load_c, const GemmEpilogue<T>* ep) {
+                  std::int64_t cols, bool load_c, const GemmEpilogue<T>* ep, std::int64_t lda = 0) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t L = kLanes<T>, NR = NV * L;
   V acc[kMr][NV];
@@ -52,7 +55,7 @@ void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* 
     for (int j = 0; j < NV; ++j) bv[j] = load_vec(b + k * ldb + j * L);
 #pragma GCC unroll 8
     for (std::int64_t i = 0; i < kMr; ++i) {
-      const T s = a[k * kMr + i];
+      const T s = kRowsA ? a[i * lda + k] : a[k * kMr + i];
 #pragma GCC unroll 8
       for (int j = 0; j < NV; ++j) acc[i][j] += s * bv[j];
     }
@@ -92,6 +95,18 @@ inline void micro_tile(std::int64_t kc, const T* a, const T* b, std::int64_t ldb
     if (cols <= 2 * kLanes<T>) return micro_kernel<T, 2>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
   }
   micro_kernel<T, kNv>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
+}
+
+// micro_tile with A as MR rows lda apart (micro_kernel's kRowsA); no epilogue.
+template <typename T>
+inline void micro_tile_rows_a(std::int64_t kc, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T* c,
+                              std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool load_c) {
+  if constexpr (kNv == 3) {
+    if (cols <= kLanes<T>) return micro_kernel<T, 1, true>(kc, a, b, ldb, c, ldc, rows, cols, load_c, nullptr, lda);
+    if (cols <= 2 * kLanes<T>)
+      return micro_kernel<T, 2, true>(kc, a, b, ldb, c, ldc, rows, cols, load_c, nullptr, lda);
+  }
+  micro_kernel<T, kNv, true>(kc, a, b, ldb, c, ldc, rows, cols, load_c, nullptr, lda);
 }
 
 

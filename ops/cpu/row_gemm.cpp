@@ -144,33 +144,22 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
 // ---- C += A B^T with both operands along the reduction (weight gradients) ----
 
 // out[k] = (rows[0][k0 + k], ..., rows[kL - 1][k0 + k]) for k < kL: a kL x kL block of
-// kL rows transposed in registers by log2(kL) rounds of interleaving row i with row
-// i + kL/2 (each round rotates the index bits; after all of them row k holds column k).
-// Row r reads zeros outside [lo[r], hi[r]); rows without data have lo = hi = 0.
+// kL rows, transposed in registers (transpose_lanes). Row r reads zeros outside
+// [lo[r], hi[r]); rows without data have lo = hi = 0.
 template <typename T>
 inline void transpose_block(const T* const* rows, const std::int64_t* lo, const std::int64_t* hi, std::int64_t k0,
                             typename Vec<T>::type* out) {
-  using V = typename Vec<T>::type;
   constexpr int L = static_cast<int>(Vec<T>::kLanes);
-  V r[L];
   for (int i = 0; i < L; ++i) {
     if (k0 >= lo[i] && k0 + L <= hi[i]) {
-      r[i] = load_vec(rows[i] + k0);
+      out[i] = load_vec(rows[i] + k0);
     } else {
-      r[i] = V{};
+      out[i] = typename Vec<T>::type{};
       for (int k = 0; k < L; ++k)
-        if (k0 + k >= lo[i] && k0 + k < hi[i]) r[i][k] = rows[i][k0 + k];
+        if (k0 + k >= lo[i] && k0 + k < hi[i]) out[i][k] = rows[i][k0 + k];
     }
   }
-  for (int round = 1; round < L; round *= 2) {
-    V t[L];
-    for (int i = 0; i < L / 2; ++i) {
-      t[2 * i] = zip_low<T>(r[i], r[i + L / 2]);
-      t[2 * i + 1] = zip_high<T>(r[i], r[i + L / 2]);
-    }
-    for (int i = 0; i < L; ++i) r[i] = t[i];
-  }
-  for (int k = 0; k < L; ++k) out[k] = r[k];
+  transpose_lanes<T>(out);
 }
 
 // Packs rows [r0, r0 + count) of an operand (zero rows past n_rows) over k in

@@ -149,6 +149,23 @@ inline typename Vec<T>::type zip_high(typename Vec<T>::type a, typename Vec<T>::
   return __builtin_shuffle(a, b, idx);
 }
 
+// r[k] = (r[0][k], ..., r[kL - 1][k]): a kL x kL block of kL rows transposed in registers
+// by log2(kL) rounds of interleaving row i with row i + kL/2 (each round rotates the index
+// bits; after all of them row k holds column k).
+template <typename T>
+inline void transpose_lanes(typename Vec<T>::type* r) {
+  using V = typename Vec<T>::type;
+  constexpr int L = static_cast<int>(Vec<T>::kLanes);
+  for (int round = 1; round < L; round *= 2) {
+    V t[L];
+    for (int i = 0; i < L / 2; ++i) {
+      t[2 * i] = zip_low<T>(r[i], r[i + L / 2]);
+      t[2 * i + 1] = zip_high<T>(r[i], r[i + L / 2]);
+    }
+    for (int i = 0; i < L; ++i) r[i] = t[i];
+  }
+}
+
 // out[3i + k] = (a, b, c)[k][i] for i < kL: three vectors stored interleaved (a weight
 // gradient's three taps per (output, input) channel pair), each of the three output
 // vectors by two two-source shuffles.
