@@ -473,9 +473,9 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // forward (transposed), r = G^T ((AT^T gy) . (BT d)), so with channels
 //   gw(:, :, k) = sum over p of G[p][k] Q_p,   Q_p (O x C) = sum over (tile, position) of
 //                 (AT^T gy)_p (BT x)_p^T,
-// P transposed row GEMMs (Note [transposed row GEMM]) of depth (tiles x positions) instead
-// of 3 GEMMs of depth (frames x positions): 6 of depth 1/4 for F(4, 3), half the
-// multiplications again. Columns are split between threads in blocks; each transforms a
+// P GEMMs along both operands' rows (as in Note [transposed row GEMM]), of depth (tiles x
+// positions) instead of 3 GEMMs of depth (frames x positions): 6 of depth 1/4 for F(4, 3),
+// half the multiplications again. Columns are split between threads in blocks; each transforms a
 // block of both operands into its own scratch (small enough for L2), already laid out for
 // the micro-kernel (Note [Winograd weight-gradient packing]), and accumulates its own Q;
 // G^T is applied once at the end.
@@ -515,7 +515,7 @@ void input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // into an L1 buffer, read from memory a channel after another, then kL x kL register
 // transposes), and A is not packed at all: the transformed output gradient stays in rows
 // (transform_rows) and the micro-kernel broadcasts its values from eight rows `block`
-// apart (micro_tile_rows_a), which costs it nothing, every value of a row being used
+// apart (micro_tile's kRowsA), which costs it nothing, every value of a row being used
 // once per B panel from L1 or L2. Timing loop over conv3d_backward_weight (2 threads, 256
 // MiB written before each call, min of 15 calls, 3 interleaved runs, 2026-11-23, Intel
 // VM), before / after, ms: 1 x 16x112x112 at 32 channels 12.6-15.1 / 10.6-12.5; 1 x 16x28x28
@@ -613,8 +613,9 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
       const std::int64_t cols = std::min(NR, C - cp * NR);
       for (std::int64_t s0 = 0; s0 < kc; s0 += kSubKc)
         for (std::int64_t mp = 0; mp < m_panels; ++mp)
-          micro_tile_rows_a(std::min(kSubKc, kc - s0), a + mp * kMr * lda + s0, lda, b + cp * kc * NR + s0 * NR, NR,
-                            q + mp * kMr * C + cp * NR, C, std::min(kMr, O - mp * kMr), cols, accumulate || s0 > 0);
+          micro_tile<T, true>(std::min(kSubKc, kc - s0), a + mp * kMr * lda + s0, b + cp * kc * NR + s0 * NR, NR,
+                              q + mp * kMr * C + cp * NR, C, std::min(kMr, O - mp * kMr), cols, accumulate || s0 > 0,
+                              nullptr, lda);
     }
   };
   const bool by_points = split_points(g, max_threads);

@@ -86,28 +86,17 @@ void micro_kernel(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* 
 
 // One micro-tile: a panel with at most 16 or 32 valid columns (the last one of a row of
 // 56 outputs, 64 channels, ...) runs a one- or two-vector kernel instead of computing 48
-// columns and dropping most of them.
-template <typename T>
+// columns and dropping most of them. kRowsA and lda as for micro_kernel.
+template <typename T, bool kRowsA = false>
 inline void micro_tile(std::int64_t kc, const T* a, const T* b, std::int64_t ldb, T* c, std::int64_t ldc,
-                       std::int64_t rows, std::int64_t cols, bool load_c, const GemmEpilogue<T>* ep) {
+                       std::int64_t rows, std::int64_t cols, bool load_c, const GemmEpilogue<T>* ep,
+                       std::int64_t lda = 0) {
   if constexpr (kNv == 3) {
-    if (cols <= kLanes<T>) return micro_kernel<T, 1>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
-    if (cols <= 2 * kLanes<T>) return micro_kernel<T, 2>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
-  }
-  micro_kernel<T, kNv>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep);
-}
-
-// micro_tile with A as MR rows lda apart (micro_kernel's kRowsA); no epilogue.
-template <typename T>
-inline void micro_tile_rows_a(std::int64_t kc, const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T* c,
-                              std::int64_t ldc, std::int64_t rows, std::int64_t cols, bool load_c) {
-  if constexpr (kNv == 3) {
-    if (cols <= kLanes<T>) return micro_kernel<T, 1, true>(kc, a, b, ldb, c, ldc, rows, cols, load_c, nullptr, lda);
+    if (cols <= kLanes<T>) return micro_kernel<T, 1, kRowsA>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep, lda);
     if (cols <= 2 * kLanes<T>)
-      return micro_kernel<T, 2, true>(kc, a, b, ldb, c, ldc, rows, cols, load_c, nullptr, lda);
+      return micro_kernel<T, 2, kRowsA>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep, lda);
   }
-  micro_kernel<T, kNv, true>(kc, a, b, ldb, c, ldc, rows, cols, load_c, nullptr, lda);
+  micro_kernel<T, kNv, kRowsA>(kc, a, b, ldb, c, ldc, rows, cols, load_c, ep, lda);
 }
-
 
 }  // namespace vidgrad::cpu::kernel
