@@ -70,6 +70,7 @@ using namespace kernel;
 // does not touch) 0.691 / 0.676 / 0.680 -> 0.646 / 0.641 / 0.647, about 3 ms a step.
 
 constexpr std::int64_t kKc = 128;     // rows of B per packed block
+constexpr std::int64_t kRowsAMax = 128;  // rows of A read in place by row_gemm_nt (Note [A in rows])
 constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 
 // The blocks of `per_block` (at most kPanels) panels of C that next_block() hands out
@@ -264,14 +265,35 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
   // 1.39 -> 1.13; 4 x 8x112 2.51 -> 2.43, 0.786 -> 0.750). 256 rows at 256 positions
   // instead of 128 were no faster (3.42 -> 3.65, 1.75 -> 1.72).
   const std::int64_t kc_max = std::clamp<std::int64_t>((std::int64_t{1} << 15) / (m_panels * kMr) / L * L, 128, 256);
+  // Note [A in rows]: with at most kRowsAMax rows of A, whole panels of them, evenly
+  // spaced (an output gradient's channel planes), A is not packed: the micro-kernel
+  // broadcasts its values from the rows themselves (micro_tile's kRowsA). The transposed
+  // packing of A was as long as B's at 64 channels (perf, warm loop over a 4 x 8x28x28
+  // 1x1x1 weight gradient: 23% and 21% of the samples, the micro-kernel 37%). Timing loop
+  // over conv3d_backward_weight, 2 threads, min of 15 calls with 256 MiB written before
+  // each (cold) or of 30 (warm), 3-4 interleaved runs, 2026-11-23 (Intel VM), packed /
+  // rows, ms: 4 x 8x28x28 at 64 channels cold 2.43 / 2.20, warm 2.32 / 1.85; 4 x 8x14x14
+  // at 128 cold 2.05 / 1.90, warm 1.76 / 1.47; 1 x 16x28x28 at 128 cold 4.07 / 3.86, warm
+  // 3.48 / 2.98; 1 x 16x56x56 at 64 cold 4.75 / 4.52; the stem's (32 rows, im2col) 9.99 /
+  // 9.93. With more rows it was slower warm (the nineteenth session, 256 channels at
+  // 14x14: 2.06-2.19 / 2.19-2.53), a block of A then being 32 panels' rows apart in L2
+  // rather than one packed run.
+  const std::int64_t row_bytes = M > 1 ? reinterpret_cast<std::intptr_t>(a_rows[1]) -
+                                             reinterpret_cast<std::intptr_t>(a_rows[0])
+                                       : 0;
+  const std::int64_t lda = row_bytes / static_cast<std::int64_t>(sizeof(T));
+  bool rows_a = M % kMr == 0 && M <= kRowsAMax && row_bytes % static_cast<std::int64_t>(sizeof(T)) == 0;
+  for (std::int64_t m = 0; m < M && rows_a; ++m)
+    rows_a = reinterpret_cast<std::intptr_t>(a_rows[m]) == reinterpret_cast<std::intptr_t>(a_rows[0]) + m * row_bytes;
   thread_local std::vector<T> ap, bp;
-  ap.resize(static_cast<std::size_t>(m_panels * kMr * kc_max));
+  ap.resize(rows_a ? 0 : static_cast<std::size_t>(m_panels * kMr * kc_max));
   bp.resize(static_cast<std::size_t>(kc_max * NR));
   for (std::int64_t k0 = 0; k0 < K; k0 += kc_max) {
     const std::int64_t kc = std::min(kc_max, K - k0);
     T* const a_pack = ap.data();
-    pack_transposed<T>(a_rows, nullptr, nullptr, M, 0, m_panels * kMr, k0, kc, kMr, kMr,
-                       [&](std::int64_t j) { return a_pack + (j / kMr) * kc * kMr; });
+    if (!rows_a)
+      pack_transposed<T>(a_rows, nullptr, nullptr, M, 0, m_panels * kMr, k0, kc, kMr, kMr,
+                         [&](std::int64_t j) { return a_pack + (j / kMr) * kc * kMr; });
     T* const b_pack = bp.data();
     for (std::int64_t n0 = 0; n0 < N; n0 += NR) {
       const std::int64_t cols = std::min(NR, N - n0);
@@ -279,10 +301,17 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
       pack_transposed<T>(b_rows, b_lo, b_hi, N, n0, (cols + L - 1) / L * L, k0, kc, NR, NR,
                          [&](std::int64_t) { return b_pack; });
       for (std::int64_t s0 = 0; s0 < kc; s0 += kSubKc)
-        for (std::int64_t mp = 0; mp < m_panels; ++mp)
-          micro_tile(std::min(kSubKc, kc - s0), a_pack + mp * kc * kMr + s0 * kMr, b_pack + s0 * NR, NR,
-                     c + mp * kMr * ldc + n0, ldc, std::min(kMr, M - mp * kMr), cols, accumulate || k0 + s0 > 0,
-                     static_cast<const GemmEpilogue<T>*>(nullptr));
+        for (std::int64_t mp = 0; mp < m_panels; ++mp) {
+          const std::int64_t depth = std::min(kSubKc, kc - s0), rows = std::min(kMr, M - mp * kMr);
+          T* const ct = c + mp * kMr * ldc + n0;
+          const bool load_c = accumulate || k0 + s0 > 0;
+          if (rows_a)
+            micro_tile<T, true>(depth, a_rows[mp * kMr] + k0 + s0, b_pack + s0 * NR, NR, ct, ldc, rows, cols, load_c,
+                                nullptr, lda);
+          else
+            micro_tile(depth, a_pack + mp * kc * kMr + s0 * kMr, b_pack + s0 * NR, NR, ct, ldc, rows, cols, load_c,
+                       static_cast<const GemmEpilogue<T>*>(nullptr));
+        }
     }
   }
 }
