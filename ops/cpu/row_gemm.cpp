@@ -69,9 +69,9 @@ using namespace kernel;
 // 1x1x1 forward + input gradient over 3x1x1 forward + input gradient (Winograd, which this
 // does not touch) 0.691 / 0.676 / 0.680 -> 0.646 / 0.641 / 0.647, about 3 ms a step.
 
-constexpr std::int64_t kKc = 128;     // rows of B per packed block
+constexpr std::int64_t kKc = 128;        // rows of B per packed block
+constexpr std::int64_t kPanels = 8;      // NR-column panels per packed block
 constexpr std::int64_t kRowsAMax = 128;  // rows of A read in place by row_gemm_nt (Note [A in rows])
-constexpr std::int64_t kPanels = 8;   // NR-column panels per packed block
 
 // The blocks of `per_block` (at most kPanels) panels of C that next_block() hands out
 // (block b: panels from b * per_block; -1: done), with peek_block() the block it will
@@ -161,6 +161,19 @@ inline void transpose_block(const T* const* rows, const std::int64_t* lo, const 
     }
   }
   transpose_lanes<T>(out);
+}
+
+// The distance in values from each of rows[0, n) to the next when it is the same for all
+// (n >= 2), else 0. Addresses are compared as integers: the rows need not share an array.
+template <typename T>
+std::int64_t even_spacing(const T* const* rows, std::int64_t n) {
+  if (n < 2) return 0;
+  const auto at = [&](std::int64_t i) { return reinterpret_cast<std::intptr_t>(rows[i]); };
+  const std::intptr_t step = at(1) - at(0);
+  if (step % static_cast<std::intptr_t>(sizeof(T)) != 0) return 0;
+  for (std::int64_t i = 2; i < n; ++i)
+    if (at(i) - at(i - 1) != step) return 0;
+  return static_cast<std::int64_t>(step / static_cast<std::intptr_t>(sizeof(T)));
 }
 
 // Packs rows [r0, r0 + count) of an operand (zero rows past n_rows) over k in
@@ -278,13 +291,8 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
   // 9.93. With more rows it was slower warm (the nineteenth session, 256 channels at
   // 14x14: 2.06-2.19 / 2.19-2.53), a block of A then being 32 panels' rows apart in L2
   // rather than one packed run.
-  const std::int64_t row_bytes = M > 1 ? reinterpret_cast<std::intptr_t>(a_rows[1]) -
-                                             reinterpret_cast<std::intptr_t>(a_rows[0])
-                                       : 0;
-  const std::int64_t lda = row_bytes / static_cast<std::int64_t>(sizeof(T));
-  bool rows_a = M % kMr == 0 && M <= kRowsAMax && row_bytes % static_cast<std::int64_t>(sizeof(T)) == 0;
-  for (std::int64_t m = 0; m < M && rows_a; ++m)
-    rows_a = reinterpret_cast<std::intptr_t>(a_rows[m]) == reinterpret_cast<std::intptr_t>(a_rows[0]) + m * row_bytes;
+  const std::int64_t lda = M % kMr == 0 && M <= kRowsAMax ? even_spacing(a_rows, M) : 0;
+  const bool rows_a = lda != 0;
   thread_local std::vector<T> ap, bp;
   ap.resize(rows_a ? 0 : static_cast<std::size_t>(m_panels * kMr * kc_max));
   bp.resize(static_cast<std::size_t>(kc_max * NR));
