@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/shape.h"
 
@@ -17,6 +18,12 @@ using nn::Conv3dConfig;
 Conv3dConfig conv(std::int64_t in, std::int64_t out, std::array<std::int64_t, 3> k, Conv3dOptions opts = {}) {
   return Conv3dConfig{in, out, k, opts, false};
 }
+
+// Evaluation (bn in eval mode, grad mode off): each conv + batch norm pair runs as one
+// pass, the batch norm in the conv's output epilogue (Conv3d::forward_bn). Otherwise each
+// batch norm with a ReLU whose output feeds one conv is folded into that conv's input
+// (Conv3d::forward_after_bn_relu: on the CPU its output is then never stored).
+bool evaluating(const BatchNorm3d& bn) { return !bn.is_training() && !autograd::GradMode::enabled(); }
 
 // One residual module: the branch (three or two convs with BN), optional SE, and either
 // the identity (standard) or the pooled 1x1x1 shortcut concatenated (downsample).
@@ -66,9 +73,16 @@ class Block : public nn::Module {
     // outputs are stored, in evaluation).
     const bool relu_in_bn = downsample_ && !se_, join_in_bn = !downsample_ && !se_;
     Tensor h = x;
-    for (std::size_t i = 0; i < convs_.size(); ++i) {
-      const bool last = i + 1 == convs_.size();
-      h = convs_[i]->forward_bn(h, *bns_[i], !last || relu_in_bn || join_in_bn, last && join_in_bn ? x : Tensor());
+    if (evaluating(*bns_[0])) {  // each batch norm in its conv's output epilogue
+      for (std::size_t i = 0; i < convs_.size(); ++i) {
+        const bool last = i + 1 == convs_.size();
+        h = convs_[i]->forward_bn(h, *bns_[i], !last || relu_in_bn || join_in_bn, last && join_in_bn ? x : Tensor());
+      }
+    } else {  // each batch norm but the last, with its ReLU, folded into the next conv's input
+      h = convs_[0]->forward(x);
+      for (std::size_t i = 1; i < convs_.size(); ++i) h = convs_[i]->forward_after_bn_relu(h, *bns_[i - 1]);
+      BatchNorm3d& bn = *bns_.back();
+      h = join_in_bn ? bn.forward_add(h, x, true) : relu_in_bn ? bn.forward_relu(h) : bn.forward(h);
     }
     if (join_in_bn) return h;
     if (se_) h = se_->forward(h);
@@ -107,7 +121,8 @@ class Stem : public nn::Module {
     bn2_ = register_module("bn2", std::make_shared<BatchNorm3d>(channels));
   }
   Tensor forward(const Tensor& x) override {
-    return conv2_->forward_bn(conv1_->forward_bn(x, *bn1_, true), *bn2_, true);
+    if (evaluating(*bn1_)) return conv2_->forward_bn(conv1_->forward_bn(x, *bn1_, true), *bn2_, true);
+    return bn2_->forward_relu(conv2_->forward_after_bn_relu(conv1_->forward(x), *bn1_));
   }
   std::string type_name() const override { return "SevStem"; }
 

@@ -62,6 +62,15 @@ Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Ten
   return y;
 }
 
+Tensor Conv3d::forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn) {
+  const BatchNormOptions opts = bn.begin_batch(true);
+  Tensor y = batch_norm_relu_conv3d(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, opts, weight, bias,
+                                    cfg_.opts);
+  CostRecorder::record(&bn, 0, x.shape());
+  record_cost(y);
+  return y;
+}
+
 BatchNorm3d::BatchNorm3d(std::int64_t channels, bool zero_init, double momentum, double eps)
     : momentum_(momentum), eps_(eps) {
   VG_CHECK(channels >= 1, "BatchNorm3d: channels must be >= 1, got " << channels);
@@ -78,10 +87,14 @@ Tensor BatchNorm3d::forward_relu(const Tensor& x) { return run(x, true); }
 
 Tensor BatchNorm3d::forward_add(const Tensor& x, const Tensor& residual, bool relu) { return run(x, relu, residual); }
 
-Tensor BatchNorm3d::run(const Tensor& x, bool relu, const Tensor& residual) {
+BatchNormOptions BatchNorm3d::begin_batch(bool relu) {
   const bool training = is_training();
   if (training) num_batches_tracked.data<std::int64_t>()[0] += 1;
-  const BatchNormOptions opts{.training = training, .momentum = momentum_, .eps = eps_, .relu = relu};
+  return {.training = training, .momentum = momentum_, .eps = eps_, .relu = relu};
+}
+
+Tensor BatchNorm3d::run(const Tensor& x, bool relu, const Tensor& residual) {
+  const BatchNormOptions opts = begin_batch(relu);
   Tensor y = residual.defined() ? batch_norm_add(x, weight, bias, running_mean, running_var, residual, opts)
                                 : batch_norm(x, weight, bias, running_mean, running_var, opts);
   CostRecorder::record(this, 0, y.shape());

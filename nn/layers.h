@@ -35,6 +35,9 @@ class Conv3d : public Module {
   // evaluation (bn in eval mode, grad mode off) one fused pass,
   // conv3d_batch_norm_inference; else the modules and ops one after the other.
   Tensor forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual = {});
+  // forward(bn.forward_relu(x)) as one op, batch_norm_relu_conv3d: for a batch norm whose
+  // output only this conv reads (on the CPU that output is then never stored).
+  Tensor forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn);
   std::string type_name() const override { return "Conv3d"; }
   const Conv3dConfig& config() const { return cfg_; }
 
@@ -57,6 +60,9 @@ class BatchNorm3d : public Module {
   Tensor forward_add(const Tensor& x, const Tensor& residual, bool relu);
   std::string type_name() const override { return "BatchNorm3d"; }
   double eps() const { return eps_; }
+  // For ops that take the batch norm into their own passes (Conv3d::forward_after_bn_relu):
+  // counts one batch in num_batches_tracked when training, and returns this call's options.
+  BatchNormOptions begin_batch(bool relu);
 
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 

@@ -37,10 +37,9 @@ void check_channel_vector(const char* arg, const Tensor& t, std::int64_t C) {
            "batch_norm: " << arg << " must have shape [" << C << "], got " << shape_str(t.shape()));
 }
 
-// batch_norm, or with residual (CPU, with the ReLU: batch_norm_add) relu(batch_norm(x) + residual).
-Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                       const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in) {
-  profile::Scope scope(residual_in.defined() ? "batch_norm_add_relu" : "batch_norm");
+// batch_norm's argument checks.
+void check_args(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                const Tensor& running_var, const BatchNormOptions& opts) {
   ops_detail::check_floating("batch_norm", "input", x_in);
   VG_CHECK(x_in.dim() >= 2, "batch_norm: input must have rank >= 2 (N, C, ...), got shape " << shape_str(x_in.shape()));
   ops_detail::check_same("batch_norm", {{"input", &x_in}, {"weight", &weight}, {"bias", &bias},
@@ -60,7 +59,28 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
   VG_CHECK(opts.momentum >= 0 && opts.momentum <= 1, "batch_norm: momentum must be in [0, 1], got " << opts.momentum);
   VG_CHECK(!opts.training || N * S > 1, "batch_norm: training needs more than one value per channel, got input shape "
                                             << shape_str(x_in.shape()));
+}
 
+// running = (1 - momentum) running + momentum * the batch's (the variance unbiased).
+template <typename T>
+void update_running(const Tensor& running_mean, const Tensor& running_var, const double* mean, const double* var,
+                    std::int64_t C, std::int64_t count, double momentum) {
+  if (!running_mean.defined()) return;
+  T* rm = running_mean.data<T>();
+  T* rv = running_var.data<T>();
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  for (std::int64_t c = 0; c < C; ++c) {
+    rm[c] = static_cast<T>((1 - momentum) * rm[c] + momentum * mean[c]);
+    rv[c] = static_cast<T>((1 - momentum) * rv[c] + momentum * var[c] * unbias);
+  }
+}
+
+// batch_norm, or with residual (CPU, with the ReLU: batch_norm_add) relu(batch_norm(x) + residual).
+Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                       const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in) {
+  profile::Scope scope(residual_in.defined() ? "batch_norm_add_relu" : "batch_norm");
+  check_args(x_in, weight, bias, running_mean, running_var, opts);
+  const std::int64_t N = x_in.shape()[0], C = x_in.shape()[1], S = x_in.numel() / std::max<std::int64_t>(N * C, 1);
   const Tensor x = x_in.contiguous();
   const Tensor residual = residual_in.defined() ? residual_in.contiguous() : Tensor();
   const Tensor weight_c = weight.defined() ? weight.contiguous() : Tensor();
@@ -81,15 +101,7 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
           std::vector<double> var(C);
           cpu::batch_norm_train_forward<T>(x.data<T>(), N, C, S, opts.eps, w, b, y.data<T>(), opts.relu, mean->data(),
                                            var.data(), invstd->data(), ptr(residual));
-          if (running_mean.defined()) {
-            T* rm = running_mean.data<T>();
-            T* rv = running_var.data<T>();
-            const double unbias = static_cast<double>(N * S) / static_cast<double>(N * S - 1);
-            for (std::int64_t c = 0; c < C; ++c) {
-              rm[c] = static_cast<T>((1 - opts.momentum) * rm[c] + opts.momentum * (*mean)[c]);
-              rv[c] = static_cast<T>((1 - opts.momentum) * rv[c] + opts.momentum * var[c] * unbias);
-            }
-          }
+          update_running<T>(running_mean, running_var, mean->data(), var.data(), C, N * S, opts.momentum);
         } else {
           const T* rm = running_mean.data<T>();
           const T* rv = running_var.data<T>();
@@ -213,6 +225,37 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
 }
 
 }  // namespace
+
+namespace ops_detail {
+
+void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                               const Tensor& running_var, const BatchNormOptions& opts, std::vector<double>& mean,
+                               std::vector<double>& invstd) {
+  check_args(x, weight, bias, running_mean, running_var, opts);
+  VG_CHECK(x.device().type == DeviceType::kCPU && x.is_contiguous(),
+           "batch_norm statistics: x must be a contiguous CPU tensor, got one on " << x.device());
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / std::max<std::int64_t>(N * C, 1);
+  mean.assign(static_cast<std::size_t>(C), 0.0);
+  invstd.assign(static_cast<std::size_t>(C), 0.0);
+  dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
+    if (opts.training) {
+      // The statistics batch_norm_train_forward takes (its header: the same values).
+      std::vector<double> var(static_cast<std::size_t>(C));
+      cpu::batch_norm_stats<T>(x.data<T>(), N, C, S, mean.data(), var.data());
+      for (std::int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + opts.eps);
+      update_running<T>(running_mean, running_var, mean.data(), var.data(), C, N * S, opts.momentum);
+    } else {
+      const T* rm = running_mean.data<T>();
+      const T* rv = running_var.data<T>();
+      for (std::int64_t c = 0; c < C; ++c) {
+        mean[c] = rm[c];
+        invstd[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + opts.eps);
+      }
+    }
+  });
+}
+
+}  // namespace ops_detail
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& opts) {

@@ -8,6 +8,8 @@
 // weight (C) and bias (C) are optional (undefined = 1 and 0).
 #pragma once
 
+#include <vector>
+
 #include "vidgrad/core/tensor.h"
 
 namespace vidgrad {
@@ -31,5 +33,18 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, con
 // shape, dtype and device. Otherwise composed of batch_norm and add_relu or add.
 Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                       const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts = {});
+
+namespace ops_detail {
+
+// For ops that fold a CPU batch norm into passes of their own (batch_norm_relu_conv3d):
+// after batch_norm's argument checks, the per-channel mean and 1 / sqrt(var + eps) it
+// normalises x (contiguous, on the CPU) with: the batch's in training, the same values
+// batch_norm takes (the running statistics then updated in place as batch_norm updates
+// them), else the running ones.
+void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                               const Tensor& running_var, const BatchNormOptions& opts, std::vector<double>& mean,
+                               std::vector<double>& invstd);
+
+}  // namespace ops_detail
 
 }  // namespace vidgrad

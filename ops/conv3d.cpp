@@ -10,6 +10,7 @@
 #include "vidgrad/ops/batch_norm.h"
 #include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/common.h"
+#include "vidgrad/ops/cpu/batch_norm_cpu.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
@@ -155,6 +156,83 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
 #endif
               default: ops_detail::no_kernel("conv3d backward", dev);
             }
+          });
+          return grads;
+        });
+    y.grad_fn()->detail = label;
+  }
+  return y;
+}
+
+Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, const Tensor& bn_bias,
+                              const Tensor& running_mean, const Tensor& running_var, const BatchNormOptions& bn_opts,
+                              const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts) {
+  VG_CHECK(bn_opts.relu, "batch_norm_relu_conv3d: bn_opts.relu must be set (the op is a batch norm with its ReLU, "
+                         "then the conv)");
+  const cpu::Conv3dGeometry g = geometry(input, weight, bias, opts);
+  if (input.device().type != DeviceType::kCPU || opts.relu || !cpu::conv3d_takes_prologue(g))
+    return conv3d(batch_norm(input, bn_weight, bn_bias, running_mean, running_var, bn_opts), weight, bias, opts);
+  const std::string label = profile_label(g);
+  const Tensor x = input.contiguous(), w = weight.contiguous();
+  const Tensor b = bias.defined() ? bias.contiguous() : Tensor();
+  const Tensor bn_w = bn_weight.defined() ? bn_weight.contiguous() : Tensor();
+  const Tensor bn_b = bn_bias.defined() ? bn_bias.contiguous() : Tensor();
+  auto mean = std::make_shared<std::vector<double>>(), invstd = std::make_shared<std::vector<double>>();
+  {
+    profile::Scope scope("batch_norm", "statistics");
+    ops_detail::batch_norm_cpu_statistics(x, bn_w, bn_b, running_mean, running_var, bn_opts, *mean, *invstd);
+  }
+  const std::int64_t C = g.C;
+  // The prologue's scale (row 0) and shift (row 1), as batch_norm_apply computes them.
+  Tensor affine = Tensor::empty({2, C}, x.dtype(), x.device());
+  Tensor y = Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
+  dispatch_floating(x.dtype(), "batch_norm_relu_conv3d", [&]<typename T>() {
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+    T* a = affine.data<T>();
+    for (std::int64_t c = 0; c < C; ++c) {
+      const auto [scale, shift] = cpu::bn_affine<T>((*mean)[c], (*invstd)[c], ptr(bn_w), ptr(bn_b), c);
+      a[c] = scale;
+      a[C + c] = shift;
+    }
+    profile::Scope scope("conv3d", profile::enabled() ? "bn-relu " + label : "");
+    cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(), {.bias = ptr(b)}, {a, a + C});
+  });
+  if (autograd::needs_graph({&input, &bn_weight, &bn_bias, &weight, &bias})) {
+    autograd::attach(
+        y, "batch_norm_relu_conv3d", {input, bn_weight, bn_bias, weight, bias},
+        [g, x = x.detach(), w = w.detach(), bn_w = bn_w.defined() ? bn_w.detach() : Tensor(),
+         bn_b = bn_b.defined() ? bn_b.detach() : Tensor(), affine, mean, invstd, label,
+         training = bn_opts.training](const Tensor& gy_in, const std::vector<bool>& needs) {
+          const Tensor gy = gy_in.contiguous();
+          std::vector<Tensor> grads(5);
+          const Device dev = x.device();
+          dispatch_floating(x.dtype(), "batch_norm_relu_conv3d backward", [&]<typename T>() {
+            auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+            const T* a = affine.data<T>();
+            if (needs[3]) {
+              profile::Scope scope("conv3d", profile::enabled() ? "bn-relu " + label + " weight grad" : "");
+              grads[3] = Tensor::empty({g.O, g.Cg(), g.kT, g.kH, g.kW}, x.dtype(), dev);
+              cpu::conv3d_backward_weight<T>(g, gy.data<T>(), x.data<T>(), grads[3].data<T>(), {a, a + g.C});
+            }
+            if (needs[4]) {
+              grads[4] = Tensor::empty({g.O}, x.dtype(), dev);
+              cpu::conv3d_backward_bias<T>(g, gy.data<T>(), grads[4].data<T>());
+            }
+            if (!needs[0] && !needs[1] && !needs[2]) return;
+            // The normalised input's gradient, then the batch norm's backward over it in place,
+            // the ReLU's mask recomputed from x (Note [ReLU mask from x]).
+            Tensor gz = Tensor::empty({g.N, g.C, g.T, g.H, g.W}, x.dtype(), dev);
+            {
+              profile::Scope scope("conv3d", profile::enabled() ? "bn-relu " + label + " input grad" : "");
+              cpu::conv3d_backward_input<T>(g, gy.data<T>(), w.data<T>(), gz.data<T>());
+            }
+            if (needs[1]) grads[1] = Tensor::empty({g.C}, x.dtype(), dev);
+            if (needs[2]) grads[2] = Tensor::empty({g.C}, x.dtype(), dev);
+            profile::Scope scope("batch_norm", "relu backward");
+            cpu::batch_norm_backward<T>(x.data<T>(), gz.data<T>(), g.N, g.C, g.in_volume(), mean->data(),
+                                        invstd->data(), ptr(bn_w), ptr(bn_b), training,
+                                        needs[0] ? gz.data<T>() : nullptr, ptr(grads[1]), ptr(grads[2]), true);
+            if (needs[0]) grads[0] = gz;
           });
           return grads;
         });

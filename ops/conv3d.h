@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "vidgrad/core/tensor.h"
+#include "vidgrad/ops/batch_norm.h"
 
 namespace vidgrad {
 
@@ -41,5 +42,18 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
                                    const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
                                    const Tensor& running_var, double eps, const Conv3dOptions& opts = {},
                                    const Tensor& residual = {});
+
+// conv3d(batch_norm(x) with its ReLU, weight, bias, opts): a batch norm whose output only
+// this conv reads (SEVNet's 3x1x1 convs and their batch norms, in training). The same
+// values, gradients (x, bn_weight, bn_bias, weight, bias) and running-statistics update
+// as the two ops one after the other; bn_opts.relu must be set. On the CPU, where the
+// conv's kernels take an input prologue (cpu::conv3d_takes_prologue), the normalised
+// tensor is never stored: the conv normalises each value of x as it reads it, in the
+// forward and again in the weight gradient, and the backward recomputes the ReLU's mask
+// from x (Note [input prologue] in ops/cpu/conv3d_cpu.h). Otherwise the two ops are
+// composed.
+Tensor batch_norm_relu_conv3d(const Tensor& x, const Tensor& bn_weight, const Tensor& bn_bias,
+                              const Tensor& running_mean, const Tensor& running_var, const BatchNormOptions& bn_opts,
+                              const Tensor& weight, const Tensor& bias = {}, const Conv3dOptions& opts = {});
 
 }  // namespace vidgrad

@@ -30,6 +30,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <memory>
 #include <optional>
 #include <cstring>
 #include <vector>
@@ -394,19 +396,51 @@ std::int64_t tile_rows(const Conv3dGeometry& g) {
   return std::max<std::int64_t>(1, cols / g.Wo);
 }
 
+// pro(x) written to a buffer of x's size: the input of the paths that do not apply the
+// prologue in their kernels (Note [input prologue]), rounded as the kernels round it.
+template <typename T>
+std::unique_ptr<Storage> apply_prologue(const Conv3dGeometry& g, const T* x, const InputPrologue<T>& pro) {
+  const std::int64_t S = g.in_volume(), planes = g.N * g.C;
+  auto buf = std::make_unique<Storage>(static_cast<std::size_t>(planes * S) * sizeof(T), Device::cpu());
+  T* z = static_cast<T*>(buf->data());
+#pragma omp parallel for schedule(static) if (planes * S >= kMinParallelWork)
+  for (std::int64_t p = 0; p < planes; ++p) {
+    const T a = pro.scale[p % g.C], b = pro.shift[p % g.C];
+    for (std::int64_t i = 0; i < S; ++i) {
+      const T v = std::fma(x[p * S + i], a, b);
+      z[p * S + i] = v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
+    }
+  }
+  return buf;
+}
+
+// The direct-plane kernels take g's weight gradient (the row GEMMs come first).
+bool direct_weight_grad(const Conv3dGeometry& g) { return !g.temporal_only() && !g.pointwise() && direct_planes(g); }
+
 }  // namespace
 
+bool conv3d_takes_prologue(const Conv3dGeometry& g) {
+  if (winograd_temporal(g)) return winograd_temporal_weight_grad_pays(g);
+  return direct_weight_grad(g);
+}
+
 template <typename T>
-void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
+void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                    const InputPrologue<T>& pro) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   VG_CHECK(!ep.residual || (ep.ldr == L && fuses_residual(g)),
            "conv3d_forward: a residual epilogue needs a pointwise or temporal conv and row stride " << L);
   if (winograd_temporal(g)) {
-    winograd_temporal_forward(g, x, w, y, ep);
+    winograd_temporal_forward(g, x, w, y, ep, pro);
     return;
   }
   if (direct_planes(g)) {
-    direct_conv_forward(g, x, w, y, ep);
+    direct_conv_forward(g, x, w, y, ep, pro);
+    return;
+  }
+  if (pro.active()) {
+    const auto z = apply_prologue(g, x, pro);
+    conv3d_forward(g, static_cast<const T*>(z->data()), w, y, ep);
     return;
   }
   if (g.temporal_only() || g.pointwise() || strided_rows_forward(g)) {
@@ -563,17 +597,22 @@ void im2col_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw)
 }  // namespace
 
 template <typename T>
-void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, const InputPrologue<T>& pro) {
   if (winograd_temporal(g) && winograd_temporal_weight_grad_pays(g)) {
-    winograd_temporal_weight_grad(g, gy, x, gw);
+    winograd_temporal_weight_grad(g, gy, x, gw, pro);
+    return;
+  }
+  if (direct_weight_grad(g)) {
+    direct_conv_weight_grad(g, gy, x, gw, pro);
+    return;
+  }
+  if (pro.active()) {
+    const auto z = apply_prologue(g, x, pro);
+    conv3d_backward_weight(g, gy, static_cast<const T*>(z->data()), gw);
     return;
   }
   if (g.temporal_only() || g.pointwise()) {
     temporal_weight_grad(g, gy, x, gw);
-    return;
-  }
-  if (direct_planes(g)) {
-    direct_conv_weight_grad(g, gy, x, gw);
     return;
   }
   im2col_weight_grad(g, gy, x, gw);
@@ -602,9 +641,10 @@ void set_conv_tile_elements(std::int64_t elements) {
 }
 
 #define VIDGRAD_INSTANTIATE(T)                                                              \
-  template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&); \
-  template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*, bool); \
-  template void conv3d_backward_weight<T>(const Conv3dGeometry&, const T*, const T*, T*);  \
+  template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&,      \
+                                  const InputPrologue<T>&);                                                   \
+  template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*, bool);                \
+  template void conv3d_backward_weight<T>(const Conv3dGeometry&, const T*, const T*, T*, const InputPrologue<T>&); \
   template void conv3d_backward_bias<T>(const Conv3dGeometry&, const T*, T*);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)

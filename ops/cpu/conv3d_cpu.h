@@ -49,11 +49,36 @@ void set_conv_tile_elements(std::int64_t elements);
 inline constexpr std::int64_t kWinogradMinChannels = 32;
 void set_winograd_temporal(bool enabled, std::int64_t min_channels = kWinogradMinChannels);
 
-// y (N, O, To, Ho, Wo) = ep(conv(x, w)): the epilogue (per output channel scale and bias,
-// then ReLU, each optional) is applied as the output is stored, with no extra pass. A
-// conv's bias is ep.bias; an inference batch norm folds into ep.scale and ep.bias.
+// Note [input prologue]: a conv whose input is relu(batch_norm(x)) and nothing else's (in
+// SEVNet, each module's grouped 1x3x3 and 3x1x1 convs, and the stem's 3x1x1) can read x
+// itself and normalise each value as it packs it: each input value v of channel c enters
+// the conv as relu(fma(v, scale[c], shift[c])), rounded exactly as batch_norm_apply rounds
+// it (scale and shift from bn_affine), so the conv sees the same values bit for bit and the
+// normalised tensor is never written (a write of its size saved in the forward, and its
+// memory not held until the backward). Padding stays zero: it pads the normalised input.
 template <typename T>
-void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep = {});
+struct InputPrologue {
+  const T* scale = nullptr;  // per input channel; null: no prologue
+  const T* shift = nullptr;
+  bool active() const { return scale != nullptr; }
+  // The same prologue for the channels from `first` on (a group's).
+  InputPrologue from_channel(std::int64_t first) const {
+    return active() ? InputPrologue{scale + first, shift + first} : InputPrologue{};
+  }
+};
+
+// Whether conv3d_forward and conv3d_backward_weight apply an input prologue inside their
+// kernels for g (the Winograd paths and the direct-plane kernels); on other convs they
+// first write the normalised input to a buffer of their own, a pass of its size each.
+bool conv3d_takes_prologue(const Conv3dGeometry& g);
+
+// y (N, O, To, Ho, Wo) = ep(conv(pro(x), w)): the epilogue (per output channel scale and
+// bias, then ReLU, each optional) is applied as the output is stored, with no extra pass;
+// pro (optional) as Note [input prologue]. A conv's bias is ep.bias; an inference batch
+// norm folds into ep.scale and ep.bias.
+template <typename T>
+void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep = {},
+                    const InputPrologue<T>& pro = {});
 
 // gx (N, C, T, H, W) = input gradient given gy (N, O, To, Ho, Wo); with accumulate, gx +=
 // it (only where conv3d_input_grad_accumulates(g); autograd's Note [accumulating in place]).
@@ -64,9 +89,10 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
 // convs off the Winograd path (one row GEMM, which then loads the old gx in its tiles).
 bool conv3d_input_grad_accumulates(const Conv3dGeometry& g);
 
-// gw (O, C/groups, kT, kH, kW) = weight gradient. Written, not accumulated.
+// gw (O, C/groups, kT, kH, kW) = weight gradient, of the conv of pro(x) with pro as in
+// conv3d_forward. Written, not accumulated.
 template <typename T>
-void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
+void conv3d_backward_weight(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, const InputPrologue<T>& pro = {});
 
 // gb (O) = sum of gy over N, To, Ho, Wo. Written.
 template <typename T>

@@ -67,6 +67,33 @@ PlaneShape plane_shape(const Conv3dGeometry& g) {
 // Values of scratch one channel's phase planes take.
 std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane_shape(g).phase; }
 
+// Note [direct prologue]: with an input prologue (Note [input prologue] in conv3d_cpu.h)
+// each input plane is first normalised into a buffer of the thread's, one plane (under 13
+// KB at SEVNet's 56x56: in L1 or L2), which the fills below then copy from: their shapes
+// (phase planes, the stride-2 split, stacked rows) stay as they are, and the padding they
+// add stays zero, as it pads the normalised input. The plane of channel c (pro already
+// offset to the group's first channel) at src, n values; src itself without a prologue.
+template <typename T>
+const T* normalised_plane(const InputPrologue<T>& pro, std::int64_t c, const T* src, std::int64_t n) {
+  if (!pro.active()) return src;
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  thread_local std::vector<T> buf;
+  if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
+  const V a = V{} + pro.scale[c], b = V{} + pro.shift[c];
+  auto apply = [&](V v) {
+    v = fma_vec<T>(v, a, b);
+    return v > T(0) ? v : V{};  // as relu(): NaN becomes 0
+  };
+  std::int64_t i = 0;
+  for (; i + kL <= n; i += kL) store_vec(buf.data() + i, apply(load_vec(src + i)));
+  if (i < n) {
+    const std::uint32_t mask = first_lanes<T>(n - i);
+    store_lanes(buf.data() + i, apply(load_lanes(src + i, mask)), mask);
+  }
+  return buf.data();
+}
+
 // dst[0, n) = 0 in whole vectors and a masked last one (Note [stacked fill]).
 template <typename T>
 inline void zero_values(T* dst, std::int64_t n) {
@@ -255,7 +282,7 @@ inline void block_sums(const Conv3dGeometry& g, const std::int64_t* off, const T
 // as the outputs are stored.
 template <typename T>
 void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::int64_t to, T* scratch,
-                  const GemmEpilogue<T>& ep, std::int64_t nob) {
+                  const GemmEpilogue<T>& ep, std::int64_t nob, const InputPrologue<T>& pro) {
   const PlaneShape ps = plane_shape(g);
   const std::int64_t Cg = g.Cg(), per_c = plane_scratch(g), L = g.L(), K = g.K();
   const std::int64_t HoWo = g.Ho * g.Wo, Q = g.Ho * ps.Wq, ti = to * g.sT - g.pT;
@@ -264,7 +291,8 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
       std::fill(y + o * L + to * HoWo, y + o * L + (to + 1) * HoWo, ep.apply(T(0), o));
     return;
   }
-  for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c);
+  for (std::int64_t c = 0; c < Cg; ++c)
+    fill_phases(g, ps, normalised_plane(pro, c, x + (c * g.T + ti) * g.H * g.W, g.H * g.W), scratch + c * per_c);
   const std::vector<std::int64_t> off = tap_offsets(g, ps);
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
@@ -394,7 +422,8 @@ StackShape stack_shape(const Conv3dGeometry& g) {
 // stacks]): y (8, T*Ho*Wo) from x (Cg, T, H, W), wt as for direct_plane, scratch of Cg *
 // stack_shape(g).per_c values.
 template <typename T>
-void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* scratch, const GemmEpilogue<T>& ep) {
+void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* scratch, const GemmEpilogue<T>& ep,
+                   const InputPrologue<T>& pro) {
   const StackShape st = stack_shape<T>(g);
   const std::int64_t Cg = g.Cg(), L = g.L(), frame = st.Hs * st.Ws, HoWo = g.Ho * g.Wo;
   using V = typename Vec<T>::type;
@@ -407,7 +436,7 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
     T* dst = scratch + c * st.per_c;
     zero_values(dst, st.per_c);
     for (std::int64_t t = 0; t < g.T; ++t) {
-      const T* src = x + (c * g.T + t) * g.H * g.W;
+      const T* src = normalised_plane(pro, c, x + (c * g.T + t) * g.H * g.W, g.H * g.W);
       T* at = dst + st.base + t * frame;
       if (!unit) {
         place_phases(g, frames, src, at);
@@ -497,7 +526,7 @@ constexpr std::int64_t kWeightBlockBytes = 2048;
 // last chunk prefetches.
 template <typename T>
 void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typename Vec<T>::type* acc,
-                         T* scratch, const T* next_x, const T* next_gy) {
+                         T* scratch, const T* next_x, const T* next_gy, const InputPrologue<T>& pro) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kKw = 3;
   const PlaneShape ps = plane_shape(g);
@@ -516,7 +545,8 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
         for (std::int64_t c = 0; c < Cg; ++c) {
           T* dst = slot + c * per_c;
           zero_values(dst, per_c);
-          place_rows(x + (c * g.T + ti) * g.H * g.W, g.H, g.W, g.W, dst + g.pH * ps.Wq + g.pW, ps.Wq);
+          place_rows(normalised_plane(pro, c, x + (c * g.T + ti) * g.H * g.W, g.H * g.W), g.H, g.W, g.W,
+                     dst + g.pH * ps.Wq + g.pW, ps.Wq);
         }
         for (std::int64_t o = 0; o < kDirectOg; ++o) {
           T* dst = slot + Cg * per_c + o * Qv;
@@ -525,7 +555,8 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
         }
         continue;
       }
-      for (std::int64_t c = 0; c < Cg; ++c) fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, slot + c * per_c);
+      for (std::int64_t c = 0; c < Cg; ++c)
+        fill_phases(g, ps, normalised_plane(pro, c, x + (c * g.T + ti) * g.H * g.W, g.H * g.W), slot + c * per_c);
       // Each output-gradient row as vectors of masked loads (zeros past Wo), rows in order:
       // a row's vectors may spill into the rows after it, written later, but not past the
       // grid (narrow rows would reach the next grid or past the scratch); the last row's
@@ -655,7 +686,8 @@ bool direct_planes(const Conv3dGeometry& g) {
 }
 
 template <typename T>
-void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
+void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                         const InputPrologue<T>& pro) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), nob = Og / kDirectOg;
   // Note [scale in the weights]: the weight of each block of 8 output channels reordered to
   // (Cg, kH, kW, 8), times the epilogue's scale (inference batch norm): scale * conv(x, w) =
@@ -671,7 +703,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     auto run_item = [&](std::int64_t item) {
       const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / Og;
       direct_frames(g, x + (n * g.C + gr * Cg) * g.in_volume(), wt.data() + o0 * K, y + (n * g.O + o0) * L,
-                    col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep_unscaled.from_row(o0));
+                    col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep_unscaled.from_row(o0), pro.from_channel(gr * Cg));
     };
     if (items_parallel(items, kDirectOg * K * L)) {
 #pragma omp parallel for schedule(dynamic)
@@ -691,15 +723,16 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     const T* wg = wt.data() + gr * Og * K;
     T* yg = y + (n * g.O + gr * Og) * L;
     const GemmEpilogue<T> group_ep = ep_unscaled.from_row(gr * Og);
+    const InputPrologue<T> group_pro = pro.from_channel(gr * Cg);
     if (outer) {  // this thread owns the item
       T* buf = col_buffer<T>(scratch);
-      for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob);
+      for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob, group_pro);
     } else {
 #pragma omp parallel if (g.To > 1 && L * Og * K >= kMinParallelWork)
       {
         T* buf = col_buffer<T>(scratch);
 #pragma omp for schedule(static)
-        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob);
+        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob, group_pro);
       }
     }
   };
@@ -714,7 +747,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
 // Each block of 8 output channels owns its slice of gw, so blocks can run in parallel with
 // samples in order.
 template <typename T>
-void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, const InputPrologue<T>& pro) {
   const std::int64_t Cg = g.Cg(), K = g.K(), L = g.L(), blocks = g.O / kDirectOg;
   auto run_block = [&](std::int64_t ob) {  // output channels [o0, o0 + 8) (Note [output-channel blocks])
     using V = typename Vec<T>::type;
@@ -724,7 +757,9 @@ void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T
     T* buf = col_buffer<T>(weight_chunk_frames<T>(g) * weight_frame_scratch<T>(g));
     const auto xs = [&](std::int64_t n) { return n < g.N ? x + (n * g.C + gr * Cg) * g.in_volume() : nullptr; };
     const auto gys = [&](std::int64_t n) { return n < g.N ? gy + (n * g.O + o0) * L : nullptr; };
-    for (std::int64_t n = 0; n < g.N; ++n) direct_plane_weight(g, xs(n), gys(n), acc.data(), buf, xs(n + 1), gys(n + 1));
+    const InputPrologue<T> group_pro = pro.from_channel(gr * Cg);
+    for (std::int64_t n = 0; n < g.N; ++n)
+      direct_plane_weight(g, xs(n), gys(n), acc.data(), buf, xs(n + 1), gys(n + 1), group_pro);
     T* gwb = gw + o0 * K;
     for (std::int64_t k = 0; k < K; ++k)
       for (std::int64_t o = 0; o < kDirectOg; ++o) {
@@ -742,8 +777,9 @@ void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T
 }
 
 #define VIDGRAD_INSTANTIATE(T)                                                                                  \
-  template void direct_conv_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&);  \
-  template void direct_conv_weight_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);
+  template void direct_conv_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&,    \
+                                       const InputPrologue<T>&);                                                \
+  template void direct_conv_weight_grad<T>(const Conv3dGeometry&, const T*, const T*, T*, const InputPrologue<T>&);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)
 #undef VIDGRAD_INSTANTIATE

@@ -39,11 +39,14 @@ inline bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
 // conv] and [output-channel blocks] in conv3d_direct.cpp).
 bool direct_planes(const Conv3dGeometry& g);
 
-// The direct-plane forward (y from x; ep from channel 0) and weight gradient (gw written).
+// The direct-plane forward (y from x; ep from channel 0) and weight gradient (gw written),
+// each with an optional input prologue (Note [direct prologue] in conv3d_direct.cpp).
 template <typename T>
-void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep);
+void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                         const InputPrologue<T>& pro = {});
 template <typename T>
-void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
+void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw,
+                             const InputPrologue<T>& pro = {});
 
 // The input gradient of a direct-plane conv with spatial stride (gx written); false, with
 // nothing done, when g is not one (conv3d_strided_grad.cpp).
@@ -56,15 +59,18 @@ bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w,
 // conv3d_winograd.cpp).
 bool winograd_temporal(const Conv3dGeometry& g);
 
-// y = ep(conv(x, w)) (ep as conv3d_forward's), and gx written from gy, for such a conv.
+// y = ep(conv(x, w)) (ep and pro as conv3d_forward's), and gx written from gy, for such a
+// conv.
 template <typename T>
-void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep);
+void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                               const InputPrologue<T>& pro = {});
 template <typename T>
 void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
 // gw written from gy and x (Note [Winograd weight gradient]), for convs where that pays
 // (winograd_temporal_weight_grad_pays; the others take the direct transposed row GEMM).
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g);
 template <typename T>
-void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw);
+void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw,
+                                   const InputPrologue<T>& pro = {});
 
 }  // namespace vidgrad::cpu

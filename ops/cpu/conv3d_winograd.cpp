@@ -89,21 +89,47 @@ inline void transform(const double (&m)[R][J], const V* in, V* out) {
   }
 }
 
+// The input prologue of a row of channel c (Note [input prologue] in conv3d_cpu.h): each
+// value d becomes relu(fma(d, scale[c], shift[c])), rounded as batch_norm_apply rounds it;
+// padding (a null source) stays zero. Off (kPro false), the values pass unchanged.
+template <typename T, bool kPro>
+struct RowPrologue {
+  using V = typename Vec<T>::type;
+  V a{}, s{};
+  RowPrologue(const InputPrologue<T>& pro, std::int64_t c) {
+    if constexpr (kPro) {
+      a += pro.scale[c];
+      s += pro.shift[c];
+    }
+  }
+  V operator()(V d) const {
+    if constexpr (kPro) {
+      const V v = fma_vec<T>(d, a, s);
+      return v > T(0) ? v : V{};  // as relu(): NaN becomes 0
+    } else {
+      return d;
+    }
+  }
+};
+
 // Rows k < count of J source rows each (row k of source j at src[j] + k * src_stride; a
 // null source reads zeros), positions [0, len): output p in [R0, R1) of row k, sum over j
 // of m[p][j] * source j, goes to dst + (p - R0) * dst_point + k * dst_stride. Masked
-// vectors, so runs of any length touch nothing past their end.
-template <typename T, int R, int J, int R0 = 0, int R1 = R>
+// vectors, so runs of any length touch nothing past their end. With kPro, row k's values
+// pass through pro's prologue for channel k first.
+template <typename T, int R, int J, int R0 = 0, int R1 = R, bool kPro = false>
 void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int64_t src_stride, std::int64_t count,
-                    std::int64_t len, T* dst, std::int64_t dst_point, std::int64_t dst_stride) {
+                    std::int64_t len, T* dst, std::int64_t dst_point, std::int64_t dst_stride,
+                    const InputPrologue<T>& pro = {}) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t L = Vec<T>::kLanes;
   for (std::int64_t k = 0; k < count; ++k) {
+    const RowPrologue<T, kPro> in(pro, k);
     std::int64_t v = 0;
     for (; v + L <= len; v += L) {  // whole vectors: plain loads and stores, cheaper than masked
       V d[J], e[R1 - R0];
 #pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) d[j] = src[j] ? load_vec(src[j] + k * src_stride + v) : V{};
+      for (int j = 0; j < J; ++j) d[j] = src[j] ? in(load_vec(src[j] + k * src_stride + v)) : V{};
       transform<T, R, J, V, R0, R1>(m, d, e);
 #pragma GCC unroll 8
       for (int p = 0; p < R1 - R0; ++p) store_vec(dst + p * dst_point + k * dst_stride + v, e[p]);
@@ -112,7 +138,7 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
       const std::uint32_t mask = first_lanes<T>(len - v);
       V d[J], e[R1 - R0];
 #pragma GCC unroll 8
-      for (int j = 0; j < J; ++j) d[j] = src[j] ? load_lanes(src[j] + k * src_stride + v, mask) : V{};
+      for (int j = 0; j < J; ++j) d[j] = src[j] ? in(load_lanes(src[j] + k * src_stride + v, mask)) : V{};
       transform<T, R, J, V, R0, R1>(m, d, e);
 #pragma GCC unroll 8
       for (int p = 0; p < R1 - R0; ++p) store_lanes(dst + p * dst_point + k * dst_stride + v, e[p], mask);
@@ -128,13 +154,15 @@ void transform_rows(const double (&m)[R][J], const T* const (&src)[J], std::int6
 // multiple of kL are stored as zeros. kL rows at a time, a chunk of columns at a time: each
 // row's points go to tmp ((R1 - R0) x kL rows of kChunk values, in L1), a row after
 // another (a few streams from memory at a time), then each point's kL x kL blocks are
-// transposed in registers and stored a column at a time.
+// transposed in registers and stored a column at a time. With kPro, rows pass through
+// pro's prologue as in transform_rows.
 template <typename T>
 constexpr std::int64_t kPackChunk = 4 * Vec<T>::kLanes;  // columns a row at a time
 
-template <std::int64_t NR, typename T, int R, int J, int R0, int R1>
+template <std::int64_t NR, typename T, int R, int J, int R0, int R1, bool kPro>
 void transform_packed(const double (&m)[R][J], const T* const (&src)[J], std::int64_t src_stride, std::int64_t count,
-                      std::int64_t len, std::int64_t j0, T* dst, std::int64_t dst_point, std::int64_t kc, T* tmp) {
+                      std::int64_t len, std::int64_t j0, T* dst, std::int64_t dst_point, std::int64_t kc, T* tmp,
+                      const InputPrologue<T>& pro) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t L = Vec<T>::kLanes, kChunk = kPackChunk<T>;
   static_assert(NR % L == 0, "a block of kL rows lies within one panel");
@@ -149,9 +177,12 @@ void transform_packed(const double (&m)[R][J], const T* const (&src)[J], std::in
           if (i < rows) {
             V d[J];
             const std::int64_t at = (k0 + i) * src_stride + c0 + v, n = std::min(L, chunk - v);
+            const RowPrologue<T, kPro> in(pro, k0 + i);
 #pragma GCC unroll 16
             for (int j = 0; j < J; ++j)
-              d[j] = !src[j] ? V{} : n == L ? load_vec(src[j] + at) : load_lanes(src[j] + at, first_lanes<T>(n));
+              d[j] = !src[j]   ? V{}
+                     : n == L ? in(load_vec(src[j] + at))
+                              : in(load_lanes(src[j] + at, first_lanes<T>(n)));
             transform<T, R, J, V, R0, R1>(m, d, e);
           } else {
 #pragma GCC unroll 16
@@ -175,9 +206,11 @@ void transform_packed(const double (&m)[R][J], const T* const (&src)[J], std::in
 // The 3x1x1 correlation y (N, O, T, HW) = ep(sum over c, k of w(o, c, k) x(n, c, t + k - 1)),
 // x (N, C, T, HW), zero outside [0, T), by F(Mo, 3) (the Note). a holds (G w)_p, O x C,
 // for each point p as transformed_filters packs it.
+// With pro active, x's values pass through its prologue (per input channel) as they are
+// packed.
 template <typename T, int Mo>
 void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int64_t frames, std::int64_t HW,
-                        const T* x, const T* a, T* y, const GemmEpilogue<T>& ep) {
+                        const T* x, const T* a, T* y, const GemmEpilogue<T>& ep, const InputPrologue<T>& pro = {}) {
   using W = Winograd<Mo>;
   using V = typename Vec<T>::type;
   constexpr int P = W::P;
@@ -251,7 +284,10 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
         const Run& run = runs[ri];
         const T* src[P];
         for (int j = 0; j < P; ++j) src[j] = frame_ptr(run, j);
-        transform_rows(W::BT, src, vol, C, run.len, dst + run.j0, C * NR, NR);
+        if (pro.active())
+          transform_rows<T, P, P, 0, P, true>(W::BT, src, vol, C, run.len, dst + run.j0, C * NR, NR, pro);
+        else
+          transform_rows(W::BT, src, vol, C, run.len, dst + run.j0, C * NR, NR);
       }
     }
     // For each panel and 8-row panel of outputs: P micro-kernels, then AT and the epilogue.
@@ -452,10 +488,11 @@ void with_tile_frames(const Conv3dGeometry& g, F&& f) {
 }
 
 template <typename T, int Mo>
-void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
+void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                  const InputPrologue<T>& pro) {
   const std::int64_t C = g.C;
   const T* a = transformed_filters<T, Mo>(g.O, C, w, true);
-  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep);
+  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep, pro);
 }
 
 template <typename T, int Mo>
@@ -551,7 +588,7 @@ bool split_points(const Conv3dGeometry& g, int threads) {
 }
 
 template <typename T, int Mo>
-void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
+void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, const InputPrologue<T>& pro) {
   using W = Winograd<Mo>;
   constexpr int P = W::P;
   const std::int64_t C = g.C, O = g.O, frames = g.T, HW = g.H * g.W, vol = frames * HW;
@@ -587,7 +624,10 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
         xsrc[j] = f >= 0 && f < frames ? xn + f * HW + pos : nullptr;
       }
       transform_rows<T, P, Mo, R0, R1>(W::A, gsrc, vol, O, len, u + j0, a_point, a_ld);
-      transform_packed<NR, T, P, P, R0, R1>(W::BT, xsrc, vol, C, len, j0, v, b_point, q1 - q0, tmp);
+      if (pro.active())
+        transform_packed<NR, T, P, P, R0, R1, true>(W::BT, xsrc, vol, C, len, j0, v, b_point, q1 - q0, tmp, pro);
+      else
+        transform_packed<NR, T, P, P, R0, R1, false>(W::BT, xsrc, vol, C, len, j0, v, b_point, q1 - q0, tmp, pro);
       q += len;
     }
   };
@@ -739,8 +779,9 @@ bool winograd_temporal(const Conv3dGeometry& g) {
 }
 
 template <typename T>
-void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep) {
-  with_tile_frames(g, [&](auto mo) { forward_impl<T, decltype(mo)::value>(g, x, w, y, ep); });
+void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                               const InputPrologue<T>& pro) {
+  with_tile_frames(g, [&](auto mo) { forward_impl<T, decltype(mo)::value>(g, x, w, y, ep, pro); });
 }
 
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
@@ -753,8 +794,9 @@ bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
 }
 
 template <typename T>
-void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw) {
-  with_tile_frames(g, [&](auto mo) { weight_grad_impl<T, decltype(mo)::value>(g, gy, x, gw); });
+void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw,
+                                   const InputPrologue<T>& pro) {
+  with_tile_frames(g, [&](auto mo) { weight_grad_impl<T, decltype(mo)::value>(g, gy, x, gw, pro); });
 }
 
 template <typename T>
@@ -769,9 +811,10 @@ void set_winograd_temporal(bool enabled, std::int64_t min_channels) {
 
 #define VIDGRAD_INSTANTIATE(T)                                                                                \
   template void winograd_temporal_forward<T>(const Conv3dGeometry&, const T*, const T*, T*,                 \
-                                             const GemmEpilogue<T>&);                                        \
+                                             const GemmEpilogue<T>&, const InputPrologue<T>&);               \
   template void winograd_temporal_input_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);             \
-  template void winograd_temporal_weight_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);
+  template void winograd_temporal_weight_grad<T>(const Conv3dGeometry&, const T*, const T*, T*,             \
+                                                 const InputPrologue<T>&);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)
 #undef VIDGRAD_INSTANTIATE
