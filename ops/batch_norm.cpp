@@ -75,6 +75,18 @@ void update_running(const Tensor& running_mean, const Tensor& running_var, const
   }
 }
 
+// Evaluation: mean and 1 / sqrt(var + eps) from the running statistics.
+template <typename T>
+void running_statistics(const Tensor& running_mean, const Tensor& running_var, double eps, std::int64_t C,
+                        double* mean, double* invstd) {
+  const T* rm = running_mean.data<T>();
+  const T* rv = running_var.data<T>();
+  for (std::int64_t c = 0; c < C; ++c) {
+    mean[c] = rm[c];
+    invstd[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
+  }
+}
+
 // batch_norm, or with residual (CPU, with the ReLU: batch_norm_add) relu(batch_norm(x) + residual).
 Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                        const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in) {
@@ -103,12 +115,7 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
                                            var.data(), invstd->data(), ptr(residual));
           update_running<T>(running_mean, running_var, mean->data(), var.data(), C, N * S, opts.momentum);
         } else {
-          const T* rm = running_mean.data<T>();
-          const T* rv = running_var.data<T>();
-          for (std::int64_t c = 0; c < C; ++c) {
-            (*mean)[c] = rm[c];
-            (*invstd)[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + opts.eps);
-          }
+          running_statistics<T>(running_mean, running_var, opts.eps, C, mean->data(), invstd->data());
           cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(), w, b, y.data<T>(), opts.relu,
                                    ptr(residual));
         }
@@ -245,12 +252,7 @@ void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tens
       for (std::int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + opts.eps);
       update_running<T>(running_mean, running_var, mean.data(), var.data(), C, N * S, opts.momentum);
     } else {
-      const T* rm = running_mean.data<T>();
-      const T* rv = running_var.data<T>();
-      for (std::int64_t c = 0; c < C; ++c) {
-        mean[c] = rm[c];
-        invstd[c] = 1.0 / std::sqrt(static_cast<double>(rv[c]) + opts.eps);
-      }
+      running_statistics<T>(running_mean, running_var, opts.eps, C, mean.data(), invstd.data());
     }
   });
 }

@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <memory>
 #include <optional>
 #include <cstring>
@@ -404,13 +403,8 @@ std::unique_ptr<Storage> apply_prologue(const Conv3dGeometry& g, const T* x, con
   auto buf = std::make_unique<Storage>(static_cast<std::size_t>(planes * S) * sizeof(T), Device::cpu());
   T* z = static_cast<T*>(buf->data());
 #pragma omp parallel for schedule(static) if (planes * S >= kMinParallelWork)
-  for (std::int64_t p = 0; p < planes; ++p) {
-    const T a = pro.scale[p % g.C], b = pro.shift[p % g.C];
-    for (std::int64_t i = 0; i < S; ++i) {
-      const T v = std::fma(x[p * S + i], a, b);
-      z[p * S + i] = v > T(0) ? v : T(0);  // as relu(): NaN becomes 0
-    }
-  }
+  for (std::int64_t p = 0; p < planes; ++p)
+    normalise_values(x + p * S, S, pro.scale[p % g.C], pro.shift[p % g.C], z + p * S);
   return buf;
 }
 

@@ -68,29 +68,17 @@ PlaneShape plane_shape(const Conv3dGeometry& g) {
 std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane_shape(g).phase; }
 
 // Note [direct prologue]: with an input prologue (Note [input prologue] in conv3d_cpu.h)
-// each input plane is first normalised into a buffer of the thread's, one plane (under 13
-// KB at SEVNet's 56x56: in L1 or L2), which the fills below then copy from: their shapes
+// each input plane is first normalised into a buffer of the thread's, one plane (12.5 KB
+// at SEVNet's 56x56, 50 KB at 112x112: in L1 or L2), which the fills below then copy from: their shapes
 // (phase planes, the stride-2 split, stacked rows) stay as they are, and the padding they
 // add stays zero, as it pads the normalised input. The plane of channel c (pro already
 // offset to the group's first channel) at src, n values; src itself without a prologue.
 template <typename T>
 const T* normalised_plane(const InputPrologue<T>& pro, std::int64_t c, const T* src, std::int64_t n) {
   if (!pro.active()) return src;
-  using V = typename Vec<T>::type;
-  constexpr std::int64_t kL = Vec<T>::kLanes;
   thread_local std::vector<T> buf;
   if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
-  const V a = V{} + pro.scale[c], b = V{} + pro.shift[c];
-  auto apply = [&](V v) {
-    v = fma_vec<T>(v, a, b);
-    return v > T(0) ? v : V{};  // as relu(): NaN becomes 0
-  };
-  std::int64_t i = 0;
-  for (; i + kL <= n; i += kL) store_vec(buf.data() + i, apply(load_vec(src + i)));
-  if (i < n) {
-    const std::uint32_t mask = first_lanes<T>(n - i);
-    store_lanes(buf.data() + i, apply(load_lanes(src + i, mask)), mask);
-  }
+  normalise_values(src, n, pro.scale[c], pro.shift[c], buf.data());
   return buf.data();
 }
 

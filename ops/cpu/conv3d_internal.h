@@ -1,7 +1,8 @@
 // Shared between the CPU conv's files: conv3d_cpu.cpp (dispatch, row GEMM and im2col
 // paths), conv3d_direct.cpp (the direct kernels for 1 x kH x kW convs with 8-channel
-// blocks), conv3d_strided_grad.cpp (their strided input gradient) and conv3d_winograd.cpp
-// (3x1x1 convs by Winograd's F(4, 3)). Not installed API: include only from those.
+// blocks), conv3d_strided_grad.cpp (their strided input gradient), conv3d_winograd.cpp
+// and conv3d_winograd_grad.cpp (3x1x1 convs by Winograd's F(4, 3), the second its weight
+// gradient). Not installed API: include only from those.
 #pragma once
 
 #include <omp.h>
@@ -12,6 +13,7 @@
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
+#include "vidgrad/ops/cpu/simd.h"
 
 namespace vidgrad::cpu {
 
@@ -27,6 +29,21 @@ inline T* col_buffer(std::int64_t elements) {
     buf.resize(static_cast<std::size_t>(elements));
   }
   return buf.data();
+}
+
+// dst[i] = relu(fma(src[i], a, b)) for i < n: one channel's values through an input
+// prologue (Note [input prologue] in conv3d_cpu.h), in vectors and a masked last one.
+template <typename T>
+inline void normalise_values(const T* src, std::int64_t n, T a, T b, T* dst) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes;
+  const V va = V{} + a, vb = V{} + b;
+  std::int64_t i = 0;
+  for (; i + kL <= n; i += kL) store_vec(dst + i, relu_fma<T>(load_vec(src + i), va, vb));
+  if (i < n) {
+    const std::uint32_t mask = first_lanes<T>(n - i);
+    store_lanes(dst + i, relu_fma<T>(load_lanes(src + i, mask), va, vb), mask);
+  }
 }
 
 // Parallelise over (n, g) items when there are enough for every thread.
@@ -66,8 +83,9 @@ void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, 
                                const InputPrologue<T>& pro = {});
 template <typename T>
 void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
-// gw written from gy and x (Note [Winograd weight gradient]), for convs where that pays
-// (winograd_temporal_weight_grad_pays; the others take the direct transposed row GEMM).
+// gw written from gy and x (Note [Winograd weight gradient] in conv3d_winograd_grad.cpp),
+// for convs where that pays (winograd_temporal_weight_grad_pays; the others take the
+// direct transposed row GEMM).
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g);
 template <typename T>
 void winograd_temporal_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw,

@@ -63,6 +63,14 @@ inline typename Vec<T>::type fma_vec(typename Vec<T>::type a, typename Vec<T>::t
 #endif
 }
 
+// relu(fma(v, a, b)) per lane, as relu() after batch_norm_apply (NaN becomes 0): a batch
+// norm with its ReLU applied to values a conv reads (Note [input prologue] in conv3d_cpu.h).
+template <typename T>
+inline typename Vec<T>::type relu_fma(typename Vec<T>::type v, typename Vec<T>::type a, typename Vec<T>::type b) {
+  v = fma_vec<T>(v, a, b);
+  return v > T(0) ? v : typename Vec<T>::type{};
+}
+
 // g where y > 0, else 0, per lane (a ReLU's backward; as relu(): NaN passes nothing). g is
 // pinned to a register first: g++ otherwise folds the select into g's load as a masked
 // load, about twice as slow on this CPU (Note [backward in vectors] in batch_norm_cpu.cpp).

@@ -1,0 +1,161 @@
+// batch_norm_relu_conv3d, the batch norm with ReLU folded into the conv that reads its
+// output (Note [input prologue] in ops/cpu/conv3d_cpu.h): the op against naive loops and
+// against the two ops composed, its gradients against finite differences, and the CPU
+// kernels' prologue on the paths that write the normalised input to a buffer.
+#include "test_util.h"
+#include "conv3d_reference.h"
+
+#include "vidgrad/autograd/node.h"
+#include "vidgrad/ops/cpu/conv3d_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace vidgrad {
+namespace {
+
+using namespace testing;  // test_util.h and conv3d_reference.h
+
+// relu(batch_norm(x)) in training (batch mean, biased variance), every value in double:
+// the reference input of batch_norm_relu_conv3d's conv.
+Tensor bn_relu_reference(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / (N * C);
+  const std::vector<double> xv = x.to_vector<double>(), g = gamma.to_vector<double>(), b = beta.to_vector<double>();
+  std::vector<double> z(xv.size());
+  for (std::int64_t c = 0; c < C; ++c) {
+    double sum = 0, sq = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) sum += xv[(n * C + c) * S + i];
+    const double mean = sum / static_cast<double>(N * S);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) sq += (xv[(n * C + c) * S + i] - mean) * (xv[(n * C + c) * S + i] - mean);
+    const double invstd = 1 / std::sqrt(sq / static_cast<double>(N * S) + eps);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) {
+        const std::int64_t at = (n * C + c) * S + i;
+        z[at] = std::max(0.0, (xv[at] - mean) * invstd * g[c] + b[c]);
+      }
+  }
+  return Tensor::from_vector(z, x.shape());
+}
+
+// batch_norm_relu_conv3d (Note [input prologue] in conv3d_cpu.h): the float32 forward
+// against the naive loops; the same output and gradients as the batch norm and conv one
+// after the other, up to rounding, and the same running statistics, where the kernels take
+// the prologue (Winograd F(4, 3), F(2, 3), the weight gradient's point split; the direct
+// planes, stacked and strided) and where the two ops run composed; float64 gradients
+// against finite differences in training and eval.
+TEST(Conv3d, BatchNormReluFoldedIntoConvMatchesComposition) {
+  struct Case {
+    Shape input;
+    std::int64_t out;
+    std::array<std::int64_t, 3> kernel;
+    Conv3dOptions opts;
+    bool folded;
+    bool gradcheck = true;
+  };
+  const Conv3dOptions temporal = opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1);
+  cpu::set_winograd_temporal(true, 1);
+  for (const Case& c : {Case{{2, 5, 9, 3, 5}, 6, {3, 1, 1}, temporal, true},
+                        Case{{1, 4, 3, 4, 7}, 3, {3, 1, 1}, temporal, true},
+                        Case{{2, 256, 4, 6, 6}, 256, {3, 1, 1}, temporal, true, false},
+                        Case{{2, 9, 4, 2, 3}, 16, {3, 1, 1}, temporal, false},  // too few columns: composed
+                        // the direct-plane kernels: planes filled one by one, stacked, stride 2
+                        Case{{1, 8, 3, 6, 6}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1), true},
+                        Case{{1, 16, 2, 5, 18}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
+                        Case{{2, 16, 2, 4, 4}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
+                        Case{{2, 16, 3, 7, 7}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
+                        Case{{1, 16, 2, 7, 19}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
+                        // 6 output channels: not a direct-plane conv, composed
+                        Case{{1, 6, 3, 5, 5}, 6, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1), false}}) {
+    SCOPED_TRACE(shape_str(c.input) + " -> " + std::to_string(c.out));
+    const std::int64_t C = c.input[1];
+    const Shape ws{c.out, C / c.opts.groups, c.kernel[0], c.kernel[1], c.kernel[2]};
+    const DType f32 = DType::kFloat32;
+    const Tensor x = randn(c.input, 71, f32), gamma = randn({C}, 72, f32), beta = randn({C}, 73, f32);
+    const Tensor w = randn(ws, 74, f32), b = randn({c.out}, 75, f32);
+    const double eps = 1e-5;
+    // One training step through the op (fold) or the two ops: output, gradients of x,
+    // gamma, beta, w and b, then the running statistics.
+    auto run = [&](bool fold) {
+      std::vector<Tensor> leaves{x.clone(), gamma.clone(), beta.clone(), w.clone(), b.clone()};
+      for (Tensor& t : leaves) t.set_requires_grad(true);
+      Tensor rm = Tensor::zeros({C}, f32), rv = Tensor::full({C}, 1.0, f32);
+      const BatchNormOptions bo{.training = true, .momentum = 0.1, .eps = eps, .relu = true};
+      const auto& l = leaves;
+      Tensor y = fold ? batch_norm_relu_conv3d(l[0], l[1], l[2], rm, rv, bo, l[3], l[4], c.opts)
+                      : conv3d(batch_norm(l[0], l[1], l[2], rm, rv, bo), l[3], l[4], c.opts);
+      EXPECT_EQ(y.grad_fn()->name == "batch_norm_relu_conv3d", fold && c.folded);
+      y.backward(randn(y.shape(), 76, f32));
+      std::vector<Tensor> out{y.detach()};
+      for (const Tensor& t : leaves) out.push_back(t.grad());
+      out.push_back(rm);
+      out.push_back(rv);
+      return out;
+    };
+    // The normalised values are the same bit for bit; the transforms' sums may round
+    // differently (the compiler contracts them into FMAs per instantiation).
+    const auto folded = run(true), composed = run(false);
+    for (std::size_t i = 0; i < folded.size(); ++i) {
+      const double tol = i + 2 < folded.size() ? 1e-5 : 0;  // the running statistics: exact
+      EXPECT_TRUE(all_close(folded[i], composed[i], tol, tol)) << "output, gradient or running statistic " << i;
+    }
+    double scale = 1;  // the batch norm's output is about |gamma| + |beta| in size
+    for (double v : gamma.to_vector<double>()) scale = std::max(scale, std::abs(v));
+    for (double v : beta.to_vector<double>()) scale = std::max(scale, 1 + std::abs(v));
+    const double depth = static_cast<double>(ws[1] * ws[2] * ws[3] * ws[4]);
+    EXPECT_TRUE(all_close(folded[0], conv3d_reference(bn_relu_reference(x, gamma, beta, eps), w, b, c.opts),
+                          std::max(1e-4, 2e-5 * std::sqrt(depth)) * scale * 2, 1e-4));
+    if (!c.gradcheck) continue;
+    const Conv3dOptions o = c.opts;
+    std::vector<Tensor> in{param(c.input, 77), param({C}, 78), param({C}, 79), param(ws, 80), param({c.out}, 81)};
+    const auto training = [o](const std::vector<Tensor>& t) {
+      return batch_norm_relu_conv3d(t[0], t[1], t[2], {}, {}, {.relu = true}, t[3], t[4], o);
+    };
+    EXPECT_GRADCHECK(training, in);
+    const Tensor rm = randn({C}, 82), rv = Tensor::full({C}, 0.6, DType::kFloat64);
+    const auto eval = [o, rm, rv](const std::vector<Tensor>& t) {
+      return batch_norm_relu_conv3d(t[0], t[1], t[2], rm, rv, {.training = false, .relu = true}, t[3], t[4], o);
+    };
+    EXPECT_GRADCHECK(eval, in);
+  }
+  cpu::set_winograd_temporal(true);
+  Tensor x = randn({1, 4, 3, 2, 2}, 1, DType::kFloat32), w = randn({4, 4, 3, 1, 1}, 2, DType::kFloat32);
+  EXPECT_THROW_MSG(batch_norm_relu_conv3d(x, {}, {}, {}, {}, {}, w, {}, temporal), "batch_norm_relu_conv3d",
+                   "bn_opts.relu");
+  EXPECT_THROW_MSG(batch_norm_relu_conv3d(x, Tensor::zeros({3}, DType::kFloat32), {}, {}, {}, {.relu = true}, w, {},
+                                          temporal),
+                   "batch_norm", "weight", "[4]", "[3]");
+}
+
+// The kernels' prologue on the paths that write the normalised input to a buffer of their
+// own (cpu::conv3d_takes_prologue false): the same values as the conv of that input.
+TEST(Conv3d, InputPrologueOutsideWinogradMatchesNormalisedInput) {
+  cpu::Conv3dGeometry g{};
+  g.N = 2; g.C = 9; g.T = 4; g.H = 2; g.W = 3;
+  g.O = 16; g.kT = 3; g.kH = 1; g.kW = 1;
+  g.To = 4; g.Ho = 2; g.Wo = 3;
+  g.sT = g.sH = g.sW = 1; g.pT = 1; g.pH = g.pW = 0; g.dT = g.dH = g.dW = 1; g.groups = 1;
+  ASSERT_FALSE(cpu::conv3d_takes_prologue(g));
+  const Tensor x = randn({g.N, g.C, g.T, g.H, g.W}, 91, DType::kFloat32);
+  const Tensor w = randn({g.O, g.C, 3, 1, 1}, 92, DType::kFloat32);
+  const Tensor gy = randn({g.N, g.O, g.T, g.H, g.W}, 93, DType::kFloat32);
+  const std::vector<float> scale = randn({g.C}, 94, DType::kFloat32).to_vector<float>();
+  const std::vector<float> shift = randn({g.C}, 95, DType::kFloat32).to_vector<float>();
+  std::vector<float> z = x.to_vector<float>();
+  for (std::size_t i = 0; i < z.size(); ++i) {
+    const float v = std::fma(z[i], scale[i / (g.T * g.H * g.W) % g.C], shift[i / (g.T * g.H * g.W) % g.C]);
+    z[i] = v > 0 ? v : 0;
+  }
+  const cpu::InputPrologue<float> pro{scale.data(), shift.data()};
+  std::vector<float> y(g.N * g.O * g.L()), y_ref(y.size()), gw(g.O * g.C * 3), gw_ref(gw.size());
+  cpu::conv3d_forward<float>(g, x.data<float>(), w.data<float>(), y.data(), {}, pro);
+  cpu::conv3d_forward<float>(g, z.data(), w.data<float>(), y_ref.data());
+  EXPECT_EQ(y, y_ref);  // the same kernels on the same values
+  cpu::conv3d_backward_weight<float>(g, gy.data<float>(), x.data<float>(), gw.data(), pro);
+  cpu::conv3d_backward_weight<float>(g, gy.data<float>(), z.data(), gw_ref.data());
+  EXPECT_EQ(gw, gw_ref);
+}
+
+}  // namespace
+}  // namespace vidgrad
