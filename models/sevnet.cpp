@@ -22,7 +22,8 @@ Conv3dConfig conv(std::int64_t in, std::int64_t out, std::array<std::int64_t, 3>
 // Evaluation (bn in eval mode, grad mode off): each conv + batch norm pair runs as one
 // pass, the batch norm in the conv's output epilogue (Conv3d::forward_bn). Otherwise each
 // batch norm with a ReLU whose output feeds one conv is folded into that conv's input
-// (Conv3d::forward_after_bn_relu: on the CPU its output is then never stored).
+// (Conv3d::forward_after_bn_relu: on the CPU its output is then never stored), and the
+// conv before takes that batch norm's statistics as it writes its output.
 bool evaluating(const BatchNorm3d& bn) { return !bn.is_training() && !autograd::GradMode::enabled(); }
 
 // One residual module: the branch (three or two convs with BN), optional SE, and either
@@ -79,8 +80,13 @@ class Block : public nn::Module {
         h = convs_[i]->forward_bn(h, *bns_[i], !last || relu_in_bn || join_in_bn, last && join_in_bn ? x : Tensor());
       }
     } else {  // each batch norm but the last, with its ReLU, folded into the next conv's input
-      h = convs_[0]->forward(x);
-      for (std::size_t i = 1; i < convs_.size(); ++i) h = convs_[i]->forward_after_bn_relu(h, *bns_[i - 1]);
+      // Each conv but the last takes its output's batch statistics as it writes it, for the
+      // batch norm folded into the next conv (when that normalises with them).
+      std::vector<ChannelStatistics> stats(convs_.size());
+      auto want = [&](std::size_t i) { return i + 1 < convs_.size() && bns_[i]->is_training() ? &stats[i] : nullptr; };
+      h = convs_[0]->forward(x, want(0));
+      for (std::size_t i = 1; i < convs_.size(); ++i)
+        h = convs_[i]->forward_after_bn_relu(h, *bns_[i - 1], want(i - 1), want(i));
       BatchNorm3d& bn = *bns_.back();
       h = join_in_bn ? bn.forward_add(h, x, true) : relu_in_bn ? bn.forward_relu(h) : bn.forward(h);
     }

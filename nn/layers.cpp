@@ -41,6 +41,12 @@ Tensor Conv3d::forward(const Tensor& x) {
   return y;
 }
 
+Tensor Conv3d::forward(const Tensor& x, ChannelStatistics* stats) {
+  Tensor y = conv3d(x, weight, bias, cfg_.opts, stats);
+  record_cost(y);
+  return y;
+}
+
 void Conv3d::record_cost(const Tensor& y) {
   CostRecorder::record(this, y.numel() * (cfg_.in_channels / cfg_.opts.groups) * cfg_.kernel[0] * cfg_.kernel[1] *
                                  cfg_.kernel[2],
@@ -62,10 +68,11 @@ Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Ten
   return y;
 }
 
-Tensor Conv3d::forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn) {
+Tensor Conv3d::forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn, const ChannelStatistics* x_stats,
+                                     ChannelStatistics* y_stats) {
   const BatchNormOptions opts = bn.begin_batch(true);
   Tensor y = batch_norm_relu_conv3d(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, opts, weight, bias,
-                                    cfg_.opts);
+                                    cfg_.opts, x_stats, y_stats);
   CostRecorder::record(&bn, 0, x.shape());
   record_cost(y);
   return y;

@@ -31,13 +31,19 @@ class Conv3d : public Module {
  public:
   Conv3d(const Conv3dConfig& cfg, Generator& init);
   Tensor forward(const Tensor& x) override;
+  // forward(x), and in *stats the output's batch statistics for the training batch norm
+  // that reads it next (conv3d's overload; pass them to forward_after_bn_relu).
+  Tensor forward(const Tensor& x, ChannelStatistics* stats);
   // bn(forward(x)) + residual (when defined, the output's shape), relu'd with relu. In
   // evaluation (bn in eval mode, grad mode off) one fused pass,
   // conv3d_batch_norm_inference; else the modules and ops one after the other.
   Tensor forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual = {});
   // forward(bn.forward_relu(x)) as one op, batch_norm_relu_conv3d: for a batch norm whose
-  // output only this conv reads (on the CPU that output is then never stored).
-  Tensor forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn);
+  // output only this conv reads (on the CPU that output is then never stored). x_stats:
+  // x's batch statistics where the module that wrote x took them (forward above), else
+  // null; with y_stats, the output's are taken too.
+  Tensor forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn, const ChannelStatistics* x_stats = nullptr,
+                               ChannelStatistics* y_stats = nullptr);
   std::string type_name() const override { return "Conv3d"; }
   const Conv3dConfig& config() const { return cfg_; }
 

@@ -1,6 +1,7 @@
 // batch_norm: checks, statistics, running-stat update, dispatch and backward node.
 #include "vidgrad/ops/batch_norm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -237,7 +238,7 @@ namespace ops_detail {
 
 void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                                const Tensor& running_var, const BatchNormOptions& opts, std::vector<double>& mean,
-                               std::vector<double>& invstd) {
+                               std::vector<double>& invstd, const ChannelStatistics* given) {
   check_args(x, weight, bias, running_mean, running_var, opts);
   VG_CHECK(x.device().type == DeviceType::kCPU && x.is_contiguous(),
            "batch_norm statistics: x must be a contiguous CPU tensor, got one on " << x.device());
@@ -248,7 +249,16 @@ void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tens
     if (opts.training) {
       // The statistics batch_norm_train_forward takes (its header: the same values).
       std::vector<double> var(static_cast<std::size_t>(C));
-      cpu::batch_norm_stats<T>(x.data<T>(), N, C, S, mean.data(), var.data());
+      if (given) {
+        VG_CHECK(std::ssize(given->mean) == C && std::ssize(given->var) == C,
+                 "batch_norm statistics: given statistics have " << given->mean.size() << " means and "
+                                                                 << given->var.size() << " variances for " << C
+                                                                 << " channels");
+        std::copy(given->mean.begin(), given->mean.end(), mean.begin());
+        std::copy(given->var.begin(), given->var.end(), var.begin());
+      } else {
+        cpu::batch_norm_stats<T>(x.data<T>(), N, C, S, mean.data(), var.data());
+      }
       for (std::int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + opts.eps);
       update_running<T>(running_mean, running_var, mean.data(), var.data(), C, N * S, opts.momentum);
     } else {

@@ -26,6 +26,14 @@ struct BatchNormOptions {
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& opts = {});
 
+// A tensor's batch statistics: per channel (dim 1), the mean and biased variance over every
+// other dim. An op that writes a tensor a training batch norm will read can take them as it
+// writes it (conv3d's overload with statistics), so that the batch norm need not read the
+// tensor once more for them (batch_norm_relu_conv3d takes them).
+struct ChannelStatistics {
+  std::vector<double> mean, var;
+};
+
 // batch_norm(x) + residual, then the ReLU with opts.relu: a residual block's join. On the
 // CPU with the ReLU it is one op: the output is written in the normalising pass (the
 // normalised tensor is never stored, nor read back by a separate add), and the backward
@@ -41,9 +49,11 @@ namespace ops_detail {
 // normalises x (contiguous, on the CPU) with: the batch's in training, the same values
 // batch_norm takes (the running statistics then updated in place as batch_norm updates
 // them), else the running ones.
+// With given (training only), x's statistics are taken from it instead of from a pass over
+// x (its sizes are checked against x's channels).
 void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                                const Tensor& running_var, const BatchNormOptions& opts, std::vector<double>& mean,
-                               std::vector<double>& invstd);
+                               std::vector<double>& invstd, const ChannelStatistics* given = nullptr);
 
 }  // namespace ops_detail
 

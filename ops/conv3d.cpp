@@ -81,6 +81,11 @@ std::string profile_label(const cpu::Conv3dGeometry& g) {
 }  // namespace
 
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts) {
+  return conv3d(input, weight, bias, opts, nullptr);
+}
+
+Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts,
+              ChannelStatistics* stats) {
   const cpu::Conv3dGeometry g = geometry(input, weight, bias, opts);
   const std::string label = profile_label(g);
   profile::Scope scope("conv3d", label);
@@ -90,8 +95,15 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
-        cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(),
-                               {.bias = b.defined() ? b.data<T>() : nullptr, .relu = opts.relu});
+        const cpu::GemmEpilogue<T> ep{.bias = b.defined() ? b.data<T>() : nullptr, .relu = opts.relu};
+        if (stats) {
+          stats->mean.assign(static_cast<std::size_t>(g.O), 0.0);
+          stats->var.assign(static_cast<std::size_t>(g.O), 0.0);
+          cpu::conv3d_forward_statistics<T>(g, x.data<T>(), w.data<T>(), y.data<T>(), ep, {}, stats->mean.data(),
+                                            stats->var.data());
+        } else {
+          cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(), ep);
+        }
       });
       break;
 #ifdef VIDGRAD_WITH_CUDA
@@ -105,6 +117,7 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
 #endif
     default: ops_detail::no_kernel("conv3d", x.device());
   }
+  if (stats && x.device().type != DeviceType::kCPU) *stats = {};
   if (autograd::needs_graph({&input, &weight, &bias})) {
     // The input is saved only for the weight gradient, the weight only for the input gradient.
     autograd::attach(
@@ -166,12 +179,14 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
 
 Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, const Tensor& bn_bias,
                               const Tensor& running_mean, const Tensor& running_var, const BatchNormOptions& bn_opts,
-                              const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts) {
+                              const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts,
+                              const ChannelStatistics* x_stats, ChannelStatistics* y_stats) {
   VG_CHECK(bn_opts.relu, "batch_norm_relu_conv3d: bn_opts.relu must be set (the op is a batch norm with its ReLU, "
                          "then the conv)");
   const cpu::Conv3dGeometry g = geometry(input, weight, bias, opts);
   if (input.device().type != DeviceType::kCPU || opts.relu || !cpu::conv3d_takes_prologue(g))
-    return conv3d(batch_norm(input, bn_weight, bn_bias, running_mean, running_var, bn_opts), weight, bias, opts);
+    return conv3d(batch_norm(input, bn_weight, bn_bias, running_mean, running_var, bn_opts), weight, bias, opts,
+                  y_stats);
   const std::string label = profile_label(g);
   const Tensor x = input.contiguous(), w = weight.contiguous();
   const Tensor b = bias.defined() ? bias.contiguous() : Tensor();
@@ -180,7 +195,9 @@ Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, cons
   auto mean = std::make_shared<std::vector<double>>(), invstd = std::make_shared<std::vector<double>>();
   {
     profile::Scope scope("batch_norm", "statistics");
-    ops_detail::batch_norm_cpu_statistics(x, bn_w, bn_b, running_mean, running_var, bn_opts, *mean, *invstd);
+    const bool given = x_stats && bn_opts.training && !x_stats->mean.empty();
+    ops_detail::batch_norm_cpu_statistics(x, bn_w, bn_b, running_mean, running_var, bn_opts, *mean, *invstd,
+                                          given ? x_stats : nullptr);
   }
   const std::int64_t C = g.C;
   // The prologue's scale (row 0) and shift (row 1), as batch_norm_apply computes them.
@@ -195,7 +212,14 @@ Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, cons
       a[C + c] = shift;
     }
     profile::Scope scope("conv3d", profile::enabled() ? "bn-relu " + label : "");
-    cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(), {.bias = ptr(b)}, {a, a + C});
+    if (y_stats) {
+      y_stats->mean.assign(static_cast<std::size_t>(g.O), 0.0);
+      y_stats->var.assign(static_cast<std::size_t>(g.O), 0.0);
+      cpu::conv3d_forward_statistics<T>(g, x.data<T>(), w.data<T>(), y.data<T>(), {.bias = ptr(b)}, {a, a + C},
+                                        y_stats->mean.data(), y_stats->var.data());
+    } else {
+      cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(), {.bias = ptr(b)}, {a, a + C});
+    }
   });
   if (autograd::needs_graph({&input, &bn_weight, &bn_bias, &weight, &bias})) {
     autograd::attach(

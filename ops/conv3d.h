@@ -30,6 +30,16 @@ struct Conv3dOptions {
 
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias = {}, const Conv3dOptions& opts = {});
 
+// conv3d, and in *stats the output's batch statistics (ChannelStatistics in batch_norm.h),
+// for a training batch norm that reads it next. On the CPU the pointwise and kT x 1 x 1
+// convs off the Winograd path take them as they store the output, with no pass over it
+// and the direct-plane convs (grouped 1 x kH x kW) take them as they store the output
+// (Note [output statistics] in ops/cpu/row_gemm.cpp), other convs in a pass after it; they
+// equal batch_norm's up to rounding (summed in another order). On other devices stats is
+// cleared, and the batch norm takes its own.
+Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts,
+              ChannelStatistics* stats);
+
 // Inference conv + batch norm with running statistics (+ residual) (+ ReLU with opts.relu):
 //   y = relu?((conv(x, w) + conv_bias - mean) * bn_weight / sqrt(var + eps) + bn_bias + residual)
 // conv_bias, bn_weight, bn_bias and residual may be undefined (0, 1, 0, 0); a residual has
@@ -51,9 +61,13 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
 // tensor is never stored: the conv normalises each value of x as it reads it, in the
 // forward and again in the weight gradient, and the backward recomputes the ReLU's mask
 // from x (Note [input prologue] in ops/cpu/conv3d_cpu.h). Otherwise the two ops are
-// composed.
+// composed. x_stats (optional, training only): x's batch statistics as the op that wrote x
+// took them (conv3d's overload above), used instead of a pass over x for them where the
+// batch norm folds; the composed ops take their own. y_stats (optional): the output's
+// batch statistics, as conv3d's overload takes them.
 Tensor batch_norm_relu_conv3d(const Tensor& x, const Tensor& bn_weight, const Tensor& bn_bias,
                               const Tensor& running_mean, const Tensor& running_var, const BatchNormOptions& bn_opts,
-                              const Tensor& weight, const Tensor& bias = {}, const Conv3dOptions& opts = {});
+                              const Tensor& weight, const Tensor& bias = {}, const Conv3dOptions& opts = {},
+                              const ChannelStatistics* x_stats = nullptr, ChannelStatistics* y_stats = nullptr);
 
 }  // namespace vidgrad

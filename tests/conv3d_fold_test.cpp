@@ -6,6 +6,7 @@
 #include "conv3d_reference.h"
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 
 #include <algorithm>
@@ -155,6 +156,132 @@ TEST(Conv3d, InputPrologueOutsideWinogradMatchesNormalisedInput) {
   cpu::conv3d_backward_weight<float>(g, gy.data<float>(), x.data<float>(), gw.data(), pro);
   cpu::conv3d_backward_weight<float>(g, gy.data<float>(), z.data(), gw_ref.data());
   EXPECT_EQ(gw, gw_ref);
+}
+
+// The mean and biased variance of each channel of y (N, C, ...), in double.
+std::pair<std::vector<double>, std::vector<double>> channel_moments(const Tensor& y) {
+  const std::int64_t N = y.shape()[0], C = y.shape()[1], S = y.numel() / (N * C);
+  const std::vector<double> v = y.to_vector<double>();
+  std::vector<double> mean(static_cast<std::size_t>(C)), var(static_cast<std::size_t>(C));
+  for (std::int64_t c = 0; c < C; ++c) {
+    double sum = 0, sq = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) sum += v[(n * C + c) * S + i];
+    mean[c] = sum / static_cast<double>(N * S);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) sq += (v[(n * C + c) * S + i] - mean[c]) * (v[(n * C + c) * S + i] - mean[c]);
+    var[c] = sq / static_cast<double>(N * S);
+  }
+  return {mean, var};
+}
+
+// conv3d's overload with statistics (Note [output statistics] in ops/cpu/row_gemm.cpp): the
+// same output bit for bit, and the output's mean and variance, against double sums over it,
+// on the row GEMM's paths (one GEMM split over panels, small frames by sample, slots of 1,
+// 2, 4 and 8 panels and a narrow last one, time shifts, groups, a bias far from zero), on
+// the direct planes' (stacked frames, frame by frame, stride 2) and on a conv that takes
+// them in a pass; the same values on 1, 2 and 3 threads; the fold given them against the
+// fold taking its own, and the fold's own output statistics; gradients through the chain
+// of a conv and two folds, each given the statistics of the one before, float64.
+TEST(Conv3d, OutputStatisticsMatchTheOutput) {
+  struct Case {
+    Shape input;
+    std::int64_t out;
+    std::array<std::int64_t, 3> kernel;
+    Conv3dOptions opts;
+    double bias = 0;  // added to a random bias: a mean far from zero
+  };
+  const Conv3dOptions unit = opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1);
+  const int saved = get_num_threads();
+  // Columns (positions a sample): the GEMM's 48-column panels, slots of 1-8 of them.
+  for (const Case& c : {Case{{1, 64, 4, 10, 25}, 64, {1, 1, 1}, unit},     // 1000: 21 panels (a narrow
+                                                                            // last one), slots of 4, split
+                        Case{{1, 64, 2, 10, 25}, 64, {1, 1, 1}, unit},     // 500: slots of 2, split
+                        Case{{1, 16, 8, 50, 60}, 9, {1, 1, 1}, unit},      // 24000: slots of 8, split
+                        Case{{2, 6, 3, 20, 34}, 7, {1, 1, 1}, unit, 1e3},  // 2040 a sample, one thread
+                        Case{{3, 24, 2, 5, 7}, 16, {1, 1, 1}, unit},       // 70: slots of 1, samples to threads
+                        Case{{2, 8, 6, 3, 5}, 8, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 2)},
+                        Case{{2, 6, 9, 12, 13}, 5, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), -40},
+                        // the direct planes: stacked frames, frame by frame, stride 2
+                        Case{{2, 16, 3, 9, 9}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2)},
+                        Case{{2, 16, 3, 8, 20}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), 30},
+                        Case{{3, 8, 2, 11, 34}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1)},
+                        // taken in a pass: the strided rows
+                        Case{{1, 3, 2, 20, 70}, 8, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1)}}) {
+    SCOPED_TRACE(shape_str(c.input) + " -> " + std::to_string(c.out));
+    const Shape ws{c.out, c.input[1] / c.opts.groups, c.kernel[0], c.kernel[1], c.kernel[2]};
+    for (const DType dt : {DType::kFloat32, DType::kFloat64}) {
+      const Tensor x = randn(c.input, 101, dt), w = randn(ws, 102, dt);
+      std::vector<double> bv = randn({c.out}, 103, DType::kFloat64).to_vector<double>();
+      for (double& v : bv) v += c.bias;
+      const Tensor b = Tensor::from_vector(bv, {c.out}).to(dt);
+      const Tensor plain = conv3d(x, w, b, c.opts);
+      ChannelStatistics first;
+      for (const int threads : {1, 2, 3}) {
+        set_num_threads(threads);
+        ChannelStatistics stats;
+        const Tensor y = conv3d(x, w, b, c.opts, &stats);
+        EXPECT_TRUE(all_close(y, plain, 0, 0)) << threads << " threads";
+        ASSERT_EQ(std::ssize(stats.mean), c.out);
+        ASSERT_EQ(std::ssize(stats.var), c.out);
+        if (threads == 1) {
+          first = stats;
+          const auto [mean, var] = channel_moments(y);
+          const double tol = dt == DType::kFloat32 ? 2e-6 : 1e-13;
+          for (std::int64_t o = 0; o < c.out; ++o) {
+            EXPECT_NEAR(stats.mean[o], mean[o], tol * (std::abs(mean[o]) + std::sqrt(var[o]))) << "channel " << o;
+            EXPECT_NEAR(stats.var[o], var[o], tol * var[o]) << "channel " << o;
+          }
+        } else {  // the same sums in the same order, whoever took which panel
+          EXPECT_EQ(stats.mean, first.mean) << threads << " threads";
+          EXPECT_EQ(stats.var, first.var) << threads << " threads";
+        }
+      }
+      set_num_threads(saved);
+    }
+  }
+  // The fold given the statistics: the same step as the fold taking its own, up to their
+  // rounding; gradients through the pair (conv with statistics, fold given them).
+  const Conv3dOptions gw8 = opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2);
+  const DType f32 = DType::kFloat32;
+  const Tensor x = randn({2, 16, 3, 12, 10}, 111, f32), wa = randn({16, 16, 1, 1, 1}, 112, f32);
+  const Tensor gamma = randn({16}, 113, f32), beta = randn({16}, 114, f32), wb = randn({16, 8, 1, 3, 3}, 115, f32);
+  auto step = [&](bool given) {
+    std::vector<Tensor> leaves{x.clone(), wa.clone(), gamma.clone(), beta.clone(), wb.clone()};
+    for (Tensor& t : leaves) t.set_requires_grad(true);
+    Tensor rm = Tensor::zeros({16}, f32), rv = Tensor::full({16}, 1.0, f32);
+    ChannelStatistics stats, y_stats;
+    const Tensor h = conv3d(leaves[0], leaves[1], {}, unit, given ? &stats : nullptr);
+    Tensor y = batch_norm_relu_conv3d(h, leaves[2], leaves[3], rm, rv, {.relu = true}, leaves[4], {}, gw8,
+                                      given ? &stats : nullptr, &y_stats);
+    EXPECT_EQ(y.grad_fn()->name, "batch_norm_relu_conv3d");
+    const auto [mean, var] = channel_moments(y);
+    for (std::int64_t o = 0; o < 16; ++o) {
+      EXPECT_NEAR(y_stats.mean[o], mean[o], 2e-6 * (std::abs(mean[o]) + std::sqrt(var[o]))) << "channel " << o;
+      EXPECT_NEAR(y_stats.var[o], var[o], 2e-6 * var[o]) << "channel " << o;
+    }
+    y.backward(randn(y.shape(), 116, f32));
+    std::vector<Tensor> out{y.detach(), rm, rv};
+    for (const Tensor& t : leaves) out.push_back(t.grad());
+    return out;
+  };
+  const auto given = step(true), own = step(false);
+  for (std::size_t i = 0; i < given.size(); ++i)
+    EXPECT_TRUE(all_close(given[i], own[i], 1e-5, 1e-5)) << "output, running statistic or gradient " << i;
+  std::vector<Tensor> in{param({2, 16, 3, 5, 4}, 117), param({16, 16, 1, 1, 1}, 118), param({16}, 119),
+                         param({16}, 120), param({16, 8, 1, 3, 3}, 121), param({16}, 122),
+                         param({16}, 123), param({16, 8, 1, 3, 3}, 124)};
+  const auto chain = [unit, gw8](const std::vector<Tensor>& t) {
+    ChannelStatistics sa, sb;
+    const Tensor a = conv3d(t[0], t[1], {}, unit, &sa);
+    const Tensor b = batch_norm_relu_conv3d(a, t[2], t[3], {}, {}, {.relu = true}, t[4], {}, gw8, &sa, &sb);
+    return batch_norm_relu_conv3d(b, t[5], t[6], {}, {}, {.relu = true}, t[7], {}, gw8, &sb);
+  };
+  EXPECT_GRADCHECK(chain, in);
+  // Statistics of another size than the input's channels.
+  ChannelStatistics wrong{{0.0, 0.0}, {1.0, 1.0}};
+  EXPECT_THROW_MSG(batch_norm_relu_conv3d(x, gamma, beta, {}, {}, {.relu = true}, wb, {}, gw8, &wrong),
+                   "batch_norm", "2 means", "16 channels");
 }
 
 }  // namespace

@@ -17,8 +17,10 @@
 // Work is spread over (sample, group) items when there are enough to feed every thread;
 // otherwise the GEMMs and copies use the threads.
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
+#include "vidgrad/ops/cpu/batch_norm_cpu.h"
 #include "vidgrad/ops/cpu/conv3d_internal.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
+#include "vidgrad/ops/cpu/micro_kernel.h"
 #include "vidgrad/ops/cpu/simd.h"
 
 #include "vidgrad/core/error.h"
@@ -180,7 +182,8 @@ inline TapRange tap_range(const Conv3dGeometry& g, std::int64_t kt) {
 template <typename T>
 void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t* shift, const T* src,
                        std::int64_t src_stride, std::int64_t src_frames, std::int64_t HW, T* dst, std::int64_t dst_stride,
-                       std::int64_t frames, const GemmEpilogue<T>& ep, bool accumulate) {
+                       std::int64_t frames, const GemmEpilogue<T>& ep, bool accumulate,
+                       const RowSums<T>* row_sums = nullptr) {
   const std::int64_t J = a.K / kT;
   std::vector<const T*> rows(static_cast<std::size_t>(a.K));
   std::vector<std::int64_t> lo(static_cast<std::size_t>(a.K)), hi(static_cast<std::size_t>(a.K));
@@ -194,16 +197,17 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
       hi[j * kT + kt] = t1 * HW;
     }
   }
-  row_gemm(a, frames * HW, rows.data(), dst, dst_stride, accumulate, ep, lo.data(), hi.data());
+  row_gemm(a, frames * HW, rows.data(), dst, dst_stride, accumulate, ep, lo.data(), hi.data(), row_sums);
 }
 
 // 1x1x1 and kT x 1 x 1 convs (pointwise or temporal_only) through row_gemm: the forward
 // (y = W * shifted x) and the input gradient (gx = W^T * gy shifted back) are both one
 // GEMM of depth channels * kT per sample-group, with no im2col (Note [row GEMM]). The
-// forward's epilogue is applied as the output is stored (ep: all O channels).
+// forward's epilogue is applied as the output is stored (ep: all O channels). With
+// item_sums, item n * groups + gr's GEMM takes the row sums item_sums[item] (RowSums).
 template <typename T>
 void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad,
-               const GemmEpilogue<T>& ep = {}, bool accumulate = false) {
+               const GemmEpilogue<T>& ep = {}, bool accumulate = false, const RowSums<T>* item_sums = nullptr) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), HW = g.H * g.W, items = g.N * g.groups;
   const std::int64_t src_ch = input_grad ? Og : Cg, dst_ch = input_grad ? Cg : Og;
   const std::int64_t src_vol = input_grad ? g.L() : g.in_volume(), dst_vol = input_grad ? g.in_volume() : g.L();
@@ -228,7 +232,7 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
     if (group_ep.residual) group_ep.residual += n * g.O * dst_vol;  // laid out like dst
     shifted_rows_gemm(packed[gr], g.kT, shift.data(), src + (n * g.groups + gr) * src_ch * src_vol, src_vol,
                       src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames, group_ep,
-                      accumulate);
+                      accumulate, item_sums ? item_sums + item : nullptr);
   };
   // Small frames give each GEMM too few columns to split; then samples go to threads.
   if (omp_get_max_threads() > 1 && items >= omp_get_max_threads() && dst_frames * HW < 4096) {
@@ -491,6 +495,49 @@ std::optional<Conv3dGeometry> transposed_geometry(const Conv3dGeometry& g) {
 
 }  // namespace
 
+// Note [output statistics] in row_gemm.cpp. The kernels' parts come per (sample-group,
+// slot, row) from the row GEMM and per (sample, frames, channel) from the direct planes,
+// each about its own shift, and are added in a fixed order (ChannelMoments), so the
+// statistics depend on neither the thread count nor the schedule.
+template <typename T>
+void conv3d_forward_statistics(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
+                               const InputPrologue<T>& pro, double* mean, double* var) {
+  std::vector<ChannelMoments> moments(static_cast<std::size_t>(g.O));
+  thread_local std::vector<double> parts;
+  if (direct_planes(g)) {
+    const std::int64_t runs = direct_sum_runs(g);
+    parts.resize(static_cast<std::size_t>(g.N * runs * g.O * 3));
+    direct_conv_forward(g, x, w, y, ep, pro, parts.data());
+    for (std::int64_t n = 0; n < g.N; ++n)
+      for (std::int64_t f = 0; f < runs; ++f)
+        for (std::int64_t o = 0; o < g.O; ++o)
+          moments[o].add(static_cast<double>(g.L() / runs), parts.data() + 3 * ((n * runs + f) * g.O + o));
+  } else if (!winograd_temporal(g) && !pro.active() && !ep.residual &&
+             (g.temporal_only() || (g.pointwise() && !strided_rows_forward(g)))) {
+    const std::int64_t Og = g.Og(), items = g.N * g.groups, cols = g.L();
+    const std::int64_t slots = row_sums_slots<T>(cols), per = row_sums_panels<T>(cols) * kernel::kNr<T>;
+    parts.resize(static_cast<std::size_t>(items * slots * Og * 3));
+    std::vector<RowSums<T>> item_sums(static_cast<std::size_t>(items));
+    for (std::int64_t i = 0; i < items; ++i) item_sums[i] = {parts.data() + i * slots * Og * 3};
+    rows_conv(g, w, x, y, false, ep, false, item_sums.data());
+    for (std::int64_t n = 0; n < g.N; ++n)
+      for (std::int64_t b = 0; b < slots; ++b) {
+        const double nb = static_cast<double>(std::min(per, cols - b * per));  // the slot's columns
+        for (std::int64_t gr = 0; gr < g.groups; ++gr)
+          for (std::int64_t m = 0; m < Og; ++m)
+            moments[gr * Og + m].add(nb, item_sums[n * g.groups + gr].sums + 3 * (b * Og + m));
+      }
+  } else {  // a pass over the output after it is written
+    conv3d_forward(g, x, w, y, ep, pro);
+    batch_norm_stats(y, g.N, g.O, g.L(), mean, var);
+    return;
+  }
+  for (std::int64_t o = 0; o < g.O; ++o) {
+    mean[o] = moments[o].mean();
+    var[o] = moments[o].variance();
+  }
+}
+
 template <typename T>
 void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* gx, bool accumulate) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
@@ -637,6 +684,8 @@ void set_conv_tile_elements(std::int64_t elements) {
 #define VIDGRAD_INSTANTIATE(T)                                                              \
   template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&,      \
                                   const InputPrologue<T>&);                                                   \
+  template void conv3d_forward_statistics<T>(const Conv3dGeometry&, const T*, const T*, T*,                     \
+                                             const GemmEpilogue<T>&, const InputPrologue<T>&, double*, double*); \
   template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*, bool);                \
   template void conv3d_backward_weight<T>(const Conv3dGeometry&, const T*, const T*, T*, const InputPrologue<T>&); \
   template void conv3d_backward_bias<T>(const Conv3dGeometry&, const T*, T*);

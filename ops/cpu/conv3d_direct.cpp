@@ -669,14 +669,24 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
 
 }  // namespace
 
+// The stacked frames' item has all frames of its channels, in L2 (small planes: one run
+// each, not one a frame, whose reductions cost more than their sums at 7x7).
+std::int64_t direct_sum_runs(const Conv3dGeometry& g) { return stacked_frames(g) ? 1 : g.To; }
+
 bool direct_planes(const Conv3dGeometry& g) {
   return g.kT == 1 && g.Og() % kDirectOg == 0 && g.Cg() <= 16 && !g.pointwise();
 }
 
 template <typename T>
 void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                         const InputPrologue<T>& pro) {
+                         const InputPrologue<T>& pro, double* plane_sums) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), nob = Og / kDirectOg;
+  // The statistics' parts of output channels [o0, o0 + count) of sample n, run f of
+  // frames, just written (in L2).
+  const std::int64_t runs = direct_sum_runs(g), run_len = L / runs;
+  auto plane_parts = [&](std::int64_t n, std::int64_t o0, std::int64_t count, std::int64_t f) {
+    run_sums(y + (n * g.O + o0) * L + f * run_len, L, count, run_len, plane_sums + 3 * ((n * runs + f) * g.O + o0));
+  };
   // Note [scale in the weights]: the weight of each block of 8 output channels reordered to
   // (Cg, kH, kW, 8), times the epilogue's scale (inference batch norm): scale * conv(x, w) =
   // conv(x, scale * w), so the kernels' epilogue is the bias and the ReLU only.
@@ -692,6 +702,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
       const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / Og;
       direct_frames(g, x + (n * g.C + gr * Cg) * g.in_volume(), wt.data() + o0 * K, y + (n * g.O + o0) * L,
                     col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep_unscaled.from_row(o0), pro.from_channel(gr * Cg));
+      if (plane_sums) plane_parts(n, o0, kDirectOg, 0);  // all frames at once
     };
     if (items_parallel(items, kDirectOg * K * L)) {
 #pragma omp parallel for schedule(dynamic)
@@ -712,15 +723,19 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     T* yg = y + (n * g.O + gr * Og) * L;
     const GemmEpilogue<T> group_ep = ep_unscaled.from_row(gr * Og);
     const InputPrologue<T> group_pro = pro.from_channel(gr * Cg);
+    auto frame = [&](std::int64_t to, T* buf) {
+      direct_plane(g, xg, wg, yg, to, buf, group_ep, nob, group_pro);
+      if (plane_sums) plane_parts(n, gr * Og, Og, to);
+    };
     if (outer) {  // this thread owns the item
       T* buf = col_buffer<T>(scratch);
-      for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob, group_pro);
+      for (std::int64_t to = 0; to < g.To; ++to) frame(to, buf);
     } else {
 #pragma omp parallel if (g.To > 1 && L * Og * K >= kMinParallelWork)
       {
         T* buf = col_buffer<T>(scratch);
 #pragma omp for schedule(static)
-        for (std::int64_t to = 0; to < g.To; ++to) direct_plane(g, xg, wg, yg, to, buf, group_ep, nob, group_pro);
+        for (std::int64_t to = 0; to < g.To; ++to) frame(to, buf);
       }
     }
   };
@@ -766,7 +781,7 @@ void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T
 
 #define VIDGRAD_INSTANTIATE(T)                                                                                  \
   template void direct_conv_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&,    \
-                                       const InputPrologue<T>&);                                                \
+                                       const InputPrologue<T>&, double*);                                       \
   template void direct_conv_weight_grad<T>(const Conv3dGeometry&, const T*, const T*, T*, const InputPrologue<T>&);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)

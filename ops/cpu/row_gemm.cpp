@@ -19,6 +19,7 @@
 #include "vidgrad/ops/cpu/micro_kernel.h"
 #include "vidgrad/ops/cpu/simd.h"
 
+#include "vidgrad/core/error.h"
 #include "vidgrad/core/parallel.h"
 
 #include <omp.h>
@@ -69,6 +70,102 @@ using namespace kernel;
 // 1x1x1 forward + input gradient over 3x1x1 forward + input gradient (Winograd, which this
 // does not touch) 0.691 / 0.676 / 0.680 -> 0.646 / 0.641 / 0.647, about 3 ms a step.
 
+// Note [output statistics]: in training, a batch norm needs its input's per-channel mean
+// and variance before it can normalise any of it. With the batch norm folded into the
+// next conv (Note [input prologue] in conv3d_cpu.h) that left one pass of its own, over the
+// previous conv's output read back from memory (3-26 MB per conv at 16x224; 33 passes, 10 ms
+// of a 426 ms batch 1 16x224 step). The convs that write those outputs (each SEVNet module's
+// 1x1x1 and grouped 1x3x3 convs) now take them while the values are still in cache:
+// row_gemm sums each panel's rows (M x 48 values, just stored, in L1 or L2) after the
+// panel's last block of k, and the direct-plane forward (conv3d_direct.cpp) each output
+// plane or stack of frames after it writes it. The sums are of v - shift, with shift the
+// first value of the run, as batch_norm_stats sums x - (its first value) (Note [one-pass
+// statistics] in batch_norm_cpu.cpp): no cancellation when |mean| >> std. Each slot (a run
+// of 1 to 8 panels whose size depends only on N) has its own sums, and the caller adds the
+// slots' parts in a fixed order (ChannelMoments in conv3d_internal.h): the statistics depend
+// on neither which thread took which panel nor the thread count. Reducing a row's vector
+// sums lane by lane cost a chain of dependent adds per row and panel (the 1x1x1 forwards
+// became 15-50% slower); rows are reduced 16 at a time by a transpose, once per slot.
+
+// acc[2m], acc[2m + 1] += the vectors of c[m, n] - shift[m] and its square over the
+// columns n < cols of one panel, rows m < M (lane j: the columns j, j + kL, ...). With
+// first (a slot's first panel), shift[m] = c[m, 0] first.
+template <typename T>
+void add_panel_sums(const T* c, std::int64_t ldc, std::int64_t M, std::int64_t cols, bool first, T* shift,
+                    typename Vec<T>::type* acc) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t L = Vec<T>::kLanes;
+  const std::int64_t whole = cols / L * L;
+  V keep{};  // 1 in the lanes of the last, partial vector that hold values
+  for (std::int64_t k = 0; k < cols - whole; ++k) keep[k] = T(1);
+  for (std::int64_t m = 0; m < M; ++m) {
+    const T* row = c + m * ldc;
+    if (first) shift[m] = row[0];
+    const V sv = V{} + shift[m];
+    V s = first ? V{} : acc[2 * m], ss = first ? V{} : acc[2 * m + 1];
+    for (std::int64_t n = 0; n < whole; n += L) {
+      const V d = load_vec(row + n) - sv;
+      s += d;
+      ss += d * d;
+    }
+    if (whole < cols) {
+      const V d = (load_lanes(row + whole, first_lanes<T>(cols - whole)) - sv) * keep;
+      s += d;
+      ss += d * d;
+    }
+    acc[2 * m] = s;
+    acc[2 * m + 1] = ss;
+  }
+}
+
+// sums[3m] = shift[m]; sums[3m + 1], sums[3m + 2] = the lane sums of acc[2m], acc[2m + 1]
+// (in double), rows m < M. Rows go kL at a time, their vectors reduced together by a
+// transpose (transpose_lanes) rather than lane by lane: each row's 15 dependent adds, per
+// panel, had made the 1x1x1 forwards 15-50% slower.
+template <typename T>
+void store_slot_sums(const typename Vec<T>::type* acc, const T* shift, std::int64_t M, double* sums) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t L = Vec<T>::kLanes;
+  for (std::int64_t m0 = 0; m0 < M; m0 += L) {
+    const std::int64_t rows = std::min(L, M - m0);
+    for (int j = 0; j < 2; ++j) {  // the sums, then the sums of squares
+      V v[L];
+      for (std::int64_t r = 0; r < L; ++r) v[r] = r < rows ? acc[2 * (m0 + r) + j] : V{};
+      transpose_lanes<T>(v);  // lane r of v[k]: lane k of row r's vector
+      V t = v[0];
+      for (std::int64_t k = 1; k < L; ++k) t += v[k];
+      for (std::int64_t r = 0; r < rows; ++r) sums[3 * (m0 + r) + 1 + j] = static_cast<double>(t[r]);
+    }
+    for (std::int64_t r = 0; r < rows; ++r) sums[3 * (m0 + r)] = static_cast<double>(shift[m0 + r]);
+  }
+}
+
+}  // namespace
+
+// 1, 2, 4 or 8 panels: at least 4 slots where there are 4 panels. row_gemm's blocks are
+// made multiples of it, so that no slot spans two blocks (two threads). Each slot's
+// reduction costs about as much as summing a panel, so slots are as large as the split
+// of the columns between threads allows.
+template <typename T>
+std::int64_t row_sums_panels(std::int64_t N) {
+  const std::int64_t panels = (N + kernel::kNr<T> - 1) / kernel::kNr<T>;
+  std::int64_t per = 1;
+  while (per < 8 && panels >= 8 * per) per *= 2;
+  return per;
+}
+
+template <typename T>
+std::int64_t row_sums_slots(std::int64_t N) {
+  const std::int64_t panels = (N + kernel::kNr<T> - 1) / kernel::kNr<T>, per = row_sums_panels<T>(N);
+  return (panels + per - 1) / per;
+}
+template std::int64_t row_sums_panels<float>(std::int64_t);
+template std::int64_t row_sums_panels<double>(std::int64_t);
+template std::int64_t row_sums_slots<float>(std::int64_t);
+template std::int64_t row_sums_slots<double>(std::int64_t);
+
+namespace {
+
 constexpr std::int64_t kKc = 128;        // rows of B per packed block
 constexpr std::int64_t kPanels = 8;      // NR-column panels per packed block
 constexpr std::int64_t kRowsAMax = 128;  // rows of A read in place by row_gemm_nt (Note [A in rows])
@@ -80,7 +177,7 @@ template <typename T, typename Next, typename Peek>
 void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, const std::int64_t* b_lo,
                      const std::int64_t* b_hi, T* c, std::int64_t ldc, bool accumulate,
                      const GemmEpilogue<T>& epilogue, std::int64_t per_block, Next&& next_block,
-                     Peek&& peek_block) {
+                     Peek&& peek_block, const RowSums<T>* row_sums) {
   const bool with_epilogue = epilogue.active();
   constexpr std::int64_t NR = kNr<T>;
   thread_local std::vector<T> packed;
@@ -88,6 +185,17 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
   packed.resize(static_cast<std::size_t>((kPanels * NR + kLine) * kKc));
   T* bp = packed.data();
   const std::int64_t m_panels = (a.M + kMr - 1) / kMr, panels = (N + NR - 1) / NR;
+  // The block's row sums (Note [output statistics]): two vectors a row, reduced at its end.
+  using V = typename Vec<T>::type;
+  thread_local std::vector<V> slot_sums;
+  thread_local std::vector<T> slot_shift;
+  const std::int64_t slot_panels = row_sums ? row_sums_panels<T>(N) : 1;
+  if (row_sums) {
+    slot_sums.resize(static_cast<std::size_t>(2 * a.M));
+    slot_shift.resize(static_cast<std::size_t>(a.M));
+    VG_CHECK(per_block % slot_panels == 0, "row_gemm: blocks of " << per_block << " panels split slots of "
+                                                                  << slot_panels);
+  }
   for (std::int64_t blk = next_block(); blk >= 0; blk = next_block()) {
     const std::int64_t pb = blk * per_block, pe = std::min(panels, pb + per_block);
     const std::int64_t ahead = peek_block(), ahead_pb = ahead >= 0 ? ahead * per_block : -1;
@@ -136,6 +244,12 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
           micro_tile(kc, a.data.data() + (mp * a.K + k0) * kMr, bp + (p - pb) * NR, pitch,
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
                        last ? &ep : nullptr);
+        }
+        if (row_sums && k0 + kc == a.K) {  // the panel is final (Note [output statistics])
+          add_panel_sums(c + n0, ldc, a.M, cols, p % slot_panels == 0, slot_shift.data(), slot_sums.data());
+          if ((p + 1) % slot_panels == 0 || p + 1 == panels)  // the slot's last panel
+            store_slot_sums<T>(slot_sums.data(), slot_shift.data(), a.M,
+                               row_sums->sums + 3 * (p / slot_panels) * a.M);
         }
       }
     }
@@ -326,14 +440,27 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
 
 template <typename T>
 void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate,
-              const GemmEpilogue<T>& epilogue, const std::int64_t* b_lo, const std::int64_t* b_hi) {
+              const GemmEpilogue<T>& epilogue, const std::int64_t* b_lo, const std::int64_t* b_hi,
+              const RowSums<T>* row_sums) {
   if (a.M == 0 || N == 0) return;
+  const std::int64_t panels = (N + kNr<T> - 1) / kNr<T>;
+  VG_CHECK(!row_sums || !accumulate, "row_gemm: row sums are of a fresh product, not with accumulate");
   if (a.K == 0) {
     for (std::int64_t m = 0; m < a.M; ++m)
       for (std::int64_t n = 0; n < N; ++n) c[m * ldc + n] = epilogue.apply(accumulate ? c[m * ldc + n] : T(0), m, n);
+    if (row_sums) {
+      const std::int64_t per = row_sums_panels<T>(N);
+      std::vector<typename Vec<T>::type> acc(static_cast<std::size_t>(2 * a.M));
+      std::vector<T> shift(static_cast<std::size_t>(a.M));
+      for (std::int64_t p = 0; p < panels; ++p) {
+        add_panel_sums(c + p * kNr<T>, ldc, a.M, std::min(kNr<T>, N - p * kNr<T>), p % per == 0, shift.data(),
+                       acc.data());
+        if ((p + 1) % per == 0 || p + 1 == panels)
+          store_slot_sums<T>(acc.data(), shift.data(), a.M, row_sums->sums + 3 * (p / per) * a.M);
+      }
+    }
     return;
   }
-  const std::int64_t panels = (N + kNr<T> - 1) / kNr<T>;
   const bool parallel = !omp_in_parallel() && omp_get_max_threads() > 1 && panels > 1 &&
                         a.M * a.K * N >= 32 * kMinParallelWork;
   if (!parallel) {
@@ -341,20 +468,23 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
     std::int64_t blk = 0;
     row_gemm_panels(
         a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, kPanels, [&] { return blk < blocks ? blk++ : -1; },
-        [&] { return blk < blocks ? blk : -1; });
+        [&] { return blk < blocks ? blk : -1; }, row_sums);
     return;
   }
   // Blocks in even ranges, at least 4 a thread, stolen from the back by a thread done first
   // (Note [stealing ranges] in core/parallel.h).
   const int threads = omp_get_max_threads();
-  const std::int64_t per_block = std::clamp<std::int64_t>((panels + 4 * threads - 1) / (4 * threads), 1, kPanels);
+  // With row sums, a multiple of a slot's panels (Note [output statistics]).
+  const std::int64_t slot = row_sums ? row_sums_panels<T>(N) : 1;
+  const std::int64_t per_block =
+      std::max(slot, std::clamp<std::int64_t>((panels + 4 * threads - 1) / (4 * threads), 1, kPanels) / slot * slot);
   StealingRanges ranges((panels + per_block - 1) / per_block, threads);
 #pragma omp parallel
   {
     const int t = omp_get_thread_num();
     row_gemm_panels(
         a, N, b_rows, b_lo, b_hi, c, ldc, accumulate, epilogue, per_block, [&] { return ranges.next(t); },
-        [&] { return ranges.peek(t); });
+        [&] { return ranges.peek(t); }, row_sums);
   }
 }
 
@@ -364,8 +494,10 @@ template void row_gemm_nt<double>(std::int64_t, std::int64_t, std::int64_t, cons
                                   const double* const*, const std::int64_t*, const std::int64_t*, double*, std::int64_t,
                                   bool);
 template void row_gemm<float>(const PackedA<float>&, std::int64_t, const float* const*, float*, std::int64_t, bool,
-                              const GemmEpilogue<float>&, const std::int64_t*, const std::int64_t*);
+                              const GemmEpilogue<float>&, const std::int64_t*, const std::int64_t*,
+                              const RowSums<float>*);
 template void row_gemm<double>(const PackedA<double>&, std::int64_t, const double* const*, double*, std::int64_t,
-                               bool, const GemmEpilogue<double>&, const std::int64_t*, const std::int64_t*);
+                               bool, const GemmEpilogue<double>&, const std::int64_t*, const std::int64_t*,
+                               const RowSums<double>*);
 
 }  // namespace vidgrad::cpu

@@ -67,14 +67,31 @@ struct GemmEpilogue {
   }
 };
 
+// Per-row sums of C as row_gemm stores it, for the batch statistics of a conv's output
+// (Note [output statistics] in row_gemm.cpp): for each slot b (a run of columns that
+// depends on N only) and row m, sums[3 * (b * M + m)] is the row's value at the slot's
+// first column (the shift), and the next two the sums over the slot's columns of
+// C[m, n] - shift and of its square. Not with accumulate.
+template <typename T>
+struct RowSums {
+  double* sums = nullptr;  // 3 * row_sums_slots<T>(N) * M values
+};
+// The slots of an N-column row_gemm<T> with row sums, and the micro-tile panels (48
+// columns of float, 24 of double) in each.
+template <typename T>
+std::int64_t row_sums_slots(std::int64_t N);
+template <typename T>
+std::int64_t row_sums_panels(std::int64_t N);
+
 // C[m, n] for m < a.M, n < N at c + m * ldc + n. Row k of B is b_rows[k][n], read only
 // for n in [b_lo[k], b_hi[k]) and zero elsewhere (b_lo, b_hi null: all of [0, N)), so a
 // time-shifted row needs no zero-padded copy. Threads split N (none when called inside a
 // parallel region). With accumulate, the epilogue applies to the old value plus the product.
+// With row_sums, the sums above are taken as well.
 template <typename T>
 void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c, std::int64_t ldc, bool accumulate,
               const GemmEpilogue<T>& epilogue = {}, const std::int64_t* b_lo = nullptr,
-              const std::int64_t* b_hi = nullptr);
+              const std::int64_t* b_hi = nullptr, const RowSums<T>* row_sums = nullptr);
 
 // C[m, n] += sum over k < K of a_rows[m][k] * b_rows[n][k]: both operands run along the
 // reduction (a weight gradient: m an output channel, n an input channel and tap, k a
