@@ -80,15 +80,16 @@ class Block : public nn::Module {
         h = convs_[i]->forward_bn(h, *bns_[i], !last || relu_in_bn || join_in_bn, last && join_in_bn ? x : Tensor());
       }
     } else {  // each batch norm but the last, with its ReLU, folded into the next conv's input
-      // Each conv but the last takes its output's batch statistics as it writes it, for the
-      // batch norm folded into the next conv (when that normalises with them).
+      // Each conv takes its output's batch statistics as it writes it, for its batch norm
+      // (when that normalises with them).
       std::vector<ChannelStatistics> stats(convs_.size());
-      auto want = [&](std::size_t i) { return i + 1 < convs_.size() && bns_[i]->is_training() ? &stats[i] : nullptr; };
+      auto want = [&](std::size_t i) { return bns_[i]->is_training() ? &stats[i] : nullptr; };
       h = convs_[0]->forward(x, want(0));
       for (std::size_t i = 1; i < convs_.size(); ++i)
         h = convs_[i]->forward_after_bn_relu(h, *bns_[i - 1], want(i - 1), want(i));
       BatchNorm3d& bn = *bns_.back();
-      h = join_in_bn ? bn.forward_add(h, x, true) : relu_in_bn ? bn.forward_relu(h) : bn.forward(h);
+      const ChannelStatistics* last = want(convs_.size() - 1);
+      h = join_in_bn ? bn.forward_add(h, x, true, last) : relu_in_bn ? bn.forward_relu(h, last) : bn.forward(h, last);
     }
     if (join_in_bn) return h;
     if (se_) h = se_->forward(h);
@@ -128,7 +129,9 @@ class Stem : public nn::Module {
   }
   Tensor forward(const Tensor& x) override {
     if (evaluating(*bn1_)) return conv2_->forward_bn(conv1_->forward_bn(x, *bn1_, true), *bn2_, true);
-    return bn2_->forward_relu(conv2_->forward_after_bn_relu(conv1_->forward(x), *bn1_));
+    ChannelStatistics s;  // conv2's output's, as it writes it
+    const Tensor h = conv2_->forward_after_bn_relu(conv1_->forward(x), *bn1_, nullptr, bn2_->is_training() ? &s : nullptr);
+    return bn2_->forward_relu(h, &s);
   }
   std::string type_name() const override { return "SevStem"; }
 

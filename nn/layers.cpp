@@ -55,9 +55,10 @@ void Conv3d::record_cost(const Tensor& y) {
 
 Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual) {
   if (bn.is_training() || autograd::GradMode::enabled()) {
-    const Tensor c = forward(x);
-    if (residual.defined()) return bn.forward_add(c, residual, relu);
-    return relu ? bn.forward_relu(c) : bn.forward(c);
+    ChannelStatistics s;  // the output's, as the conv writes it, where bn normalises with them
+    const Tensor c = forward(x, bn.is_training() ? &s : nullptr);
+    if (residual.defined()) return bn.forward_add(c, residual, relu, &s);
+    return relu ? bn.forward_relu(c, &s) : bn.forward(c, &s);
   }
   Conv3dOptions opts = cfg_.opts;
   opts.relu = relu;
@@ -90,9 +91,15 @@ BatchNorm3d::BatchNorm3d(std::int64_t channels, bool zero_init, double momentum,
 
 Tensor BatchNorm3d::forward(const Tensor& x) { return run(x, false); }
 
-Tensor BatchNorm3d::forward_relu(const Tensor& x) { return run(x, true); }
+Tensor BatchNorm3d::forward(const Tensor& x, const ChannelStatistics* x_stats) { return run(x, false, {}, x_stats); }
 
-Tensor BatchNorm3d::forward_add(const Tensor& x, const Tensor& residual, bool relu) { return run(x, relu, residual); }
+Tensor BatchNorm3d::forward_relu(const Tensor& x, const ChannelStatistics* x_stats) {
+  return run(x, true, {}, x_stats);
+}
+
+Tensor BatchNorm3d::forward_add(const Tensor& x, const Tensor& residual, bool relu, const ChannelStatistics* x_stats) {
+  return run(x, relu, residual, x_stats);
+}
 
 BatchNormOptions BatchNorm3d::begin_batch(bool relu) {
   const bool training = is_training();
@@ -100,10 +107,10 @@ BatchNormOptions BatchNorm3d::begin_batch(bool relu) {
   return {.training = training, .momentum = momentum_, .eps = eps_, .relu = relu};
 }
 
-Tensor BatchNorm3d::run(const Tensor& x, bool relu, const Tensor& residual) {
+Tensor BatchNorm3d::run(const Tensor& x, bool relu, const Tensor& residual, const ChannelStatistics* x_stats) {
   const BatchNormOptions opts = begin_batch(relu);
-  Tensor y = residual.defined() ? batch_norm_add(x, weight, bias, running_mean, running_var, residual, opts)
-                                : batch_norm(x, weight, bias, running_mean, running_var, opts);
+  Tensor y = residual.defined() ? batch_norm_add(x, weight, bias, running_mean, running_var, residual, opts, x_stats)
+                                : batch_norm(x, weight, bias, running_mean, running_var, opts, x_stats);
   CostRecorder::record(this, 0, y.shape());
   return y;
 }

@@ -60,10 +60,13 @@ class BatchNorm3d : public Module {
  public:
   explicit BatchNorm3d(std::int64_t channels, bool zero_init = false, double momentum = 0.1, double eps = 1e-5);
   Tensor forward(const Tensor& x) override;
+  // The same, given x's batch statistics where the op that wrote x took them (conv3d's
+  // overload with statistics; used in training, instead of a pass over x for them).
+  Tensor forward(const Tensor& x, const ChannelStatistics* x_stats);
   // relu(forward(x)) in one pass (BatchNormOptions::relu).
-  Tensor forward_relu(const Tensor& x);
+  Tensor forward_relu(const Tensor& x, const ChannelStatistics* x_stats = nullptr);
   // forward(x) + residual, then the ReLU when relu: a residual join (batch_norm_add).
-  Tensor forward_add(const Tensor& x, const Tensor& residual, bool relu);
+  Tensor forward_add(const Tensor& x, const Tensor& residual, bool relu, const ChannelStatistics* x_stats = nullptr);
   std::string type_name() const override { return "BatchNorm3d"; }
   double eps() const { return eps_; }
   // For ops that take the batch norm into their own passes (Conv3d::forward_after_bn_relu):
@@ -73,7 +76,7 @@ class BatchNorm3d : public Module {
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 
  private:
-  Tensor run(const Tensor& x, bool relu, const Tensor& residual = Tensor());
+  Tensor run(const Tensor& x, bool relu, const Tensor& residual = Tensor(), const ChannelStatistics* x_stats = nullptr);
   double momentum_, eps_;
 };
 

@@ -88,9 +88,20 @@ void running_statistics(const Tensor& running_mean, const Tensor& running_var, d
   }
 }
 
+// Statistics given for C channels (ChannelStatistics), copied to mean and var.
+void copy_given(const ChannelStatistics& given, std::int64_t C, double* mean, double* var) {
+  VG_CHECK(std::ssize(given.mean) == C && std::ssize(given.var) == C,
+           "batch_norm statistics: given statistics have " << given.mean.size() << " means and " << given.var.size()
+                                                           << " variances for " << C << " channels");
+  std::copy(given.mean.begin(), given.mean.end(), mean);
+  std::copy(given.var.begin(), given.var.end(), var);
+}
+
 // batch_norm, or with residual (CPU, with the ReLU: batch_norm_add) relu(batch_norm(x) + residual).
+// given: x's batch statistics (CPU, training), instead of a pass over x for them.
 Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                       const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in) {
+                       const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in,
+                       const ChannelStatistics* given) {
   profile::Scope scope(residual_in.defined() ? "batch_norm_add_relu" : "batch_norm");
   check_args(x_in, weight, bias, running_mean, running_var, opts);
   const std::int64_t N = x_in.shape()[0], C = x_in.shape()[1], S = x_in.numel() / std::max<std::int64_t>(N * C, 1);
@@ -110,7 +121,14 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
         auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
         const T* w = ptr(weight_c);
         const T* b = ptr(bias_c);
-        if (opts.training) {
+        if (opts.training && given) {  // the output pass alone
+          std::vector<double> var(C);
+          copy_given(*given, C, mean->data(), var.data());
+          for (std::int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + opts.eps);
+          update_running<T>(running_mean, running_var, mean->data(), var.data(), C, N * S, opts.momentum);
+          cpu::batch_norm_apply<T>(x.data<T>(), N, C, S, mean->data(), invstd->data(), w, b, y.data<T>(), opts.relu,
+                                   ptr(residual));
+        } else if (opts.training) {
           std::vector<double> var(C);
           cpu::batch_norm_train_forward<T>(x.data<T>(), N, C, S, opts.eps, w, b, y.data<T>(), opts.relu, mean->data(),
                                            var.data(), invstd->data(), ptr(residual));
@@ -250,12 +268,7 @@ void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tens
       // The statistics batch_norm_train_forward takes (its header: the same values).
       std::vector<double> var(static_cast<std::size_t>(C));
       if (given) {
-        VG_CHECK(std::ssize(given->mean) == C && std::ssize(given->var) == C,
-                 "batch_norm statistics: given statistics have " << given->mean.size() << " means and "
-                                                                 << given->var.size() << " variances for " << C
-                                                                 << " channels");
-        std::copy(given->mean.begin(), given->mean.end(), mean.begin());
-        std::copy(given->var.begin(), given->var.end(), var.begin());
+        copy_given(*given, C, mean.data(), var.data());
       } else {
         cpu::batch_norm_stats<T>(x.data<T>(), N, C, S, mean.data(), var.data());
       }
@@ -270,12 +283,14 @@ void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tens
 }  // namespace ops_detail
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                  const Tensor& running_var, const BatchNormOptions& opts) {
-  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, Tensor());
+                  const Tensor& running_var, const BatchNormOptions& opts, const ChannelStatistics* x_stats) {
+  const bool given = x_stats && opts.training && !x_stats->mean.empty();
+  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, Tensor(), given ? x_stats : nullptr);
 }
 
 Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                      const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts) {
+                      const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts,
+                      const ChannelStatistics* x_stats) {
   VG_CHECK(residual.defined(), "batch_norm_add: residual is undefined");
   ops_detail::check_same("batch_norm_add", {{"input", &x}, {"residual", &residual}});
   VG_CHECK(residual.shape() == x.shape(), "batch_norm_add: residual must have the input's shape "
@@ -283,10 +298,11 @@ Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias,
   if (x.device().type != DeviceType::kCPU || !opts.relu) {  // composed: the plain batch norm, then the join
     BatchNormOptions plain = opts;
     plain.relu = false;
-    const Tensor y = batch_norm(x, weight, bias, running_mean, running_var, plain);
+    const Tensor y = batch_norm(x, weight, bias, running_mean, running_var, plain, x_stats);
     return opts.relu ? add_relu(y, residual) : add(y, residual);
   }
-  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, residual);
+  const bool given = x_stats && opts.training && !x_stats->mean.empty();
+  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, residual, given ? x_stats : nullptr);
 }
 
 }  // namespace vidgrad

@@ -23,24 +23,30 @@ struct BatchNormOptions {
   bool relu = false;
 };
 
-Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                  const Tensor& running_var, const BatchNormOptions& opts = {});
-
 // A tensor's batch statistics: per channel (dim 1), the mean and biased variance over every
 // other dim. An op that writes a tensor a training batch norm will read can take them as it
 // writes it (conv3d's overload with statistics), so that the batch norm need not read the
-// tensor once more for them (batch_norm_relu_conv3d takes them).
+// tensor once more for them (batch_norm, batch_norm_add and batch_norm_relu_conv3d take
+// them).
 struct ChannelStatistics {
   std::vector<double> mean, var;
 };
+
+// x_stats (optional): x's batch statistics, used in training on the CPU instead of a pass
+// over x for them (sizes checked against x's channels); empty or elsewhere, ignored.
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                  const Tensor& running_var, const BatchNormOptions& opts = {},
+                  const ChannelStatistics* x_stats = nullptr);
 
 // batch_norm(x) + residual, then the ReLU with opts.relu: a residual block's join. On the
 // CPU with the ReLU it is one op: the output is written in the normalising pass (the
 // normalised tensor is never stored, nor read back by a separate add), and the backward
 // masks the gradient (the residual's) while taking the batch-norm sums. residual has x's
 // shape, dtype and device. Otherwise composed of batch_norm and add_relu or add.
+// x_stats as batch_norm's.
 Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                      const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts = {});
+                      const Tensor& running_var, const Tensor& residual, const BatchNormOptions& opts = {},
+                      const ChannelStatistics* x_stats = nullptr);
 
 namespace ops_detail {
 

@@ -175,12 +175,38 @@ std::pair<std::vector<double>, std::vector<double>> channel_moments(const Tensor
   return {mean, var};
 }
 
+// One float32 training step of fn(leaves, running mean, running variance) over copies of
+// leaves that require grad, running statistics fresh (16 channels): the output, the
+// running statistics, then each leaf's gradient.
+template <typename F>
+std::vector<Tensor> step_results(const std::vector<Tensor>& leaves_in, std::uint64_t seed, F&& fn) {
+  std::vector<Tensor> leaves;
+  for (const Tensor& t : leaves_in) {
+    leaves.push_back(t.clone());
+    leaves.back().set_requires_grad(true);
+  }
+  Tensor rm = Tensor::zeros({16}, DType::kFloat32), rv = Tensor::full({16}, 1.0, DType::kFloat32);
+  Tensor y = fn(leaves, rm, rv);
+  y.backward(randn(y.shape(), seed, DType::kFloat32));
+  std::vector<Tensor> out{y.detach(), rm, rv};
+  for (const Tensor& t : leaves) out.push_back(t.grad());
+  return out;
+}
+
+// Two steps' results the same up to the rounding of statistics summed in another order.
+void expect_same_step(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(all_close(a[i], b[i], 1e-5, 1e-5)) << "output, running statistic or gradient " << i;
+}
+
 // conv3d's overload with statistics (Note [output statistics] in ops/cpu/row_gemm.cpp): the
 // same output bit for bit, and the output's mean and variance, against double sums over it,
 // on the row GEMM's paths (one GEMM split over panels, small frames by sample, slots of 1,
-// 2, 4 and 8 panels and a narrow last one, time shifts, groups, a bias far from zero), on
-// the direct planes' (stacked frames, frame by frame, stride 2) and on a conv that takes
-// them in a pass; the same values on 1, 2 and 3 threads; the fold given them against the
+// 2, 4 and 8 panels and a narrow last one, time shifts, groups, a bias far from zero), the
+// Winograd forward's (partial tiles and row panels, channel chunks, F(2, 3)), the direct
+// planes' (stacked frames, frame by frame, stride 2) and on a conv that takes them in a
+// pass; the same values on 1, 2 and 3 threads; the fold given them against the
 // fold taking its own, and the fold's own output statistics; gradients through the chain
 // of a conv and two folds, each given the statistics of the one before, float64.
 TEST(Conv3d, OutputStatisticsMatchTheOutput) {
@@ -202,6 +228,11 @@ TEST(Conv3d, OutputStatisticsMatchTheOutput) {
                         Case{{3, 24, 2, 5, 7}, 16, {1, 1, 1}, unit},       // 70: slots of 1, samples to threads
                         Case{{2, 8, 6, 3, 5}, 8, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 2)},
                         Case{{2, 6, 9, 12, 13}, 5, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), -40},
+                        // Winograd F(4, 3): a partial last tile, channels split between units,
+                        // 36 outputs (a partial row panel); F(2, 3) on 3 frames
+                        Case{{1, 32, 9, 6, 7}, 32, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), 5},
+                        Case{{2, 32, 5, 20, 30}, 36, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1)},
+                        Case{{2, 40, 3, 9, 11}, 32, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), -7},
                         // the direct planes: stacked frames, frame by frame, stride 2
                         Case{{2, 16, 3, 9, 9}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2)},
                         Case{{2, 16, 3, 8, 20}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), 30},
@@ -247,27 +278,21 @@ TEST(Conv3d, OutputStatisticsMatchTheOutput) {
   const Tensor x = randn({2, 16, 3, 12, 10}, 111, f32), wa = randn({16, 16, 1, 1, 1}, 112, f32);
   const Tensor gamma = randn({16}, 113, f32), beta = randn({16}, 114, f32), wb = randn({16, 8, 1, 3, 3}, 115, f32);
   auto step = [&](bool given) {
-    std::vector<Tensor> leaves{x.clone(), wa.clone(), gamma.clone(), beta.clone(), wb.clone()};
-    for (Tensor& t : leaves) t.set_requires_grad(true);
-    Tensor rm = Tensor::zeros({16}, f32), rv = Tensor::full({16}, 1.0, f32);
-    ChannelStatistics stats, y_stats;
-    const Tensor h = conv3d(leaves[0], leaves[1], {}, unit, given ? &stats : nullptr);
-    Tensor y = batch_norm_relu_conv3d(h, leaves[2], leaves[3], rm, rv, {.relu = true}, leaves[4], {}, gw8,
-                                      given ? &stats : nullptr, &y_stats);
-    EXPECT_EQ(y.grad_fn()->name, "batch_norm_relu_conv3d");
-    const auto [mean, var] = channel_moments(y);
-    for (std::int64_t o = 0; o < 16; ++o) {
-      EXPECT_NEAR(y_stats.mean[o], mean[o], 2e-6 * (std::abs(mean[o]) + std::sqrt(var[o]))) << "channel " << o;
-      EXPECT_NEAR(y_stats.var[o], var[o], 2e-6 * var[o]) << "channel " << o;
-    }
-    y.backward(randn(y.shape(), 116, f32));
-    std::vector<Tensor> out{y.detach(), rm, rv};
-    for (const Tensor& t : leaves) out.push_back(t.grad());
-    return out;
+    return step_results({x, wa, gamma, beta, wb}, 116, [&](const std::vector<Tensor>& l, Tensor& rm, Tensor& rv) {
+      ChannelStatistics stats, y_stats;
+      const Tensor h = conv3d(l[0], l[1], {}, unit, given ? &stats : nullptr);
+      Tensor y = batch_norm_relu_conv3d(h, l[2], l[3], rm, rv, {.relu = true}, l[4], {}, gw8, given ? &stats : nullptr,
+                                        &y_stats);
+      EXPECT_EQ(y.grad_fn()->name, "batch_norm_relu_conv3d");
+      const auto [mean, var] = channel_moments(y);
+      for (std::int64_t o = 0; o < 16; ++o) {
+        EXPECT_NEAR(y_stats.mean[o], mean[o], 2e-6 * (std::abs(mean[o]) + std::sqrt(var[o]))) << "channel " << o;
+        EXPECT_NEAR(y_stats.var[o], var[o], 2e-6 * var[o]) << "channel " << o;
+      }
+      return y;
+    });
   };
-  const auto given = step(true), own = step(false);
-  for (std::size_t i = 0; i < given.size(); ++i)
-    EXPECT_TRUE(all_close(given[i], own[i], 1e-5, 1e-5)) << "output, running statistic or gradient " << i;
+  expect_same_step(step(true), step(false));
   std::vector<Tensor> in{param({2, 16, 3, 5, 4}, 117), param({16, 16, 1, 1, 1}, 118), param({16}, 119),
                          param({16}, 120), param({16, 8, 1, 3, 3}, 121), param({16}, 122),
                          param({16}, 123), param({16, 8, 1, 3, 3}, 124)};
@@ -278,8 +303,38 @@ TEST(Conv3d, OutputStatisticsMatchTheOutput) {
     return batch_norm_relu_conv3d(b, t[5], t[6], {}, {}, {.relu = true}, t[7], {}, gw8, &sb);
   };
   EXPECT_GRADCHECK(chain, in);
+  // batch_norm and batch_norm_add given the statistics of a Winograd conv's output (a
+  // module's last conv and its join): the same step as taking their own, up to rounding;
+  // gradients through the pair.
+  cpu::set_winograd_temporal(true, 1);
+  const Conv3dOptions temporal = opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1);
+  const Tensor wc = randn({16, 16, 3, 1, 1}, 125, f32), res = randn({2, 16, 3, 12, 10}, 126, f32);
+  for (const bool join : {false, true}) {
+    SCOPED_TRACE(join ? "batch_norm_add" : "batch_norm");
+    auto last = [&](bool given) {
+      return step_results({x, wc, gamma, beta}, 127, [&](const std::vector<Tensor>& l, Tensor& rm, Tensor& rv) {
+        ChannelStatistics stats;
+        const Tensor h = conv3d(l[0], l[1], {}, temporal, given ? &stats : nullptr);
+        const BatchNormOptions bo{.relu = true};
+        return join ? batch_norm_add(h, l[2], l[3], rm, rv, res, bo, given ? &stats : nullptr)
+                    : batch_norm(h, l[2], l[3], rm, rv, bo, given ? &stats : nullptr);
+      });
+    };
+    expect_same_step(last(true), last(false));
+    std::vector<Tensor> inputs{param({2, 16, 3, 5, 4}, 128), param({16, 16, 3, 1, 1}, 129), param({16}, 130),
+                               param({16}, 131), param({2, 16, 3, 5, 4}, 132)};
+    const auto pair = [temporal, join](const std::vector<Tensor>& t) {
+      ChannelStatistics stats;
+      const Tensor h = conv3d(t[0], t[1], {}, temporal, &stats);
+      return join ? batch_norm_add(h, t[2], t[3], {}, {}, t[4], {.relu = true}, &stats)
+                  : batch_norm(h, t[2], t[3], {}, {}, {.relu = true}, &stats);
+    };
+    EXPECT_GRADCHECK(pair, inputs);
+  }
+  cpu::set_winograd_temporal(true);
   // Statistics of another size than the input's channels.
   ChannelStatistics wrong{{0.0, 0.0}, {1.0, 1.0}};
+  EXPECT_THROW_MSG(batch_norm(x, gamma, beta, {}, {}, {}, &wrong), "batch_norm", "2 means", "16 channels");
   EXPECT_THROW_MSG(batch_norm_relu_conv3d(x, gamma, beta, {}, {}, {.relu = true}, wb, {}, gw8, &wrong),
                    "batch_norm", "2 means", "16 channels");
 }

@@ -496,15 +496,18 @@ std::optional<Conv3dGeometry> transposed_geometry(const Conv3dGeometry& g) {
 }  // namespace
 
 // Note [output statistics] in row_gemm.cpp. The kernels' parts come per (sample-group,
-// slot, row) from the row GEMM and per (sample, frames, channel) from the direct planes,
-// each about its own shift, and are added in a fixed order (ChannelMoments), so the
-// statistics depend on neither the thread count nor the schedule.
+// slot, row) from the row GEMM, per (sample, frames, channel) from the direct planes and
+// per (block, channel) from the Winograd forward, each about its own shift, and are added
+// in a fixed order (ChannelMoments), so the statistics depend on neither the thread count
+// nor the schedule.
 template <typename T>
 void conv3d_forward_statistics(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
                                const InputPrologue<T>& pro, double* mean, double* var) {
   std::vector<ChannelMoments> moments(static_cast<std::size_t>(g.O));
   thread_local std::vector<double> parts;
-  if (direct_planes(g)) {
+  if (winograd_temporal(g)) {
+    winograd_temporal_forward(g, x, w, y, ep, pro, moments.data());
+  } else if (direct_planes(g)) {
     const std::int64_t runs = direct_sum_runs(g);
     parts.resize(static_cast<std::size_t>(g.N * runs * g.O * 3));
     direct_conv_forward(g, x, w, y, ep, pro, parts.data());

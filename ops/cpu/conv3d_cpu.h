@@ -82,9 +82,9 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const
 
 // conv3d_forward, and the per-channel mean and biased variance of y over (N, To, Ho, Wo),
 // O values each: the batch statistics of a batch norm that follows. The row-GEMM convs
-// (pointwise and temporal, off the Winograd path, without a prologue) and the direct-plane
-// convs take them as they store y (Note [output statistics] in row_gemm.cpp); other convs
-// in a pass over y after it (batch_norm_stats).
+// (pointwise and temporal, without a prologue), the Winograd and the direct-plane convs
+// take them as they store y (Note [output statistics] in row_gemm.cpp); other convs in a
+// pass over y after it (batch_norm_stats).
 template <typename T>
 void conv3d_forward_statistics(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
                                const InputPrologue<T>& pro, double* mean, double* var);

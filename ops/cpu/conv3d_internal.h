@@ -13,6 +13,7 @@
 
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
+#include "vidgrad/ops/cpu/moments.h"
 #include "vidgrad/ops/cpu/row_gemm.h"
 #include "vidgrad/ops/cpu/simd.h"
 
@@ -46,88 +47,6 @@ inline void normalise_values(const T* src, std::int64_t n, T a, T b, T* dst) {
     store_lanes(dst + i, relu_fma<T>(load_lanes(src + i, mask), va, vb), mask);
   }
 }
-
-// Parts of channels' batch statistics (Note [output statistics] in row_gemm.cpp): for runs
-// r < count of n values each (run r at p + r * stride), parts[3 * r .. 3 * r + 2] = (shift,
-// sum of v - shift, sum of (v - shift)^2) over the run's values v, shift = its first value.
-// Summed in T in vectors, then in double; kL runs at a time, their vectors reduced
-// together by a transpose (transpose_lanes) rather than each lane by lane (a run's 2 x 15
-// dependent adds cost more than summing a 7x7 plane).
-template <typename T>
-inline void run_sums(const T* p, std::int64_t stride, std::int64_t count, std::int64_t n, double* parts) {
-  using V = typename Vec<T>::type;
-  constexpr std::int64_t kL = Vec<T>::kLanes;
-  const std::int64_t whole = n / kL * kL;
-  V keep{};  // 1 in the lanes of the last, partial vector that hold values
-  for (std::int64_t k = 0; k < n - whole; ++k) keep[k] = T(1);
-  for (std::int64_t r0 = 0; r0 < count; r0 += kL) {
-    const std::int64_t runs = std::min(kL, count - r0);
-    V s[kL], ss[kL];
-    for (std::int64_t r = 0; r < kL; ++r) {
-      s[r] = ss[r] = V{};
-      if (r >= runs) continue;
-      const T* run = p + (r0 + r) * stride;
-      const V sv = V{} + run[0];
-      V s1{}, ss1{};  // two accumulators each
-      std::int64_t i = 0;
-      for (; i + 2 * kL <= whole; i += 2 * kL) {
-        const V d0 = load_vec(run + i) - sv, d1 = load_vec(run + i + kL) - sv;
-        s[r] += d0;
-        ss[r] += d0 * d0;
-        s1 += d1;
-        ss1 += d1 * d1;
-      }
-      if (i < whole) {
-        const V d = load_vec(run + i) - sv;
-        s[r] += d;
-        ss[r] += d * d;
-      }
-      if (whole < n) {
-        const V d = (load_lanes(run + whole, first_lanes<T>(n - whole)) - sv) * keep;
-        s1 += d;
-        ss1 += d * d;
-      }
-      s[r] += s1;
-      ss[r] += ss1;
-    }
-    transpose_lanes<T>(s);  // lane r of s[k]: lane k of run r's sums
-    transpose_lanes<T>(ss);
-    V ts = s[0], tss = ss[0];
-    for (std::int64_t k = 1; k < kL; ++k) {
-      ts += s[k];
-      tss += ss[k];
-    }
-    for (std::int64_t r = 0; r < runs; ++r) {
-      double* part = parts + 3 * (r0 + r);
-      part[0] = static_cast<double>(p[(r0 + r) * stride]);
-      part[1] = static_cast<double>(ts[r]);
-      part[2] = static_cast<double>(tss[r]);
-    }
-  }
-}
-
-// A channel's mean and biased variance from parts (shift_i, sum of d, sum of d^2 over n_i
-// values, d = v - shift_i) added in a fixed order: each part moved to the first part's
-// shift K (with delta = shift_i - K: sum (v - K) = s_i + n_i delta, sum (v - K)^2 = ss_i +
-// delta (2 s_i + n_i delta)) and summed. The shifts are values of the channel, so K is
-// within a few standard deviations of the mean and the shifted-data method's accuracy
-// holds (Note [one-pass statistics] in batch_norm_cpu.cpp); no division per part.
-struct ChannelMoments {
-  double count = 0, shift = 0, s = 0, ss = 0;
-  void add(double n, const double* part) {
-    if (count == 0) shift = part[0];
-    const double delta = part[0] - shift;
-    s += part[1] + n * delta;
-    ss += part[2] + delta * (2 * part[1] + n * delta);
-    count += n;
-  }
-  double mean() const { return count > 0 ? shift + s / count : 0.0; }
-  double variance() const {
-    if (count == 0) return 0.0;
-    const double d = s / count;
-    return std::max(0.0, ss / count - d * d);
-  }
-};
 
 // Parallelise over (n, g) items when there are enough for every thread.
 inline bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
@@ -164,10 +83,11 @@ bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w,
 bool winograd_temporal(const Conv3dGeometry& g);
 
 // y = ep(conv(x, w)) (ep and pro as conv3d_forward's), and gx written from gy, for such a
-// conv.
+// conv. With moments (O of them), the forward adds y's batch statistics to them as it
+// stores y (Note [output statistics] in row_gemm.cpp).
 template <typename T>
 void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                               const InputPrologue<T>& pro = {});
+                               const InputPrologue<T>& pro = {}, ChannelMoments* moments = nullptr);
 template <typename T>
 void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
 // gw written from gy and x (Note [Winograd weight gradient] in conv3d_winograd_grad.cpp),

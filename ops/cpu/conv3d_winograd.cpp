@@ -49,9 +49,13 @@ using namespace winograd;
 // for each point p as transformed_filters packs it.
 // With pro active, x's values pass through its prologue (per input channel) as they are
 // packed.
+// With moments (O of them), each output channel's batch statistics are taken as the
+// outputs are stored (Note [output statistics] in row_gemm.cpp): vector sums per unit and
+// channel, reduced at the unit's end to one part per (block, channel), added in block order.
 template <typename T, int Mo>
 void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int64_t frames, std::int64_t HW,
-                        const T* x, const T* a, T* y, const GemmEpilogue<T>& ep, const InputPrologue<T>& pro = {}) {
+                        const T* x, const T* a, T* y, const GemmEpilogue<T>& ep, const InputPrologue<T>& pro = {},
+                        ChannelMoments* moments = nullptr) {
   using W = Winograd<Mo>;
   using V = typename Vec<T>::type;
   constexpr int P = W::P;
@@ -109,10 +113,15 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
     }
   };
 
+  std::vector<double> parts(moments ? static_cast<std::size_t>(blocks * O * 3) : 0);  // [block][o][3]
+  V lane_index{};
+  for (std::int64_t k = 0; k < L; ++k) lane_index[k] = static_cast<T>(k);
   auto run_unit = [&](std::int64_t unit, bool packed, T* bpack, T* tile_buf,
-                      const std::vector<std::pair<const char*, std::int64_t>>& next) {
+                      const std::vector<std::pair<const char*, std::int64_t>>& next, V* sums, T* shift) {
     const std::int64_t p0 = unit / chunks * block, p1 = std::min(panels, p0 + block), chunk = unit % chunks;
     const std::int64_t mp0 = m_panels * chunk / chunks, mp1 = m_panels * (chunk + 1) / chunks;
+    const std::int64_t o0 = mp0 * kMr, o1 = std::min(O, mp1 * kMr);  // this unit's channels
+    if (moments) std::fill(sums, sums + 2 * (o1 - o0), V{});
     Run runs[NR + 1];
     // Pack (BT x)_p for every panel of the block: [panel][p][c][NR], zero past the columns.
     for (std::int64_t pi = p0; pi < p1 && !packed; ++pi) {
@@ -162,35 +171,64 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
         for (int p = 0; p < P; ++p)
           micro_tile(C, a + p * a_point + mp * C * kMr, bp + p * C * NR, NR, tile_buf + p * kMr * NR, NR, rows, cols,
                      false, static_cast<const GemmEpilogue<T>*>(nullptr));
-        for (std::int64_t i = 0; i < rows; ++i) {
-          const std::int64_t o = mp * kMr + i;
-          const V s = ep.scale ? V{} + ep.scale[o] : V{} + T(1), b = ep.bias ? V{} + ep.bias[o] : V{};
-          for (int ri = 0; ri < nruns; ++ri) {
-            const Run& run = runs[ri];
-            const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
-            T* out = y + (run.n * O + o) * vol + f0 * HW + run.pos;
-            const T* res = ep.residual ? ep.residual + run.n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
-            for (std::int64_t v = 0; v < run.len; v += L) {
-              const std::uint32_t mask = first_lanes<T>(run.len - v);
-              V t[P], u[Mo];
+        // With kSums (moments), each channel's unit sums of d = y - shift and d^2, shift its
+        // first value in the unit, in registers over the row's stores.
+        auto store_rows = [&](auto sums_on) {
+          constexpr bool kSums = decltype(sums_on)::value;
+          for (std::int64_t i = 0; i < rows; ++i) {
+            const std::int64_t o = mp * kMr + i;
+            const V s = ep.scale ? V{} + ep.scale[o] : V{} + T(1), b = ep.bias ? V{} + ep.bias[o] : V{};
+            V sv{}, s_acc{}, ss_acc{};
+            bool shifted = pi != p0;
+            if constexpr (kSums)
+              if (shifted) sv = V{} + shift[o - o0];
+            for (int ri = 0; ri < nruns; ++ri) {
+              const Run& run = runs[ri];
+              const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
+              T* out = y + (run.n * O + o) * vol + f0 * HW + run.pos;
+              const T* res = ep.residual ? ep.residual + run.n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
+              for (std::int64_t v = 0; v < run.len; v += L) {
+                const std::uint32_t mask = first_lanes<T>(run.len - v);
+                V t[P], u[Mo];
 #pragma GCC unroll 8
-              for (int p = 0; p < P; ++p) t[p] = load_vec(tile_buf + (p * kMr + i) * NR + run.j0 + v);
-              transform<T, Mo, P>(W::AT, t, u);
-              const bool whole = v + L <= run.len;  // plain loads and stores
-              for (std::int64_t r = 0; r < nf; ++r) {
-                V y_r = u[r] * s + b;
-                if (res) y_r += whole ? load_vec(res + r * HW + v) : load_lanes(res + r * HW + v, mask);
-                if (ep.relu) y_r = y_r > T(0) ? y_r : V{};  // as relu(): NaN becomes 0
-                if (whole)
-                  store_vec(out + r * HW + v, y_r);
-                else
-                  store_lanes(out + r * HW + v, y_r, mask);
+                for (int p = 0; p < P; ++p) t[p] = load_vec(tile_buf + (p * kMr + i) * NR + run.j0 + v);
+                transform<T, Mo, P>(W::AT, t, u);
+                const bool whole = v + L <= run.len;  // plain loads and stores
+                for (std::int64_t r = 0; r < nf; ++r) {
+                  V y_r = u[r] * s + b;
+                  if (res) y_r += whole ? load_vec(res + r * HW + v) : load_lanes(res + r * HW + v, mask);
+                  if (ep.relu) y_r = y_r > T(0) ? y_r : V{};  // as relu(): NaN becomes 0
+                  if (whole)
+                    store_vec(out + r * HW + v, y_r);
+                  else
+                    store_lanes(out + r * HW + v, y_r, mask);
+                  if constexpr (kSums) {
+                    if (!shifted) {
+                      shift[o - o0] = y_r[0];
+                      sv = V{} + y_r[0];
+                      shifted = true;
+                    }
+                    V d = y_r - sv;
+                    if (!whole) d = lane_index < static_cast<T>(run.len - v) ? d : V{};  // lanes past the run
+                    s_acc += d;
+                    ss_acc += d * d;
+                  }
+                }
               }
             }
+            if constexpr (kSums) {
+              sums[2 * (o - o0)] += s_acc;
+              sums[2 * (o - o0) + 1] += ss_acc;
+            }
           }
-        }
+        };
+        if (moments)
+          store_rows(std::true_type{});
+        else
+          store_rows(std::false_type{});
       }
     }
+    if (moments) store_row_parts<T>(sums, shift, o1 - o0, parts.data() + 3 * (unit / chunks * O + o0));
   };
 
   const bool parallel = threads > 1 && units > 1 && O * C * P * total_cols >= 4 * kMinParallelWork;
@@ -199,6 +237,12 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   {
     thread_local std::vector<T> bpack, tile_buf;
     thread_local std::vector<std::pair<const char*, std::int64_t>> next;
+    thread_local std::vector<V> sums;  // a unit's sums of d and d^2 per channel
+    thread_local std::vector<T> shift;
+    if (moments) {
+      sums.resize(static_cast<std::size_t>(2 * O));
+      shift.resize(static_cast<std::size_t>(O));
+    }
     bpack.resize(static_cast<std::size_t>(block * P * C * NR));
     // One vector more: the output transform loads whole vectors from a run's offset in the
     // tile, past its last column (those lanes are not stored).
@@ -211,9 +255,21 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
     for (std::int64_t unit = ranges.next(t); unit >= 0; unit = ranges.next(t)) {
       const std::int64_t ahead = ranges.peek(t);
       block_rows(ahead >= 0 && ahead / chunks != unit / chunks ? ahead : units, next);
-      run_unit(unit, packed_block == unit / chunks, bpack.data(), tile_buf.data(), next);
+      run_unit(unit, packed_block == unit / chunks, bpack.data(), tile_buf.data(), next, sums.data(), shift.data());
       packed_block = unit / chunks;
     }
+  }
+  if (!moments) return;
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    // The block's values per channel: its columns times their tiles' output frames.
+    const std::int64_t c1 = std::min(total_cols, (b + 1) * block * NR);
+    double count = 0;
+    for (std::int64_t q = b * block * NR; q < c1;) {
+      const Run run = run_at(q, c1, 0);
+      count += static_cast<double>(run.len * std::min<std::int64_t>(Mo, frames - run.tile * Mo));
+      q += run.len;
+    }
+    for (std::int64_t o = 0; o < O; ++o) moments[o].add(count, parts.data() + 3 * (b * O + o));
   }
 }
 
@@ -317,10 +373,10 @@ std::atomic<std::int64_t> winograd_min_channels{kWinogradMinChannels};
 
 template <typename T, int Mo>
 void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                  const InputPrologue<T>& pro) {
+                  const InputPrologue<T>& pro, ChannelMoments* moments) {
   const std::int64_t C = g.C;
   const T* a = transformed_filters<T, Mo>(g.O, C, w, true);
-  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep, pro);
+  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep, pro, moments);
 }
 
 template <typename T, int Mo>
@@ -342,8 +398,8 @@ bool winograd_temporal(const Conv3dGeometry& g) {
 
 template <typename T>
 void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                               const InputPrologue<T>& pro) {
-  with_tile_frames(g, [&](auto mo) { forward_impl<T, decltype(mo)::value>(g, x, w, y, ep, pro); });
+                               const InputPrologue<T>& pro, ChannelMoments* moments) {
+  with_tile_frames(g, [&](auto mo) { forward_impl<T, decltype(mo)::value>(g, x, w, y, ep, pro, moments); });
 }
 
 template <typename T>
@@ -358,7 +414,7 @@ void set_winograd_temporal(bool enabled, std::int64_t min_channels) {
 
 #define VIDGRAD_INSTANTIATE(T)                                                                                \
   template void winograd_temporal_forward<T>(const Conv3dGeometry&, const T*, const T*, T*,                 \
-                                             const GemmEpilogue<T>&, const InputPrologue<T>&);               \
+                                             const GemmEpilogue<T>&, const InputPrologue<T>&, ChannelMoments*); \
   template void winograd_temporal_input_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)

@@ -17,6 +17,7 @@
 // k for 3 loads and 8 broadcasts.
 #include "vidgrad/ops/cpu/row_gemm.h"
 #include "vidgrad/ops/cpu/micro_kernel.h"
+#include "vidgrad/ops/cpu/moments.h"
 #include "vidgrad/ops/cpu/simd.h"
 
 #include "vidgrad/core/error.h"
@@ -115,28 +116,6 @@ void add_panel_sums(const T* c, std::int64_t ldc, std::int64_t M, std::int64_t c
     }
     acc[2 * m] = s;
     acc[2 * m + 1] = ss;
-  }
-}
-
-// sums[3m] = shift[m]; sums[3m + 1], sums[3m + 2] = the lane sums of acc[2m], acc[2m + 1]
-// (in double), rows m < M. Rows go kL at a time, their vectors reduced together by a
-// transpose (transpose_lanes) rather than lane by lane: each row's 15 dependent adds, per
-// panel, had made the 1x1x1 forwards 15-50% slower.
-template <typename T>
-void store_slot_sums(const typename Vec<T>::type* acc, const T* shift, std::int64_t M, double* sums) {
-  using V = typename Vec<T>::type;
-  constexpr std::int64_t L = Vec<T>::kLanes;
-  for (std::int64_t m0 = 0; m0 < M; m0 += L) {
-    const std::int64_t rows = std::min(L, M - m0);
-    for (int j = 0; j < 2; ++j) {  // the sums, then the sums of squares
-      V v[L];
-      for (std::int64_t r = 0; r < L; ++r) v[r] = r < rows ? acc[2 * (m0 + r) + j] : V{};
-      transpose_lanes<T>(v);  // lane r of v[k]: lane k of row r's vector
-      V t = v[0];
-      for (std::int64_t k = 1; k < L; ++k) t += v[k];
-      for (std::int64_t r = 0; r < rows; ++r) sums[3 * (m0 + r) + 1 + j] = static_cast<double>(t[r]);
-    }
-    for (std::int64_t r = 0; r < rows; ++r) sums[3 * (m0 + r)] = static_cast<double>(shift[m0 + r]);
   }
 }
 
@@ -248,7 +227,7 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
         if (row_sums && k0 + kc == a.K) {  // the panel is final (Note [output statistics])
           add_panel_sums(c + n0, ldc, a.M, cols, p % slot_panels == 0, slot_shift.data(), slot_sums.data());
           if ((p + 1) % slot_panels == 0 || p + 1 == panels)  // the slot's last panel
-            store_slot_sums<T>(slot_sums.data(), slot_shift.data(), a.M,
+            store_row_parts<T>(slot_sums.data(), slot_shift.data(), a.M,
                                row_sums->sums + 3 * (p / slot_panels) * a.M);
         }
       }
@@ -456,7 +435,7 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
         add_panel_sums(c + p * kNr<T>, ldc, a.M, std::min(kNr<T>, N - p * kNr<T>), p % per == 0, shift.data(),
                        acc.data());
         if ((p + 1) % per == 0 || p + 1 == panels)
-          store_slot_sums<T>(acc.data(), shift.data(), a.M, row_sums->sums + 3 * (p / per) * a.M);
+          store_row_parts<T>(acc.data(), shift.data(), a.M, row_sums->sums + 3 * (p / per) * a.M);
       }
     }
     return;
