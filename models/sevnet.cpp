@@ -129,9 +129,10 @@ class Stem : public nn::Module {
   }
   Tensor forward(const Tensor& x) override {
     if (evaluating(*bn1_)) return conv2_->forward_bn(conv1_->forward_bn(x, *bn1_, true), *bn2_, true);
-    ChannelStatistics s;  // conv2's output's, as it writes it
-    const Tensor h = conv2_->forward_after_bn_relu(conv1_->forward(x), *bn1_, nullptr, bn2_->is_training() ? &s : nullptr);
-    return bn2_->forward_relu(h, &s);
+    ChannelStatistics s1, s2;  // each conv's output's, as it writes it
+    const Tensor c1 = conv1_->forward(x, bn1_->is_training() ? &s1 : nullptr);
+    const Tensor h = conv2_->forward_after_bn_relu(c1, *bn1_, &s1, bn2_->is_training() ? &s2 : nullptr);
+    return bn2_->forward_relu(h, &s2);
   }
   std::string type_name() const override { return "SevStem"; }
 

@@ -205,8 +205,8 @@ void expect_same_step(const std::vector<Tensor>& a, const std::vector<Tensor>& b
 // on the row GEMM's paths (one GEMM split over panels, small frames by sample, slots of 1,
 // 2, 4 and 8 panels and a narrow last one, time shifts, groups, a bias far from zero), the
 // Winograd forward's (partial tiles and row panels, channel chunks, F(2, 3)), the direct
-// planes' (stacked frames, frame by frame, stride 2) and on a conv that takes them in a
-// pass; the same values on 1, 2 and 3 threads; the fold given them against the
+// planes' (stacked frames, frame by frame, stride 2, the stem's shape) and on convs that
+// take them in a pass (im2col, strided rows); the same values on 1, 2 and 3 threads; the fold given them against the
 // fold taking its own, and the fold's own output statistics; gradients through the chain
 // of a conv and two folds, each given the statistics of the one before, float64.
 TEST(Conv3d, OutputStatisticsMatchTheOutput) {
@@ -237,8 +237,11 @@ TEST(Conv3d, OutputStatisticsMatchTheOutput) {
                         Case{{2, 16, 3, 9, 9}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2)},
                         Case{{2, 16, 3, 8, 20}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), 30},
                         Case{{3, 8, 2, 11, 34}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1)},
-                        // taken in a pass: the strided rows
-                        Case{{1, 3, 2, 20, 70}, 8, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1)}}) {
+                        // the stem's shape (1x7x7 stride 2, 3 input channels): direct planes
+                        Case{{1, 3, 2, 20, 70}, 8, {1, 7, 7}, opt({1, 2, 2}, {0, 3, 3}, {1, 1, 1}, 1)},
+                        // taken in a pass: 6 outputs, im2col; strided rows
+                        Case{{2, 4, 3, 6, 7}, 6, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1)},
+                        Case{{1, 2, 2, 6, 70}, 5, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1)}}) {
     SCOPED_TRACE(shape_str(c.input) + " -> " + std::to_string(c.out));
     const Shape ws{c.out, c.input[1] / c.opts.groups, c.kernel[0], c.kernel[1], c.kernel[2]};
     for (const DType dt : {DType::kFloat32, DType::kFloat64}) {
