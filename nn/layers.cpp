@@ -35,11 +35,7 @@ Conv3d::Conv3d(const Conv3dConfig& cfg, Generator& init) : cfg_(cfg) {
   if (cfg.bias) bias = register_parameter("bias", Tensor::zeros({cfg.out_channels}));
 }
 
-Tensor Conv3d::forward(const Tensor& x) {
-  Tensor y = conv3d(x, weight, bias, cfg_.opts);
-  record_cost(y);
-  return y;
-}
+Tensor Conv3d::forward(const Tensor& x) { return forward(x, nullptr); }
 
 Tensor Conv3d::forward(const Tensor& x, ChannelStatistics* stats) {
   Tensor y = conv3d(x, weight, bias, cfg_.opts, stats);

@@ -284,8 +284,8 @@ void batch_norm_cpu_statistics(const Tensor& x, const Tensor& weight, const Tens
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                   const Tensor& running_var, const BatchNormOptions& opts, const ChannelStatistics* x_stats) {
-  const bool given = x_stats && opts.training && !x_stats->mean.empty();
-  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, Tensor(), given ? x_stats : nullptr);
+  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, Tensor(),
+                         ops_detail::usable_statistics(x_stats, opts));
 }
 
 Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
@@ -301,8 +301,8 @@ Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias,
     const Tensor y = batch_norm(x, weight, bias, running_mean, running_var, plain, x_stats);
     return opts.relu ? add_relu(y, residual) : add(y, residual);
   }
-  const bool given = x_stats && opts.training && !x_stats->mean.empty();
-  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, residual, given ? x_stats : nullptr);
+  return batch_norm_impl(x, weight, bias, running_mean, running_var, opts, residual,
+                         ops_detail::usable_statistics(x_stats, opts));
 }
 
 }  // namespace vidgrad

@@ -50,6 +50,11 @@ Tensor batch_norm_add(const Tensor& x, const Tensor& weight, const Tensor& bias,
 
 namespace ops_detail {
 
+// x_stats where a batch norm with opts normalises with them (training, not empty), else null.
+inline const ChannelStatistics* usable_statistics(const ChannelStatistics* x_stats, const BatchNormOptions& opts) {
+  return x_stats && opts.training && !x_stats->mean.empty() ? x_stats : nullptr;
+}
+
 // For ops that fold a CPU batch norm into passes of their own (batch_norm_relu_conv3d):
 // after batch_norm's argument checks, the per-channel mean and 1 / sqrt(var + eps) it
 // normalises x (contiguous, on the CPU) with: the batch's in training, the same values

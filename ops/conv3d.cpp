@@ -195,9 +195,8 @@ Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, cons
   auto mean = std::make_shared<std::vector<double>>(), invstd = std::make_shared<std::vector<double>>();
   {
     profile::Scope scope("batch_norm", "statistics");
-    const bool given = x_stats && bn_opts.training && !x_stats->mean.empty();
     ops_detail::batch_norm_cpu_statistics(x, bn_w, bn_b, running_mean, running_var, bn_opts, *mean, *invstd,
-                                          given ? x_stats : nullptr);
+                                          ops_detail::usable_statistics(x_stats, bn_opts));
   }
   const std::int64_t C = g.C;
   // The prologue's scale (row 0) and shift (row 1), as batch_norm_apply computes them.

@@ -32,9 +32,9 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias = {}
 
 // conv3d, and in *stats the output's batch statistics (ChannelStatistics in batch_norm.h),
 // for a training batch norm that reads it next. On the CPU the pointwise and kT x 1 x 1
-// convs off the Winograd path take them as they store the output, with no pass over it
-// and the direct-plane convs (grouped 1 x kH x kW) take them as they store the output
-// (Note [output statistics] in ops/cpu/row_gemm.cpp), other convs in a pass after it; they
+// convs (row GEMM or Winograd) and the direct-plane convs (grouped 1 x kH x kW, the stem)
+// take them as they store the output, with no pass over it (Note [output statistics] in
+// ops/cpu/row_gemm.cpp), other convs in a pass after it; they
 // equal batch_norm's up to rounding (summed in another order). On other devices stats is
 // cleared, and the batch norm takes its own.
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts,

@@ -515,7 +515,7 @@ void conv3d_forward_statistics(const Conv3dGeometry& g, const T* x, const T* w, 
       for (std::int64_t f = 0; f < runs; ++f)
         for (std::int64_t o = 0; o < g.O; ++o)
           moments[o].add(static_cast<double>(g.L() / runs), parts.data() + 3 * ((n * runs + f) * g.O + o));
-  } else if (!winograd_temporal(g) && !pro.active() && !ep.residual &&
+  } else if (!pro.active() && !ep.residual &&
              (g.temporal_only() || (g.pointwise() && !strided_rows_forward(g)))) {
     const std::int64_t Og = g.Og(), items = g.N * g.groups, cols = g.L();
     const std::int64_t slots = row_sums_slots<T>(cols), per = row_sums_panels<T>(cols) * kernel::kNr<T>;

@@ -75,15 +75,15 @@ using namespace kernel;
 // and variance before it can normalise any of it. With the batch norm folded into the
 // next conv (Note [input prologue] in conv3d_cpu.h) that left one pass of its own, over the
 // previous conv's output read back from memory (3-26 MB per conv at 16x224; 33 passes, 10 ms
-// of a 426 ms batch 1 16x224 step). The convs that write those outputs (each SEVNet module's
-// 1x1x1 and grouped 1x3x3 convs) now take them while the values are still in cache:
-// row_gemm sums each panel's rows (M x 48 values, just stored, in L1 or L2) after the
-// panel's last block of k, and the direct-plane forward (conv3d_direct.cpp) each output
-// plane or stack of frames after it writes it. The sums are of v - shift, with shift the
+// of a 426 ms batch 1 16x224 step). The convs that write those outputs now take them while
+// the values are still in cache: row_gemm sums each panel's rows (M x 48 values, just
+// stored, in L1 or L2) after the panel's last block of k, the Winograd forward sums its
+// outputs in registers as it stores them (conv3d_winograd.cpp), and the direct-plane
+// forward (conv3d_direct.cpp) reads back each output plane or stack of frames it wrote. The sums are of v - shift, with shift the
 // first value of the run, as batch_norm_stats sums x - (its first value) (Note [one-pass
 // statistics] in batch_norm_cpu.cpp): no cancellation when |mean| >> std. Each slot (a run
 // of 1 to 8 panels whose size depends only on N) has its own sums, and the caller adds the
-// slots' parts in a fixed order (ChannelMoments in conv3d_internal.h): the statistics depend
+// slots' parts in a fixed order (ChannelMoments in moments.h): the statistics depend
 // on neither which thread took which panel nor the thread count. Reducing a row's vector
 // sums lane by lane cost a chain of dependent adds per row and panel (the 1x1x1 forwards
 // became 15-50% slower); rows are reduced 16 at a time by a transpose, once per slot.
@@ -117,6 +117,23 @@ void add_panel_sums(const T* c, std::int64_t ldc, std::int64_t M, std::int64_t c
     acc[2 * m] = s;
     acc[2 * m + 1] = ss;
   }
+}
+
+}  // namespace
+
+template <typename T>
+std::int64_t row_sums_panels(std::int64_t N);
+
+namespace {
+
+// Panel p (cols columns at c) of an N-column C is final: its rows go into its slot's sums
+// (acc, shift), and the slot's parts to row_sums at its last panel.
+template <typename T>
+void take_panel_sums(const T* c, std::int64_t ldc, std::int64_t M, std::int64_t N, std::int64_t p,
+                     std::int64_t cols, T* shift, typename Vec<T>::type* acc, const RowSums<T>& row_sums) {
+  const std::int64_t per = row_sums_panels<T>(N), panels = (N + kernel::kNr<T> - 1) / kernel::kNr<T>;
+  add_panel_sums(c, ldc, M, cols, p % per == 0, shift, acc);
+  if ((p + 1) % per == 0 || p + 1 == panels) store_row_parts<T>(acc, shift, M, row_sums.sums + 3 * (p / per) * M);
 }
 
 }  // namespace
@@ -224,12 +241,8 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
                        c + mp * kMr * ldc + n0, ldc, std::min(kMr, a.M - mp * kMr), cols, accumulate || k0 > 0,
                        last ? &ep : nullptr);
         }
-        if (row_sums && k0 + kc == a.K) {  // the panel is final (Note [output statistics])
-          add_panel_sums(c + n0, ldc, a.M, cols, p % slot_panels == 0, slot_shift.data(), slot_sums.data());
-          if ((p + 1) % slot_panels == 0 || p + 1 == panels)  // the slot's last panel
-            store_row_parts<T>(slot_sums.data(), slot_shift.data(), a.M,
-                               row_sums->sums + 3 * (p / slot_panels) * a.M);
-        }
+        if (row_sums && k0 + kc == a.K)  // the panel is final (Note [output statistics])
+          take_panel_sums(c + n0, ldc, a.M, N, p, cols, slot_shift.data(), slot_sums.data(), *row_sums);
       }
     }
   }
@@ -428,15 +441,11 @@ void row_gemm(const PackedA<T>& a, std::int64_t N, const T* const* b_rows, T* c,
     for (std::int64_t m = 0; m < a.M; ++m)
       for (std::int64_t n = 0; n < N; ++n) c[m * ldc + n] = epilogue.apply(accumulate ? c[m * ldc + n] : T(0), m, n);
     if (row_sums) {
-      const std::int64_t per = row_sums_panels<T>(N);
       std::vector<typename Vec<T>::type> acc(static_cast<std::size_t>(2 * a.M));
       std::vector<T> shift(static_cast<std::size_t>(a.M));
-      for (std::int64_t p = 0; p < panels; ++p) {
-        add_panel_sums(c + p * kNr<T>, ldc, a.M, std::min(kNr<T>, N - p * kNr<T>), p % per == 0, shift.data(),
-                       acc.data());
-        if ((p + 1) % per == 0 || p + 1 == panels)
-          store_row_parts<T>(acc.data(), shift.data(), a.M, row_sums->sums + 3 * (p / per) * a.M);
-      }
+      for (std::int64_t p = 0; p < panels; ++p)
+        take_panel_sums(c + p * kNr<T>, ldc, a.M, N, p, std::min(kNr<T>, N - p * kNr<T>), shift.data(), acc.data(),
+                        *row_sums);
     }
     return;
   }
