@@ -6,9 +6,11 @@
 #include <random>
 #include <thread>
 
+#include "vidgrad/core/aligned_vector.h"
 #include "vidgrad/core/cpu_memory.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/core/cuda/context.h"
+#include "vidgrad/ops/cpu/conv3d_internal.h"
 
 namespace vidgrad {
 namespace {
@@ -35,6 +37,26 @@ TEST(Tensor, CpuStorageIs64ByteAligned) {
     Tensor t = Tensor::empty({n});
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.data<float>()) % 64, 0u) << n;
   }
+}
+
+// The kernels' scratch (Note [scratch alignment] in core/aligned_vector.h): sizes from a
+// few values to above glibc's mmap threshold (a plain std::vector<float> of those sizes
+// starts 16 or 48 bytes into a cache line); and the packed GEMM panels and conv scratch
+// that use it (with std::vector again, col_buffer's checks failed at offset 48).
+TEST(Tensor, KernelScratchIs64ByteAligned) {
+  auto offset = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64; };
+  for (std::size_t n : {std::size_t{1}, std::size_t{17}, std::size_t{40000}, std::size_t{200000}, std::size_t{3} << 20}) {
+    AlignedVector<float> f(n);
+    AlignedVector<double> d(n);
+    EXPECT_EQ(offset(f.data()), 0u) << n;
+    EXPECT_EQ(offset(d.data()), 0u) << n;
+    f.resize(2 * n + 5);  // a reallocation keeps it
+    EXPECT_EQ(offset(f.data()), 0u) << n;
+  }
+  const cpu::PackedA<float> a(200, 300, [](std::int64_t m, std::int64_t k) { return float(m - k); });
+  EXPECT_EQ(offset(a.data.data()), 0u);
+  EXPECT_EQ(offset(cpu::col_buffer<float>(300000)), 0u);
+  EXPECT_EQ(offset(cpu::col_buffer<double>(300000)), 0u);
 }
 
 TEST(Tensor, ReshapeOfContiguousIsAViewAndInfersMinusOne) {

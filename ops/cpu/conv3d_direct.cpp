@@ -76,7 +76,7 @@ std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane
 template <typename T>
 const T* normalised_plane(const InputPrologue<T>& pro, std::int64_t c, const T* src, std::int64_t n) {
   if (!pro.active()) return src;
-  thread_local std::vector<T> buf;
+  thread_local AlignedVector<T> buf;
   if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
   normalise_values(src, n, pro.scale[c], pro.shift[c], buf.data());
   return buf.data();

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "vidgrad/core/aligned_vector.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/moments.h"
@@ -24,7 +25,7 @@ namespace vidgrad::cpu {
 // 100 MB buffer cost more than the GEMM at some layer shapes).
 template <typename T>
 inline T* col_buffer(std::int64_t elements) {
-  thread_local std::vector<T> buf;
+  thread_local AlignedVector<T> buf;
   if (static_cast<std::int64_t>(buf.size()) < elements) {
     buf.clear();
     buf.shrink_to_fit();

@@ -2,6 +2,7 @@
 // collide across threads.
 #include "vidgrad/ops/cpu/pool_cpu.h"
 
+#include "vidgrad/core/aligned_vector.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/ops/cpu/simd.h"
 
@@ -230,7 +231,7 @@ void shortcut_pool_forward(const Pool3dGeometry& g, const RowTaps& r, const T* x
   std::vector<T> cw(r.cw.begin(), r.cw.end());  // column divisors, exact small integers
 #pragma omp parallel if (frames * g.H * g.W >= kMinParallelWork)
   {
-    std::vector<T> buf(static_cast<std::size_t>(3 * len), T(0));
+    AlignedVector<T> buf(static_cast<std::size_t>(3 * len), T(0));
     T* v = buf.data();
     T* e = v + len;
     T* o = e + len;  // o[0] = 0 (column -1); o[1 + m] = v[2m + 1]
@@ -272,7 +273,7 @@ void shortcut_pool_backward(const Pool3dGeometry& g, const RowTaps& r, const T* 
   std::vector<T> cw(r.cw.begin(), r.cw.end());
 #pragma omp parallel if (frames * g.H * g.W >= kMinParallelWork)
   {
-    std::vector<T> buf(static_cast<std::size_t>(5 * len), T(0));
+    AlignedVector<T> buf(static_cast<std::size_t>(5 * len), T(0));
     T* s = buf.data();        // shares of one output row, zero past Wo
     T* s2 = s + len;          // s[m] + s[m + 1]
     T* spread[2] = {s2 + len, s2 + 2 * len};  // the current and the previous output row's spread
@@ -339,9 +340,9 @@ void avg_pool3d_forward(const Pool3dGeometry& g, const T* x, T* y) {
   };
 #pragma omp parallel if (g.planes * in_plane >= kMinParallelWork)
   {
-    std::vector<T> partial(static_cast<std::size_t>(strided ? 0 : g.T * g.H * g.Wo));
+    AlignedVector<T> partial(static_cast<std::size_t>(strided ? 0 : g.T * g.H * g.Wo));
     // One zero-padded row: pW zeros, W columns, then zeros up to the last window's end.
-    std::vector<T> padded(static_cast<std::size_t>(strided ? g.pW + std::max(g.W, g.Wo * g.sW + g.kW) : 0), T(0));
+    AlignedVector<T> padded(static_cast<std::size_t>(strided ? g.pW + std::max(g.W, g.Wo * g.sW + g.kW) : 0), T(0));
 #pragma omp for schedule(static)
     for (std::int64_t p = 0; p < g.planes; ++p) {
       const T* xp = x + p * in_plane;

@@ -176,7 +176,7 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
                      Peek&& peek_block, const RowSums<T>* row_sums) {
   const bool with_epilogue = epilogue.active();
   constexpr std::int64_t NR = kNr<T>;
-  thread_local std::vector<T> packed;
+  thread_local AlignedVector<T> packed;
   constexpr std::int64_t kLine = 64 / static_cast<std::int64_t>(sizeof(T));
   packed.resize(static_cast<std::size_t>((kPanels * NR + kLine) * kKc));
   T* bp = packed.data();
@@ -184,7 +184,7 @@ void row_gemm_panels(const PackedA<T>& a, std::int64_t N, const T* const* b_rows
   // The block's row sums (Note [output statistics]): two vectors a row, reduced at its end.
   using V = typename Vec<T>::type;
   thread_local std::vector<V> slot_sums;
-  thread_local std::vector<T> slot_shift;
+  thread_local AlignedVector<T> slot_shift;
   const std::int64_t slot_panels = row_sums ? row_sums_panels<T>(N) : 1;
   if (row_sums) {
     slot_sums.resize(static_cast<std::size_t>(2 * a.M));
@@ -399,7 +399,7 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
   // rather than one packed run.
   const std::int64_t lda = M % kMr == 0 && M <= kRowsAMax ? even_spacing(a_rows, M) : 0;
   const bool rows_a = lda != 0;
-  thread_local std::vector<T> ap, bp;
+  thread_local AlignedVector<T> ap, bp;
   ap.resize(rows_a ? 0 : static_cast<std::size_t>(m_panels * kMr * kc_max));
   bp.resize(static_cast<std::size_t>(kc_max * NR));
   for (std::int64_t k0 = 0; k0 < K; k0 += kc_max) {

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "vidgrad/core/aligned_vector.h"
+
 namespace vidgrad::cpu {
 
 // Rows of A in panels of kRowGemmMr, each stored k-major ([panel][k][kRowGemmMr]) so the
@@ -18,7 +20,7 @@ inline constexpr std::int64_t kRowGemmMr = 8;
 template <typename T>
 struct PackedA {
   std::int64_t M = 0, K = 0;
-  std::vector<T> data;
+  AlignedVector<T> data;  // Note [scratch alignment] in core/aligned_vector.h
 
   // a(m, k) gives A's element; any layout (a transposed or tap-reordered weight) packs
   // through the same loop.

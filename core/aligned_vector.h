@@ -1,0 +1,46 @@
+// std::vector whose data start on a cache line (kCpuAlignment, 64 bytes): for the CPU
+// kernels' scratch (packed GEMM panels, padded planes), which they stream through in
+// whole AVX-512 vectors.
+//
+// Note [scratch alignment]: std::vector<float> gets malloc's 16-byte alignment, and glibc
+// serves a block above its mmap threshold (128 KiB at first) from a fresh mapping with
+// the data 16 bytes past the page start: the packed GEMM panels, Winograd panels and
+// padded planes the kernels stream through in whole vectors began 16 or 48 bytes into a
+// cache line, so every 64-byte load of them touched two lines. Aligned, `vidgrad bench
+// --model sevnet_g8 --threads 2` (3 alternations, median s/step, 2026-11-23): training
+// batch 1 16x224 0.4180 / 0.4168 / 0.4134 -> 0.3929 / 0.3953 / 0.3974, batch 4 8x112
+// 0.2216 / 0.2221 / 0.2182 -> 0.2102 / 0.2082 / 0.2052; inference 0.1136 / 0.1139 /
+// 0.1145 -> 0.1076 / 0.1069 / 0.1077 and 0.0613 / 0.0616 / 0.0621 -> 0.0580 / 0.0581 /
+// 0.0585 (docs/performance.md, "Twenty-fourth session").
+#pragma once
+
+#include <cstddef>
+#include <new>
+#include <vector>
+
+#include "vidgrad/core/storage.h"
+
+namespace vidgrad {
+
+template <typename T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <typename U>
+  AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kCpuAlignment}));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    ::operator delete(p, n * sizeof(T), std::align_val_t{kCpuAlignment});
+  }
+  template <typename U>
+  bool operator==(const AlignedAllocator<U>&) const noexcept {
+    return true;
+  }
+};
+
+template <typename T>
+using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
+}  // namespace vidgrad
