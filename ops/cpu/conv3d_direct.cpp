@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -68,19 +69,32 @@ PlaneShape plane_shape(const Conv3dGeometry& g) {
 std::int64_t plane_scratch(const Conv3dGeometry& g) { return g.sH * g.sW * plane_shape(g).phase; }
 
 // Note [direct prologue]: with an input prologue (Note [input prologue] in conv3d_cpu.h)
-// each input plane is first normalised into a buffer of the thread's, one plane (12.5 KB
-// at SEVNet's 56x56, 50 KB at 112x112: in L1 or L2), which the fills below then copy from: their shapes
-// (phase planes, the stride-2 split, stacked rows) stay as they are, and the padding they
-// add stays zero, as it pads the normalised input. The plane of channel c (pro already
-// offset to the group's first channel) at src, n values; src itself without a prologue.
+// the fills below normalise each value of an input plane as they copy it into the
+// thread's padded planes (their shapes: phase planes, the stride-2 split, stacked rows),
+// and the padding they add stays zero, as it pads the normalised input. They normalised
+// each plane into a buffer of its own first, then copied that (perf, batch 4 8x112
+// training: that pass 1.4% of the samples); measured in docs/performance.md, "Twenty-fourth
+// session".
 template <typename T>
-const T* normalised_plane(const InputPrologue<T>& pro, std::int64_t c, const T* src, std::int64_t n) {
-  if (!pro.active()) return src;
-  thread_local AlignedVector<T> buf;
-  if (static_cast<std::int64_t>(buf.size()) < n) buf.resize(static_cast<std::size_t>(n));
-  normalise_values(src, n, pro.scale[c], pro.shift[c], buf.data());
-  return buf.data();
-}
+struct PlanePrologue {  // one input channel's v -> relu(a v + b), or v as it is
+  using V = typename Vec<T>::type;
+  bool on = false;
+  T a = T(1), b = T(0);
+  PlanePrologue() = default;
+  // Channel c of pro (already offset to the group's first channel).
+  PlanePrologue(const InputPrologue<T>& pro, std::int64_t c) : on(pro.active()) {
+    if (on) {
+      a = pro.scale[c];
+      b = pro.shift[c];
+    }
+  }
+  V operator()(V v) const { return on ? relu_fma<T>(v, V{} + a, V{} + b) : v; }
+  T operator()(T v) const {
+    if (!on) return v;
+    const T r = std::fma(v, a, b);
+    return r > T(0) ? r : T(0);  // as relu_fma (NaN becomes 0)
+  }
+};
 
 // dst[0, n) = 0 in whole vectors and a masked last one (Note [stacked fill]).
 template <typename T>
@@ -94,11 +108,13 @@ inline void zero_values(T* dst, std::int64_t n) {
 
 // `rows` rows of `width` <= one vector of values, row r from src + r * src_stride to
 // dst + r * dst_stride: one masked load and store per row (Note [stacked fill]).
+// Through pro (Note [direct prologue]).
 template <typename T>
 inline void place_rows(const T* src, std::int64_t rows, std::int64_t width, std::int64_t src_stride, T* dst,
-                       std::int64_t dst_stride) {
+                       std::int64_t dst_stride, const PlanePrologue<T>& pro = {}) {
   const std::uint32_t mask = first_lanes<T>(width);
-  for (std::int64_t r = 0; r < rows; ++r) store_lanes(dst + r * dst_stride, load_lanes(src + r * src_stride, mask), mask);
+  for (std::int64_t r = 0; r < rows; ++r)
+    store_lanes(dst + r * dst_stride, pro(load_lanes(src + r * src_stride, mask)), mask);
 }
 
 // Note [stride-2 fill]: a stride-2 conv's phase planes take a row's even and odd columns
@@ -110,35 +126,37 @@ inline void place_rows(const T* src, std::int64_t rows, std::int64_t width, std:
 // 0.614, stage4 0.780 -> 0.446 and 0.843 -> 0.439, stage5 0.679 -> 0.454 and 0.764 -> 0.500
 // (the input gradient's phase convs have unit stride: unchanged).
 
-// Writes the values of one input plane src (H x W) to their places in phase planes at dst
-// (ps.phase values apart, rows ps.Wq apart) that hold zeros elsewhere.
+// Writes the values of one input plane src (H x W), through pro, to their places in phase
+// planes at dst (ps.phase values apart, rows ps.Wq apart) that hold zeros elsewhere.
 template <typename T>
-void place_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
+void place_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst, const PlanePrologue<T>& pro) {
   for (std::int64_t h = 0; h < g.H; ++h) {
     const std::int64_t i = h + g.pH;  // padded row
     T* row = dst + (i % g.sH) * g.sW * ps.phase + (i / g.sH) * ps.Wq;
     const T* s = src + h * g.W;
     if (g.sW == 1) {
-      std::copy(s, s + g.W, row + g.pW);
+      for (std::int64_t j = 0; j < g.W; j += Vec<T>::kLanes)  // a vector (masked) at a time
+        place_rows(s + j, 1, std::min<std::int64_t>(Vec<T>::kLanes, g.W - j), 0, row + g.pW + j, 0, pro);
       continue;
     }
     if (g.sW == 2) {  // input column 2m to phase pW % 2, 2m + 1 to the other (Note [stride-2 fill])
       deinterleave_row(s, g.W, row + (g.pW % 2) * ps.phase + g.pW / 2,
-                       row + ((g.pW + 1) % 2) * ps.phase + (g.pW + 1) / 2);
+                       row + ((g.pW + 1) % 2) * ps.phase + (g.pW + 1) / 2, pro);
       continue;
     }
     for (std::int64_t b = 0; b < g.sW; ++b) {  // padded column j = jq * sW + b
       T* d = row + b * ps.phase;
       const std::int64_t j0 = std::max<std::int64_t>(0, (g.pW - b + g.sW - 1) / g.sW);
       const std::int64_t j1 = std::min(ps.Wq, (g.pW + g.W - b + g.sW - 1) / g.sW);
-      for (std::int64_t jq = j0; jq < j1; ++jq) d[jq] = s[jq * g.sW + b - g.pW];
+      for (std::int64_t jq = j0; jq < j1; ++jq) d[jq] = pro(s[jq * g.sW + b - g.pW]);
     }
   }
 }
 
-// Fills dst (plane_scratch(g) values) with the phase planes of one input plane src (H x W).
+// Fills dst (plane_scratch(g) values) with the phase planes of one input plane src (H x W),
+// through pro.
 template <typename T>
-void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst) {
+void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T* dst, const PlanePrologue<T>& pro) {
   if (g.sH == 1 && g.sW == 1) {  // one phase: zero only the border and the tail
     std::fill(dst, dst + g.pH * ps.Wq, T(0));
     // Each padded row as whole vectors of masked loads (zeros in the padding columns); a
@@ -153,14 +171,14 @@ void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T*
         const std::int64_t a = std::clamp<std::int64_t>(g.pW - j0, 0, kL);
         const std::int64_t b = std::clamp<std::int64_t>(g.pW + g.W - j0, 0, kL);
         const std::uint32_t mask = ((std::uint32_t{1} << b) - 1) & ~((std::uint32_t{1} << a) - 1);
-        store_vec(row + j0, load_lanes(s + j0, mask));
+        store_vec(row + j0, pro.on ? keep_lanes<T>(pro(load_lanes(s + j0, mask)), mask) : load_lanes(s + j0, mask));
       }
     }
     std::fill(dst + (g.H + g.pH) * ps.Wq, dst + ps.phase, T(0));
     return;
   }
   std::fill(dst, dst + plane_scratch(g), T(0));
-  place_phases(g, ps, src, dst);
+  place_phases(g, ps, src, dst, pro);
 }
 
 // Note [plane prefetch]: the direct kernels copy each input plane into a zero-padded
@@ -280,7 +298,7 @@ void direct_plane(const Conv3dGeometry& g, const T* x, const T* wt, T* y, std::i
     return;
   }
   for (std::int64_t c = 0; c < Cg; ++c)
-    fill_phases(g, ps, normalised_plane(pro, c, x + (c * g.T + ti) * g.H * g.W, g.H * g.W), scratch + c * per_c);
+    fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, scratch + c * per_c, PlanePrologue<T>(pro, c));
   const std::vector<std::int64_t> off = tap_offsets(g, ps);
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes, kBlock = kDirectVecs * kL;
@@ -424,14 +442,14 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
     T* dst = scratch + c * st.per_c;
     zero_values(dst, st.per_c);
     for (std::int64_t t = 0; t < g.T; ++t) {
-      const T* src = normalised_plane(pro, c, x + (c * g.T + t) * g.H * g.W, g.H * g.W);
+      const T* src = x + (c * g.T + t) * g.H * g.W;
+      const PlanePrologue<T> cp(pro, c);
       T* at = dst + st.base + t * frame;
       if (!unit) {
-        place_phases(g, frames, src, at);
-      } else if (g.W <= kL) {
-        place_rows(src, g.H, g.W, g.W, at, st.Ws);
+        place_phases(g, frames, src, at, cp);
       } else {
-        for (std::int64_t h = 0; h < g.H; ++h) std::copy(src + h * g.W, src + (h + 1) * g.W, at + h * st.Ws);
+        for (std::int64_t j = 0; j < g.W; j += kL)  // one vector a row when it is narrow
+          place_rows(src + j, g.H, std::min(kL, g.W - j), g.W, at + j, st.Ws, cp);
       }
     }
   }
@@ -533,8 +551,8 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
         for (std::int64_t c = 0; c < Cg; ++c) {
           T* dst = slot + c * per_c;
           zero_values(dst, per_c);
-          place_rows(normalised_plane(pro, c, x + (c * g.T + ti) * g.H * g.W, g.H * g.W), g.H, g.W, g.W,
-                     dst + g.pH * ps.Wq + g.pW, ps.Wq);
+          place_rows(x + (c * g.T + ti) * g.H * g.W, g.H, g.W, g.W, dst + g.pH * ps.Wq + g.pW, ps.Wq,
+                     PlanePrologue<T>(pro, c));
         }
         for (std::int64_t o = 0; o < kDirectOg; ++o) {
           T* dst = slot + Cg * per_c + o * Qv;
@@ -544,7 +562,7 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
         continue;
       }
       for (std::int64_t c = 0; c < Cg; ++c)
-        fill_phases(g, ps, normalised_plane(pro, c, x + (c * g.T + ti) * g.H * g.W, g.H * g.W), slot + c * per_c);
+        fill_phases(g, ps, x + (c * g.T + ti) * g.H * g.W, slot + c * per_c, PlanePrologue<T>(pro, c));
       // Each output-gradient row as vectors of masked loads (zeros past Wo), rows in order:
       // a row's vectors may spill into the rows after it, written later, but not past the
       // grid (narrow rows would reach the next grid or past the scratch); the last row's

@@ -105,6 +105,23 @@ inline typename Vec<T>::type load_lanes(const T* p, std::uint32_t mask) {
 #endif
 }
 
+// v[i] for the lanes i whose bit is set in mask, else 0.
+template <typename T>
+inline typename Vec<T>::type keep_lanes(typename Vec<T>::type v, std::uint32_t mask) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<typename Vec<T>::type>(
+        _mm512_maskz_mov_ps(static_cast<__mmask16>(mask), reinterpret_cast<__m512>(v)));
+  else
+    return reinterpret_cast<typename Vec<T>::type>(
+        _mm512_maskz_mov_pd(static_cast<__mmask8>(mask), reinterpret_cast<__m512d>(v)));
+#else
+  for (int i = 0; i < static_cast<int>(Vec<T>::kLanes); ++i)
+    if (!(mask >> i & 1u)) v[i] = T(0);
+  return v;
+#endif
+}
+
 // p[i] = v[i] for the lanes i whose bit is set in mask; the other lanes' memory is not
 // touched (AVX-512 masked stores do not fault there).
 template <typename T>
@@ -216,22 +233,29 @@ inline void load_deinterleaved3(const T* in, typename Vec<T>::type& a, typename 
   }
 }
 
-// even[m] = s[2m] and odd[m] = s[2m + 1] for 2m (+ 1) < n: a row's two column phases
-// (stride-2 convs and pools).
-template <typename T>
-inline void deinterleave_row(const T* s, std::int64_t n, T* even, T* odd) {
+// even[m] = f(s[2m]) and odd[m] = f(s[2m + 1]) for 2m (+ 1) < n: a row's two column
+// phases (stride-2 convs and pools), f applied to vectors of values as they are loaded
+// (lanes past n are not stored).
+struct SameValues {
+  template <typename V>
+  V operator()(V v) const {
+    return v;
+  }
+};
+template <typename T, typename F = SameValues>
+inline void deinterleave_row(const T* s, std::int64_t n, T* even, T* odd, const F& f = {}) {
   using V = typename Vec<T>::type;
   constexpr std::int64_t kL = Vec<T>::kLanes;
   std::int64_t i = 0;
   for (; i + 2 * kL <= n; i += 2 * kL) {
-    const V v0 = load_vec(s + i), v1 = load_vec(s + i + kL);
+    const V v0 = f(load_vec(s + i)), v1 = f(load_vec(s + i + kL));
     store_vec(even + i / 2, even_lanes<T>(v0, v1));
     store_vec(odd + i / 2, odd_lanes<T>(v0, v1));
   }
   if (i < n) {  // the last 1 .. 2 kL - 1 values: masked
     const std::int64_t r = n - i;
-    const V v0 = load_lanes(s + i, first_lanes<T>(r));
-    const V v1 = r > kL ? load_lanes(s + i + kL, first_lanes<T>(r - kL)) : V{};
+    const V v0 = f(load_lanes(s + i, first_lanes<T>(r)));
+    const V v1 = r > kL ? f(load_lanes(s + i + kL, first_lanes<T>(r - kL))) : V{};
     store_lanes(even + i / 2, even_lanes<T>(v0, v1), first_lanes<T>((r + 1) / 2));
     store_lanes(odd + i / 2, odd_lanes<T>(v0, v1), first_lanes<T>(r / 2));
   }
