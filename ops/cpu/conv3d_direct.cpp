@@ -171,7 +171,7 @@ void fill_phases(const Conv3dGeometry& g, const PlaneShape& ps, const T* src, T*
         const std::int64_t a = std::clamp<std::int64_t>(g.pW - j0, 0, kL);
         const std::int64_t b = std::clamp<std::int64_t>(g.pW + g.W - j0, 0, kL);
         const std::uint32_t mask = ((std::uint32_t{1} << b) - 1) & ~((std::uint32_t{1} << a) - 1);
-        store_vec(row + j0, pro.on ? keep_lanes<T>(pro(load_lanes(s + j0, mask)), mask) : load_lanes(s + j0, mask));
+        store_vec(row + j0, keep_lanes<T>(pro(load_lanes(s + j0, mask)), mask));  // padding stays 0
       }
     }
     std::fill(dst + (g.H + g.pH) * ps.Wq, dst + ps.phase, T(0));
