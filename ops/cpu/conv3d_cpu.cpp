@@ -8,8 +8,9 @@
 //     GEMM]) or an Eigen GEMM (pointwise).
 //   1 x kH x kW with 8 output channels per group or a multiple of 8 and at most 16 input
 //     channels per group (the grouped 1x3x3 convs, the stem): direct kernels on padded,
-//     stride-split frame planes (conv3d_direct.cpp, Notes [direct planes] and
-//     [output-channel blocks]; the strided input gradient in conv3d_strided_grad.cpp).
+//     stride-split frame planes (direct_planes.h, Notes [direct planes] and
+//     [output-channel blocks]; the forward in conv3d_direct.cpp, the weight gradient in
+//     conv3d_direct_grad.cpp, the strided input gradient in conv3d_strided_grad.cpp).
 //   other ungrouped convs with wide output rows: one row GEMM per output row
 //     (Note [strided rows]) for the forward.
 //   everything else, and the remaining passes: im2col in cache-sized tiles + Eigen GEMM
@@ -377,7 +378,7 @@ void strided_rows_conv(const Conv3dGeometry& g, const T* x, const T* w, T* y, co
           ptrs[q * g.kW + kw] = dst + (off % g.sW) * phase_len + off / g.sW;
         }
         // The input row this tap reads for the next output row, into L2 while this one
-        // computes (the rows come from memory: Note [plane prefetch] in conv3d_direct.cpp).
+        // computes (the rows come from memory: Note [plane prefetch] in direct_planes.h).
         const std::int64_t next_hi = hi + g.sH;
         if (ho + 1 < g.Ho && ti >= 0 && ti < g.T && next_hi >= 0 && next_hi < g.H)
           prefetch_l2(x + (((n * g.C + c) * g.T + ti) * g.H + next_hi) * g.W,

@@ -1,7 +1,8 @@
 // Shared between the CPU conv's files: conv3d_cpu.cpp (dispatch, row GEMM and im2col
-// paths), conv3d_direct.cpp (the direct kernels for 1 x kH x kW convs with 8-channel
-// blocks), conv3d_strided_grad.cpp (their strided input gradient), conv3d_winograd.cpp
-// and conv3d_winograd_grad.cpp (3x1x1 convs by Winograd's F(4, 3), the second its weight
+// paths), conv3d_direct.cpp and conv3d_direct_grad.cpp (the direct kernels for 1 x kH x kW
+// convs with 8-channel blocks, forward and weight gradient; direct_planes.h their shared
+// pieces), conv3d_strided_grad.cpp (their strided input gradient), conv3d_winograd.cpp and
+// conv3d_winograd_grad.cpp (3x1x1 convs by Winograd's F(4, 3), the second its weight
 // gradient). Not installed API: include only from those.
 #pragma once
 
@@ -56,11 +57,11 @@ inline bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
 
 // A multiple of 8 output channels per group, at most 16 input channels per group,
 // 1 x kH x kW, not pointwise: the direct-plane kernels take it (Notes [direct grouped
-// conv] and [output-channel blocks] in conv3d_direct.cpp).
+// conv] and [output-channel blocks] in direct_planes.h).
 bool direct_planes(const Conv3dGeometry& g);
 
 // The direct-plane forward (y from x; ep from channel 0) and weight gradient (gw written),
-// each with an optional input prologue (Note [direct prologue] in conv3d_direct.cpp). With
+// each with an optional input prologue (Note [direct prologue] in direct_planes.h). With
 // plane_sums, the forward reads back the output it finishes for the parts of the batch
 // statistics (run_sums): per sample n, run f < F = direct_sum_runs(g) of frames (To / F
 // frames each) and channel o, at plane_sums + 3 * ((n * F + f) * O + o).
