@@ -89,7 +89,8 @@ bool cold = false;  // --cold
 // each thread a share (a thread left waiting would sleep and wake late for the pass).
 void evict_caches() {
   static std::vector<char> buf = [] {
-    const long llc = std::max(sysconf(_SC_LEVEL3_CACHE_SIZE), sysconf(_SC_LEVEL2_CACHE_SIZE));
+    // sysconf gives 0 or -1 where the size is unknown: then the 64 MiB floor.
+    const long llc = std::max({sysconf(_SC_LEVEL3_CACHE_SIZE), sysconf(_SC_LEVEL2_CACHE_SIZE), 0L});
     return std::vector<char>(std::max<std::size_t>(std::size_t{64} << 20, 2 * static_cast<std::size_t>(llc)));
   }();
   static char v = 0;

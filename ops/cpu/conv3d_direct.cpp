@@ -6,10 +6,7 @@
 // conv3d_strided_grad.cpp, the weight gradient in conv3d_direct_grad.cpp.
 #include "vidgrad/ops/cpu/direct_planes.h"
 
-#include <omp.h>
-
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 namespace vidgrad::cpu {

@@ -3,8 +3,6 @@
 // group), on the same zero-padded, stride-split frame planes (direct_planes.h).
 #include "vidgrad/ops/cpu/direct_planes.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <type_traits>
 #include <vector>
