@@ -1,9 +1,9 @@
 // What a channel-blocked activation layout would give the 1x1x1 convs: the library's
-// forward (conv3d_forward on NCDHW: the row GEMM, which packs panels of x for its
-// micro-kernel) against a small kernel on x and y stored as (C / kL, positions, kL), kL =
-// the vector's lanes (docs/performance.md, "Twenty-seventh session").
+// forward and weight gradient (conv3d_forward and conv3d_backward_weight on NCDHW: row
+// GEMMs, which pack panels of their operands for the micro-kernel) against small kernels
+// on x, y and gy stored as (N, C / kL, positions, kL), kL = the vector's lanes (docs/performance.md, "Twenty-seventh session").
 //
-//   build/bench/pointwise_layout [channels=64] [positions=25088] [calls=15]
+//   build/bench/pointwise_layout [channels=64] [samples=4] [frames=8] [height=28] [width=height] [calls=15]
 //
 // The blocked kernel needs no packing of x: a micro-tile of 6 positions x 4 vectors of
 // output channels broadcasts its x values straight from the tensor (for each block of kL
@@ -66,21 +66,88 @@ inline void tile(const float* x, const float* wt, float* y, std::int64_t C, std:
     for (int i = 0; i < R; ++i) vidgrad::cpu::store_vec(y + ((ob + j) * P + p0 + i) * kL, acc[i][j]);
 }
 
-// y (O / kL, P, kL) = w (O, C) x, x (C / kL, P, kL); wt (C, O) is scratch for w transposed.
-void blocked_pointwise(const float* x, const float* w, float* y, float* wt, std::int64_t C, std::int64_t O,
-                       std::int64_t P) {
+// y (N, O / kL, S, kL) = w (O, C) x, x (N, C / kL, S, kL); wt (C, O) is scratch for w
+// transposed. Threads split the (sample, tile of 6 positions) pairs.
+void blocked_pointwise(const float* x, const float* w, float* y, float* wt, std::int64_t N, std::int64_t C,
+                       std::int64_t O, std::int64_t S) {
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
     for (std::int64_t o = 0; o < O; ++o)
       for (std::int64_t c = 0; c < C; ++c) wt[c * O + o] = w[o * C + c];
-    const std::int64_t t = omp_get_thread_num(), n = omp_get_num_threads(), tiles = P / kRows;
-    const std::int64_t u0 = tiles * t / n, u1 = tiles * (t + 1) / n;
+    const std::int64_t t = omp_get_thread_num(), n = omp_get_num_threads(), tiles = S / kRows;
+    const std::int64_t u0 = N * tiles * t / n, u1 = N * tiles * (t + 1) / n;
     for (std::int64_t ob = 0; ob < O / kL; ob += kVecs) {
-      for (std::int64_t u = u0; u < u1; ++u) tile<kRows>(x, wt, y, C, O, P, ob, u * kRows);
-      if (t == n - 1)  // the last positions, one at a time
-        for (std::int64_t p = tiles * kRows; p < P; ++p) tile<1>(x, wt, y, C, O, P, ob, p);
+      for (std::int64_t u = u0; u < u1; ++u) {
+        const std::int64_t s = u / tiles;
+        tile<kRows>(x + s * C * S, wt, y + s * O * S, C, O, S, ob, u % tiles * kRows);
+      }
+      if (t == n - 1)  // each sample's last positions, one at a time
+        for (std::int64_t s = 0; s < N; ++s)
+          for (std::int64_t p = tiles * kRows; p < S; ++p) tile<1>(x + s * C * S, wt, y + s * O * S, C, O, S, ob, p);
     }
+  }
+}
+
+// The weight gradient of the same conv, gw (O, C) = gy x^T summed over samples and
+// positions, gy (N, O / kL, S, kL) and x (N, C / kL, S, kL): each thread sums its share of
+// the (sample, position) pairs in chunks that stay in L2, a tile of 4 vectors of output
+// channels by 6 input channels at a time (24 sums in registers: per position 4 line loads
+// of gy, 6 broadcasts of x), into its own (C, O) part; the parts are added and transposed
+// at the end.
+void blocked_pointwise_weight(const float* gy, const float* x, float* gw, float* parts, std::int64_t N, std::int64_t C,
+                              std::int64_t O, std::int64_t S) {
+  constexpr std::int64_t kChunk = 256, kC = 6;
+#pragma omp parallel
+  {
+    const std::int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    float* part = parts + t * C * O;
+    std::fill(part, part + C * O, 0.0f);
+    const std::int64_t q0 = N * S * t / n, q1 = N * S * (t + 1) / n;
+    for (std::int64_t c0 = q0; c0 < q1;) {
+      const std::int64_t sample = c0 / S, s0 = c0 % S, s1 = std::min({S, s0 + kChunk, s0 + q1 - c0});
+      const float* gys = gy + sample * O * S;
+      const float* xs = x + sample * C * S;
+      for (std::int64_t ob = 0; ob < O / kL; ob += kVecs)
+        for (std::int64_t ci = 0; ci < C; ci += kC) {
+          const std::int64_t nc = std::min(kC, C - ci);
+          const float* xc[kC];
+          for (std::int64_t k = 0; k < kC; ++k) {
+            const std::int64_t c = ci + std::min(k, nc - 1);
+            xc[k] = xs + (c / kL) * S * kL + c % kL;
+          }
+          V acc[kC][kVecs];
+#pragma GCC unroll 6
+          for (int k = 0; k < kC; ++k)
+#pragma GCC unroll 4
+            for (int j = 0; j < kVecs; ++j) acc[k][j] = V{};
+          for (std::int64_t p = s0; p < s1; ++p) {
+            V gv[kVecs];
+#pragma GCC unroll 4
+            for (int j = 0; j < kVecs; ++j) gv[j] = vidgrad::cpu::load_vec(gys + ((ob + j) * S + p) * kL);
+#pragma GCC unroll 6
+            for (int k = 0; k < kC; ++k) {
+              const float b = xc[k][p * kL];
+#pragma GCC unroll 4
+              for (int j = 0; j < kVecs; ++j) acc[k][j] += b * gv[j];
+            }
+          }
+          for (std::int64_t k = 0; k < nc; ++k)
+            for (int j = 0; j < kVecs; ++j) {
+              float* dst = part + (ci + k) * O + (ob + j) * kL;
+              vidgrad::cpu::store_vec(dst, vidgrad::cpu::load_vec(dst) + acc[k][j]);
+            }
+        }
+      c0 += s1 - s0;
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (std::int64_t o = 0; o < O; ++o)
+      for (std::int64_t c = 0; c < C; ++c) {
+        float v = 0.0f;
+        for (std::int64_t r = 0; r < n; ++r) v += parts[(r * C + c) * O + o];
+        gw[o * C + c] = v;
+      }
   }
 }
 
@@ -91,26 +158,36 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::int64_t C = argc > 1 ? std::atoll(argv[1]) : 64, P = argc > 2 ? std::atoll(argv[2]) : 25088;
-  const int calls = argc > 3 ? std::atoi(argv[3]) : 15;
-  const std::int64_t O = C;
-  if (C < kVecs * kL || C % (kVecs * kL) != 0 || C > 4096 || P < 1 || calls < 1) {
-    std::fprintf(stderr, "pointwise_layout: channels must be a multiple of %lld up to 4096 and positions at least 1, "
-                 "got %lld and %lld (calls %d)\n", static_cast<long long>(kVecs * kL),
-                 static_cast<long long>(C), static_cast<long long>(P), calls);
+  const std::int64_t C = argc > 1 ? std::atoll(argv[1]) : 64, N = argc > 2 ? std::atoll(argv[2]) : 4;
+  const std::int64_t T = argc > 3 ? std::atoll(argv[3]) : 8, H = argc > 4 ? std::atoll(argv[4]) : 28;
+  const std::int64_t W = argc > 5 ? std::atoll(argv[5]) : H;
+  const int calls = argc > 6 ? std::atoi(argv[6]) : 15;
+  const std::int64_t O = C, S = T * H * W;
+  if (C < kVecs * kL || C % (kVecs * kL) != 0 || C > 4096 || N < 1 || T < 1 || H < 1 || W < 1 ||
+      N * S > (std::int64_t{1} << 26) || calls < 1) {
+    std::fprintf(stderr,
+                 "pointwise_layout: channels must be a multiple of %lld up to 4096, and samples, frames, height and "
+                 "width positive (at most 2^26 positions); got %lld, %lld, %lld, %lld, %lld (calls %d)\n",
+                 static_cast<long long>(kVecs * kL), static_cast<long long>(C), static_cast<long long>(N),
+                 static_cast<long long>(T), static_cast<long long>(H), static_cast<long long>(W), calls);
     return 2;
   }
-  const auto size = static_cast<std::size_t>(C * P);
+  const auto size = static_cast<std::size_t>(N * C * S);
   AlignedVector<float> x(size), xb(size), y(size), yb(size), w(static_cast<std::size_t>(O * C)),
       wt(static_cast<std::size_t>(O * C));
   std::mt19937 gen(1);
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
   for (float& v : x) v = uni(gen);
   for (float& v : w) v = uni(gen);
-  for (std::int64_t c = 0; c < C; ++c)
-    for (std::int64_t p = 0; p < P; ++p) xb[static_cast<std::size_t>(((c / kL) * P + p) * kL + c % kL)] = x[c * P + p];
-  // One sample, C channels, a 1 x 1 x P volume, O outputs, a 1x1x1 kernel, unit strides.
-  const vidgrad::cpu::Conv3dGeometry g{1, C, 1, 1, P, O, 1, 1, 1, 1, 1, P, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1};
+  // (n, c, s) in NCDHW; (n, c / kL, s, c % kL) blocked.
+  auto blocked_at = [&](std::int64_t n, std::int64_t c, std::int64_t s) {
+    return static_cast<std::size_t>(((n * (C / kL) + c / kL) * S + s) * kL + c % kL);
+  };
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t s = 0; s < S; ++s) xb[blocked_at(n, c, s)] = x[static_cast<std::size_t>((n * C + c) * S + s)];
+  // A 1x1x1 conv, unit strides, no padding.
+  const vidgrad::cpu::Conv3dGeometry g{N, C, T, H, W, O, 1, 1, 1, T, H, W, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1};
   const int threads = omp_get_max_threads();
   std::vector<AlignedVector<char>> junk(static_cast<std::size_t>(threads));
   for (auto& j : junk) j.assign((std::size_t{1} << 30) / static_cast<std::size_t>(threads), 0);
@@ -122,34 +199,56 @@ int main(int argc, char** argv) {
     }
   };
   vidgrad::cpu::conv3d_forward<float>(g, x.data(), w.data(), y.data());
-  blocked_pointwise(xb.data(), w.data(), yb.data(), wt.data(), C, O, P);
+  blocked_pointwise(xb.data(), w.data(), yb.data(), wt.data(), N, C, O, S);
   double diff = 0, scale = 0;
-  for (std::int64_t o = 0; o < O; ++o)
-    for (std::int64_t p = 0; p < P; ++p) {
-      const float a = y[static_cast<std::size_t>(o * P + p)], b = yb[static_cast<std::size_t>(((o / kL) * P + p) * kL + o % kL)];
-      diff = std::max(diff, static_cast<double>(std::fabs(a - b)));
-      scale = std::max(scale, static_cast<double>(std::fabs(a)));
-    }
-  const double gflop = 2e-9 * static_cast<double>(O * C * P);
-  std::printf("%lld -> %lld channels x %lld positions, %d threads, %d calls each; largest difference %.1e of %.1f\n",
-              static_cast<long long>(C), static_cast<long long>(O), static_cast<long long>(P), threads, calls, diff, scale);
-  for (const bool cold : {true, false}) {
-    std::vector<double> lib, blk;
-    for (int i = 0; i < calls; ++i) {
-      if (cold) evict();
-      auto t0 = std::chrono::steady_clock::now();
-      vidgrad::cpu::conv3d_forward<float>(g, x.data(), w.data(), y.data());
-      lib.push_back(ms_since(t0));
-      if (cold) evict();
-      t0 = std::chrono::steady_clock::now();
-      blocked_pointwise(xb.data(), w.data(), yb.data(), wt.data(), C, O, P);
-      blk.push_back(ms_since(t0));
-    }
-    std::sort(lib.begin(), lib.end());
-    std::sort(blk.begin(), blk.end());
-    const double a = lib[lib.size() / 2], b = blk[blk.size() / 2];
-    std::printf("  %s: NCDHW row GEMM %.3f ms (%.0f GFLOP/s), blocked %.3f ms (%.0f GFLOP/s), %.2fx\n",
-                cold ? "from memory" : "warm       ", a, gflop / a * 1e3, b, gflop / b * 1e3, a / b);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t o = 0; o < O; ++o)
+      for (std::int64_t s = 0; s < S; ++s) {
+        const float a = y[static_cast<std::size_t>((n * O + o) * S + s)], b = yb[blocked_at(n, o, s)];
+        diff = std::max(diff, static_cast<double>(std::fabs(a - b)));
+        scale = std::max(scale, static_cast<double>(std::fabs(a)));
+      }
+  // The weight gradient, with y (and its blocked copy) as the output gradient.
+  AlignedVector<float> gw(static_cast<std::size_t>(O * C)), gwb(gw.size()),
+      parts(static_cast<std::size_t>(omp_get_max_threads() * O * C));
+  vidgrad::cpu::conv3d_backward_weight<float>(g, y.data(), x.data(), gw.data());
+  blocked_pointwise_weight(yb.data(), xb.data(), gwb.data(), parts.data(), N, C, O, S);
+  double wdiff = 0, wscale = 0;
+  for (std::size_t i = 0; i < gw.size(); ++i) {
+    wdiff = std::max(wdiff, static_cast<double>(std::fabs(gw[i] - gwb[i])));
+    wscale = std::max(wscale, static_cast<double>(std::fabs(gw[i])));
   }
+  const double gflop = 2e-9 * static_cast<double>(O * C * N * S);
+  std::printf("%lld -> %lld channels, %lld x %lldx%lldx%lld, %d threads, %d calls each; largest difference %.1e of %.1f\n",
+              static_cast<long long>(C), static_cast<long long>(O), static_cast<long long>(N),
+              static_cast<long long>(T), static_cast<long long>(H), static_cast<long long>(W), threads, calls, diff,
+              scale);
+  std::printf("  weight gradient: largest difference %.1e of %.1f\n", wdiff, wscale);
+  for (const bool weight : {false, true})
+    for (const bool cold : {true, false}) {
+      std::vector<double> lib, blk;
+      for (int i = 0; i < calls; ++i) {
+        if (cold) evict();
+        auto t0 = std::chrono::steady_clock::now();
+        if (weight)
+          vidgrad::cpu::conv3d_backward_weight<float>(g, y.data(), x.data(), gw.data());
+        else
+          vidgrad::cpu::conv3d_forward<float>(g, x.data(), w.data(), y.data());
+        lib.push_back(ms_since(t0));
+        if (cold) evict();
+        t0 = std::chrono::steady_clock::now();
+        if (weight)
+          blocked_pointwise_weight(yb.data(), xb.data(), gwb.data(), parts.data(), N, C, O, S);
+        else
+          blocked_pointwise(xb.data(), w.data(), yb.data(), wt.data(), N, C, O, S);
+        blk.push_back(ms_since(t0));
+      }
+      std::sort(lib.begin(), lib.end());
+      std::sort(blk.begin(), blk.end());
+      const double a = lib[lib.size() / 2], b = blk[blk.size() / 2];
+      std::printf("  %s %s: NCDHW %.3f ms (%.0f GFLOP/s), blocked %.3f ms (%.0f GFLOP/s), %.2fx\n",
+                  weight ? "weight gradient" : "forward        ", cold ? "from memory" : "warm       ", a,
+                  gflop / a * 1e3, b, gflop / b * 1e3, a / b);
+    }
   return 0;
 }
