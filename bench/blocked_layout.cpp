@@ -15,7 +15,7 @@
 // library repacks its weight. The blocked 3x1x1 transforms 48 positions of 6 frames into
 // an L2 buffer, runs the 6 point products on it and applies the output transform to the
 // sums. Output channels must be a multiple of 4 kL. Each pair is timed from memory (1 GiB
-// written by every thread before each call) and warm, calls alternating; prints the
+// written before each call, each thread a share) and warm, calls alternating; prints the
 // medians and the largest difference between the two results.
 #include <omp.h>
 
@@ -26,8 +26,10 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <type_traits>
 #include <vector>
 
+#include "evict_caches.h"
 #include "vidgrad/core/aligned_vector.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/cpu/simd.h"
@@ -40,10 +42,13 @@ using V = vidgrad::cpu::Vec<float>::type;
 constexpr std::int64_t kL = vidgrad::cpu::Vec<float>::kLanes;
 constexpr int kRows = 6, kVecs = 4;  // positions x vectors of output channels per micro-tile
 
-// Output channels [ob kL, (ob + kVecs) kL) at positions [p0, p0 + R) of blocked_pointwise.
+// One micro-tile: kVecs vectors of output channels at R positions, y[j][i] = sum over c
+// of x[c / kL][i][c % kL] * wt[c][j kL ..], where x's blocks of kL channels are x_block
+// positions apart (each position one line of kL values), wt's rows ldw apart and y's
+// blocks of output channels y_block positions apart.
 template <int R>
-inline void tile(const float* x, const float* wt, float* y, std::int64_t C, std::int64_t O, std::int64_t P,
-                 std::int64_t ob, std::int64_t p0) {
+inline void tile(const float* x, std::int64_t x_block, const float* wt, std::int64_t ldw, float* y,
+                 std::int64_t y_block, std::int64_t C) {
   // Every loop over acc is unrolled, so that it lives in registers (as the library's
   // Note [register accumulators]).
   V acc[R][kVecs];
@@ -52,10 +57,10 @@ inline void tile(const float* x, const float* wt, float* y, std::int64_t C, std:
 #pragma GCC unroll 4
     for (int j = 0; j < kVecs; ++j) acc[i][j] = V{};
   for (std::int64_t cb = 0; cb < C / kL; ++cb) {
-    const float* xs = x + (cb * P + p0) * kL;
+    const float* xs = x + cb * x_block * kL;
     __builtin_prefetch(xs + 64 * kL);
     for (std::int64_t c = 0; c < kL; ++c) {
-      const float* wr = wt + (cb * kL + c) * O + ob * kL;
+      const float* wr = wt + (cb * kL + c) * ldw;
       V wv[kVecs];
 #pragma GCC unroll 4
       for (int j = 0; j < kVecs; ++j) wv[j] = vidgrad::cpu::load_vec(wr + j * kL);
@@ -70,7 +75,7 @@ inline void tile(const float* x, const float* wt, float* y, std::int64_t C, std:
 #pragma GCC unroll 4
   for (int j = 0; j < kVecs; ++j)
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) vidgrad::cpu::store_vec(y + ((ob + j) * P + p0 + i) * kL, acc[i][j]);
+    for (int i = 0; i < R; ++i) vidgrad::cpu::store_vec(y + (j * y_block + i) * kL, acc[i][j]);
 }
 
 // y (N, O / kL, S, kL) = w (O, C) x, x (N, C / kL, S, kL); wt (C, O) is scratch for w
@@ -85,13 +90,15 @@ void blocked_pointwise(const float* x, const float* w, float* y, float* wt, std:
     const std::int64_t t = omp_get_thread_num(), n = omp_get_num_threads(), tiles = S / kRows;
     const std::int64_t u0 = N * tiles * t / n, u1 = N * tiles * (t + 1) / n;
     for (std::int64_t ob = 0; ob < O / kL; ob += kVecs) {
-      for (std::int64_t u = u0; u < u1; ++u) {
-        const std::int64_t s = u / tiles;
-        tile<kRows>(x + s * C * S, wt, y + s * O * S, C, O, S, ob, u % tiles * kRows);
-      }
+      // Sample s, positions from p: its tile of R positions and output blocks [ob, ob + kVecs).
+      auto run = [&](auto rows, std::int64_t s, std::int64_t p) {
+        tile<decltype(rows)::value>(x + s * C * S + p * kL, S, wt + ob * kL, O, y + s * O * S + (ob * S + p) * kL, S,
+                                    C);
+      };
+      for (std::int64_t u = u0; u < u1; ++u) run(std::integral_constant<int, kRows>{}, u / tiles, u % tiles * kRows);
       if (t == n - 1)  // each sample's last positions, one at a time
         for (std::int64_t s = 0; s < N; ++s)
-          for (std::int64_t p = tiles * kRows; p < S; ++p) tile<1>(x + s * C * S, wt, y + s * O * S, C, O, S, ob, p);
+          for (std::int64_t p = tiles * kRows; p < S; ++p) run(std::integral_constant<int, 1>{}, s, p);
     }
   }
 }
@@ -111,8 +118,8 @@ void blocked_pointwise_weight(const float* gy, const float* x, float* gw, float*
     float* part = parts + t * C * O;
     std::fill(part, part + C * O, 0.0f);
     const std::int64_t q0 = N * S * t / n, q1 = N * S * (t + 1) / n;
-    for (std::int64_t c0 = q0; c0 < q1;) {
-      const std::int64_t sample = c0 / S, s0 = c0 % S, s1 = std::min({S, s0 + kChunk, s0 + q1 - c0});
+    for (std::int64_t q = q0; q < q1;) {  // q: (sample, position) pairs, flat
+      const std::int64_t sample = q / S, s0 = q % S, s1 = std::min({S, s0 + kChunk, s0 + q1 - q});
       const float* gys = gy + sample * O * S;
       const float* xs = x + sample * C * S;
       for (std::int64_t ob = 0; ob < O / kL; ob += kVecs)
@@ -145,7 +152,7 @@ void blocked_pointwise_weight(const float* gy, const float* x, float* gw, float*
               vidgrad::cpu::store_vec(dst, vidgrad::cpu::load_vec(dst) + acc[k][j]);
             }
         }
-      c0 += s1 - s0;
+      q += s1 - s0;
     }
 #pragma omp barrier
 #pragma omp for schedule(static)
@@ -163,7 +170,7 @@ void blocked_pointwise_weight(const float* gy, const float* x, float* gw, float*
 // transformed and the transposed filter. Threads split the units (sample, tile of 4 output
 // frames, run of 48 positions); each transforms its run's 6 input frames into vbuf (6, C /
 // kL, 48, kL), then per 6 positions and 4 vectors of outputs runs the 6 point products
-// into tbuf and stores the output transform of their sums.
+// (tile) into tbuf and stores the output transform of their sums.
 void blocked_winograd(const float* x, const float* w, float* y, float* u, float* wk, std::int64_t N, std::int64_t C,
                       std::int64_t O, std::int64_t T, std::int64_t HW) {
   using Wg = vidgrad::cpu::winograd::Winograd<4>;
@@ -203,37 +210,13 @@ void blocked_winograd(const float* x, const float* w, float* y, float* u, float*
       }
       for (std::int64_t ob = 0; ob < OB; ob += kVecs)
         for (std::int64_t i0 = 0; i0 < len; i0 += kRows) {
-          for (int p = 0; p < 6; ++p) {
-            V acc[kRows][kVecs];
-#pragma GCC unroll 8
-            for (int i = 0; i < kRows; ++i)
-#pragma GCC unroll 4
-              for (int j = 0; j < kVecs; ++j) acc[i][j] = V{};
-            for (std::int64_t cb = 0; cb < CB; ++cb) {
-              const float* vs = vbuf.data() + ((p * CB + cb) * kRun + i0) * kL;
-              for (std::int64_t c = 0; c < kL; ++c) {
-                const float* ur = u + (p * C + cb * kL + c) * O + ob * kL;
-                V uv[kVecs];
-#pragma GCC unroll 4
-                for (int j = 0; j < kVecs; ++j) uv[j] = vidgrad::cpu::load_vec(ur + j * kL);
-#pragma GCC unroll 8
-                for (int i = 0; i < kRows; ++i) {
-                  const float b = vs[i * kL + c];
-#pragma GCC unroll 4
-                  for (int j = 0; j < kVecs; ++j) acc[i][j] += b * uv[j];
-                }
-              }
-            }
-#pragma GCC unroll 8
-            for (int i = 0; i < kRows; ++i)
-#pragma GCC unroll 4
-              for (int j = 0; j < kVecs; ++j)
-                vidgrad::cpu::store_vec(tbuf.data() + ((p * kRows + i) * kVecs + j) * kL, acc[i][j]);
-          }
+          for (int p = 0; p < 6; ++p)  // tbuf (6, kVecs, kRows, kL)
+            tile<kRows>(vbuf.data() + (p * CB * kRun + i0) * kL, kRun, u + p * C * O + ob * kL, O,
+                        tbuf.data() + p * kVecs * kRows * kL, kRows, C);
           for (std::int64_t i = 0; i < std::min<std::int64_t>(kRows, len - i0); ++i)
             for (int j = 0; j < kVecs; ++j) {
               V tv[6], ov[4];
-              for (int p = 0; p < 6; ++p) tv[p] = vidgrad::cpu::load_vec(tbuf.data() + ((p * kRows + i) * kVecs + j) * kL);
+              for (int p = 0; p < 6; ++p) tv[p] = vidgrad::cpu::load_vec(tbuf.data() + ((p * kVecs + j) * kRows + i) * kL);
               vidgrad::cpu::winograd::transform<float, 4, 6, V>(Wg::AT, tv, ov);
               float* yb = y + (n * OB + ob + j) * T * HW * kL;
               for (std::int64_t r = 0; r < 4 && 4 * t + r < T; ++r)
@@ -296,15 +279,7 @@ int main(int argc, char** argv) {
   const vidgrad::cpu::Conv3dGeometry g1{N, C, T, H, W, O, 1, 1, 1, T, H, W, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1};
   const vidgrad::cpu::Conv3dGeometry g3{N, C, T, H, W, O, 3, 1, 1, T, H, W, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1};
   const int threads = omp_get_max_threads();
-  std::vector<AlignedVector<char>> junk(static_cast<std::size_t>(threads));
-  for (auto& j : junk) j.assign((std::size_t{1} << 30) / static_cast<std::size_t>(threads), 0);
-  auto evict = [&] {
-#pragma omp parallel
-    {
-      auto& j = junk[static_cast<std::size_t>(omp_get_thread_num())];
-      for (std::size_t i = 0; i < j.size(); i += 64) j[i] = static_cast<char>(i);
-    }
-  };
+  auto evict = [] { vidgrad::bench::evict_caches(); };
   std::printf("%lld -> %lld channels, %lld x %lldx%lldx%lld, %d threads, %d calls each (ms, medians)\n",
               static_cast<long long>(C), static_cast<long long>(O), static_cast<long long>(N),
               static_cast<long long>(T), static_cast<long long>(H), static_cast<long long>(W), threads, calls);

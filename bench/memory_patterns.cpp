@@ -5,8 +5,8 @@
 //   build/bench/memory_patterns [channels=64] [positions=25088] [passes=15]
 //
 // A pass reads a (channels x positions) float32 tensor x and writes another, y, of the
-// same size, with no arithmetic, in one of four orders; 1 GiB is written by every thread
-// before each pass, so both tensors start in memory. The threads (OMP_NUM_THREADS) split
+// same size, with no arithmetic, in one of four orders; 1 GiB is written (each thread a
+// share) before each pass, so both tensors start in memory. The threads (OMP_NUM_THREADS) split
 // the positions.
 // - rows, 48-column panels: channel rows (NCDHW), a panel of 48 columns at a time, each
 //   row's 3 cache lines of x copied to a buffer, then each row's 3 lines of y stored (the
@@ -22,23 +22,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
+#include "evict_caches.h"
 #include "vidgrad/core/aligned_vector.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Writes `bytes` from every thread: what the caches held is gone.
-void evict(std::vector<vidgrad::AlignedVector<char>>& junk) {
-#pragma omp parallel
-  {
-    auto& j = junk[static_cast<std::size_t>(omp_get_thread_num())];
-    for (std::size_t i = 0; i < j.size(); i += 64) j[i] = static_cast<char>(i);
-  }
-}
 
 // Copies n floats; n a multiple of 16 in every use below.
 inline void copy_floats(const float* src, float* dst, std::int64_t n) {
@@ -61,8 +52,6 @@ int main(int argc, char** argv) {
   }
   vidgrad::AlignedVector<float> x(static_cast<std::size_t>(C * P), 1.0f), y(static_cast<std::size_t>(C * P), 0.0f);
   const int threads = omp_get_max_threads();
-  std::vector<vidgrad::AlignedVector<char>> junk(static_cast<std::size_t>(threads));
-  for (auto& j : junk) j.assign((std::size_t{1} << 30) / static_cast<std::size_t>(threads), 0);
   std::vector<vidgrad::AlignedVector<float>> bufs(static_cast<std::size_t>(threads));  // one row block per channel
   for (auto& b : bufs) b.assign(static_cast<std::size_t>(C * 384), 0.0f);
 
@@ -80,7 +69,7 @@ int main(int argc, char** argv) {
   for (const Pattern& pat : patterns) {
     std::vector<double> ms;
     for (int pass = 0; pass < passes; ++pass) {
-      evict(junk);
+      vidgrad::bench::evict_caches();
       const auto t0 = Clock::now();
 #pragma omp parallel
       {
