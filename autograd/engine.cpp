@@ -4,6 +4,7 @@
 
 #include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/layout.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/core/strided.h"
 
@@ -23,7 +24,8 @@ thread_local bool grad_output_exclusive = false;
 // dst += src (same shape, dtype and device; dst owned by the engine or a leaf's .grad).
 void add_into(Tensor& dst, const Tensor& src) { dst.add_(src); }
 
-Tensor fresh_copy(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()).copy_(t); }
+// A copy in t's own layout when t is dense (a channels-last gradient stays channels-last).
+Tensor fresh_copy(const Tensor& t) { return empty_like_dense(t).copy_(t); }
 
 // True when `t` is the only handle on its data: no view, saved tensor or other gradient
 // shares the storage, so adding into it in place cannot be observed elsewhere. (Closures
@@ -46,8 +48,8 @@ void check_grad(const Tensor& g, const Shape& shape, DType dtype, Device device,
 
 // Note [taking a leaf's gradient]: a leaf's first gradient is its own copy, never an alias
 // of a gradient another node may still hold. A gradient a closure made for this input alone
-// (the engine's grads entry the only handle on it and on its storage, a whole contiguous
-// array) is taken as it is: copying every parameter's gradient once a step cost about as
+// (the engine's grads entry the only handle on it and on its storage, a whole dense array:
+// contiguous or channels-last) is taken as it is: copying every parameter's gradient once a step cost about as
 // much as the autograd engine's own work (perf, 4 x 8x112 SEVNet-G8 training: the copy in
 // 32 of 70 engine samples).
 void accumulate_leaf(TensorImpl& leaf, const Tensor& g, bool owned = false) {
@@ -60,7 +62,7 @@ void accumulate_leaf(TensorImpl& leaf, const Tensor& g, bool owned = false) {
 
 // True when g may become a leaf's gradient without a copy (Note [taking a leaf's gradient]).
 bool takeable(const Tensor& g) {
-  return exclusively_owned(g) && g.is_contiguous() && g.offset() == 0 &&
+  return exclusively_owned(g) && is_dense(g) && g.offset() == 0 &&
          g.storage()->nbytes() == static_cast<std::size_t>(g.numel()) * dtype_size(g.dtype());
 }
 

@@ -7,7 +7,7 @@
 // "GFLOP=<n>/s").
 //
 //   build/bench/conv3d_bench [--benchmark_filter=stage2] [--threads=N] [--batch=4 --frames=8 --size=112]
-//                            [--winograd=off | --winograd=C] [--cold]
+//                            [--winograd=off | --winograd=C] [--cold] [--channels-last]
 // --winograd=off times the 3x1x1 convs on the direct row GEMM, --winograd=C takes the
 // Winograd path from C channels on (default 32; Note [Winograd temporal conv]). --cold
 // writes twice the last-level cache (at least 64 MiB), from every thread, before each timed
@@ -16,6 +16,9 @@
 // gradients; without it, a layer's operands stay cached from one iteration to the next.
 // Cold passes run a fixed 15 iterations (evicting 1 GB takes longer than most passes)
 // after one untimed pass (the first would time page faults on fresh memory).
+// --channels-last stores the input and the output gradient channels-last (core/layout.h):
+// the 1x1x1 convs then run the channels-last kernels (ops/cpu/channels_last.h); the other
+// convs read the input through a conversion to NCDHW, timed with them.
 //
 // On the 2-vCPU Intel VM (480 MiB L3 reported) the 64 MiB written until 2026-11-23 left
 // the operands cached. 4 x 8x112, 2 threads, forward ms, warm / --cold then / --cold now:
@@ -83,7 +86,8 @@ double conv_flops(const LayerShape& l, const Tensor& y) {
 
 enum class Pass { kForward, kInputGrad, kWeightGrad };
 
-bool cold = false;  // --cold
+bool cold = false;           // --cold
+bool channels_last = false;  // --channels-last
 
 // Writes a buffer twice the size of the last-level cache, evicting the conv's operands,
 // each thread a share (a thread left waiting would sleep and wake late for the pass).
@@ -107,6 +111,7 @@ void evict_caches() {
 void run(benchmark::State& state, const LayerShape& l, Pass pass) {
   Generator gen(1);
   Tensor x = Tensor::randn({l.N, l.C, l.T, l.H, l.W}, gen);
+  if (channels_last) x = to_channels_last(x);  // before requires_grad: x stays a leaf
   Tensor w = Tensor::randn({l.O, l.C / l.opts.groups, l.kernel[0], l.kernel[1], l.kernel[2]}, gen);
   if (pass == Pass::kInputGrad) x.set_requires_grad(true);
   if (pass == Pass::kWeightGrad) w.set_requires_grad(true);
@@ -115,7 +120,8 @@ void run(benchmark::State& state, const LayerShape& l, Pass pass) {
     autograd::NoGradGuard no_grad;
     y = conv3d(x, w, {}, l.opts);
   }
-  const Tensor gy = Tensor::randn(y.shape(), gen);
+  Tensor gy = Tensor::randn(y.shape(), gen);
+  if (channels_last) gy = to_channels_last(gy);
   if (cold) {  // untimed: the eviction buffer's and the pass's first touches of their memory
     evict_caches();
     Tensor out = conv3d(x, w, {}, l.opts);
@@ -178,6 +184,8 @@ int main(int argc, char** argv) {
         vidgrad::cpu::set_winograd_temporal(true, std::max<long long>(1, std::atoll(v)));
     } else if (std::strcmp(argv[i], "--cold") == 0) {
       cold = true;
+    } else if (std::strcmp(argv[i], "--channels-last") == 0) {
+      channels_last = true;
     } else {
       args.push_back(argv[i]);
     }
@@ -204,6 +212,7 @@ int main(int argc, char** argv) {
   }
   benchmark::Initialize(&n, args.data());
   benchmark::AddCustomContext("threads", std::to_string(vidgrad::get_num_threads()));
+  benchmark::AddCustomContext("layout", channels_last ? "channels-last" : "NCDHW");
   benchmark::AddCustomContext("input", std::to_string(batch) + " x " + std::to_string(frames) + "x" +
                                            std::to_string(size) + "x" + std::to_string(size));
   benchmark::RunSpecifiedBenchmarks();

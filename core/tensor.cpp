@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "vidgrad/core/cuda/memory.h"
 #include "vidgrad/core/cuda/tensor_kernels.h"
+#include "vidgrad/core/layout.h"
 #include "vidgrad/core/parallel.h"
 #include "vidgrad/core/strided.h"
 
@@ -30,6 +32,18 @@ template <typename F>
 void parallel_walk2(const Shape& shape, const Shape& strides_a, const Shape& strides_b, F&& f) {
   Shape sh = shape;
   std::array<Shape, 2> st{strides_a, strides_b};
+  if (strides_a == strides_b) {
+    // Two operands laid out alike (both channels-last, say) walk in memory order, so their
+    // dims collapse into long runs whatever the order of the logical dims.
+    std::vector<std::size_t> order(sh.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return strides_a[a] > strides_a[b]; });
+    for (std::size_t i = 0; i < order.size(); ++i) {
+      sh[i] = shape[order[i]];
+      st[0][i] = st[1][i] = strides_a[order[i]];
+    }
+  }
   collapse_dims<2>(sh, st);
   if (sh.size() == 1 && sh[0] >= 2 * kMinParallelWork) {
     constexpr std::int64_t kChunk = 1 << 14;
@@ -203,6 +217,21 @@ Tensor& Tensor::copy_(const Tensor& src, bool non_blocking) {
     const cuda::StridedPair layout = cuda::make_strided_pair("Tensor::copy_", shape(), strides(), src.strides());
     cuda::copy_strided(first_byte(*this), dtype(), first_byte(src), src.dtype(), layout, numel(), device().index);
     return *this;
+  }
+  if (dtype() == src.dtype() && dim() == 5 && is_contiguous() != src.is_contiguous()) {
+    // Between NCDHW and channels-last: a transpose per sample, in blocks that stay in L1.
+    const Shape& s = shape();
+    const std::int64_t N = s[0], C = s[1], S = s[2] * s[3] * s[4];
+    const bool to_last = is_channels_last(*this) && src.is_contiguous();
+    if (to_last || (is_contiguous() && is_channels_last(src))) {
+      dispatch_all(dtype(), [&]<typename T>() {
+        if (to_last)
+          cpu::to_channels_last<T>(N, C, S, src.data<T>(), data<T>());
+        else
+          cpu::from_channels_last<T>(N, C, S, src.data<T>(), data<T>());
+      });
+      return *this;
+    }
   }
   dispatch_all(dtype(), [&]<typename D>() {
     dispatch_all(src.dtype(), [&]<typename S>() {

@@ -10,7 +10,9 @@
 #include "vidgrad/ops/batch_norm.h"
 #include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/common.h"
+#include "vidgrad/core/layout.h"
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
+#include "vidgrad/ops/cpu/channels_last.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
@@ -78,6 +80,84 @@ std::string profile_label(const cpu::Conv3dGeometry& g) {
   return s.str();
 }
 
+// Whether conv3d runs g on `input` by the channels-last kernels (ops/cpu/channels_last.h):
+// a CPU input stored channels-last (and not also NCDHW, as one with C == 1 is) into a
+// 1x1x1 conv with unit strides whose channel counts are whole vectors.
+bool runs_channels_last(const Tensor& input, const cpu::Conv3dGeometry& g) {
+  if (!input.device().is_cpu() || !is_channels_last(input) || input.is_contiguous() || !g.pointwise() ||
+      g.groups != 1 || g.dT != 1 || g.dH != 1 || g.dW != 1)
+    return false;
+  bool fits = false;
+  dispatch_floating(input.dtype(), "conv3d",
+                    [&]<typename T>() { fits = cpu::pointwise_channels_last_fits<T>(g.C, g.O); });
+  return fits;
+}
+
+// conv3d's channels-last path: y is channels-last too, and so is the input gradient (gy is
+// converted first when it comes in another layout).
+Tensor conv3d_channels_last(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts,
+                            ChannelStatistics* stats, const cpu::Conv3dGeometry& g) {
+  const std::string label = profile_label(g);
+  profile::Scope scope("conv3d", profile::enabled() ? label + " channels-last" : "");
+  const Tensor w = weight.contiguous();
+  const Tensor b = bias.defined() ? bias.contiguous() : Tensor();
+  const std::int64_t P = g.N * g.T * g.H * g.W;
+  Tensor y = empty_channels_last({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
+  dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
+    const cpu::GemmEpilogue<T> ep{.bias = b.defined() ? b.data<T>() : nullptr, .relu = opts.relu};
+    cpu::pointwise_channels_last_forward<T>(P, g.C, g.O, x.data<T>(), w.data<T>(), y.data<T>(), ep);
+    if (stats) {
+      stats->mean.assign(static_cast<std::size_t>(g.O), 0.0);
+      stats->var.assign(static_cast<std::size_t>(g.O), 0.0);
+      cpu::channels_last_statistics<T>(P, g.O, y.data<T>(), stats->mean.data(), stats->var.data());
+    }
+  });
+  if (autograd::needs_graph({&x, &weight, &bias})) {
+    autograd::attach(
+        y, "conv3d", {x, weight, bias},
+        [g, P, x_saved = weight.requires_grad() ? x.detach() : Tensor(),
+         w_saved = x.requires_grad() ? w.detach() : Tensor(), y_saved = opts.relu ? y.detach() : Tensor()](
+            const Tensor& gy_in, const std::vector<bool>& needs) {
+          Tensor gy = gy_in;
+          if (!is_channels_last(gy)) {
+            gy = empty_channels_last(gy_in.shape(), gy_in.dtype(), gy_in.device());
+            gy.copy_(gy_in);
+          }
+          if (y_saved.defined()) gy = relu_grad(gy, y_saved);  // through the ReLU; keeps the layout
+          std::vector<Tensor> grads(3);
+          bool accumulate = false;  // into a pending channels-last gradient (Note [accumulating in place])
+          if (needs[0]) {
+            Tensor pending = autograd::accumulation_target(0);
+            if (pending.defined() && is_channels_last(pending) && pending.dtype() == gy.dtype() &&
+                pending.device() == gy.device()) {
+              grads[0] = pending;
+              accumulate = true;
+            } else {
+              grads[0] = empty_channels_last({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), gy.device());
+            }
+          }
+          if (needs[1]) grads[1] = Tensor::empty({g.O, g.C, 1, 1, 1}, gy.dtype(), gy.device());
+          if (needs[2]) grads[2] = Tensor::empty({g.O}, gy.dtype(), gy.device());
+          dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
+            if (needs[0]) {
+              profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " channels-last input grad" : "");
+              cpu::pointwise_channels_last_backward_input<T>(P, g.C, g.O, gy.data<T>(), w_saved.data<T>(),
+                                                             grads[0].data<T>(), accumulate);
+            }
+            if (needs[1]) {
+              profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " channels-last weight grad" : "");
+              cpu::pointwise_channels_last_backward_weight<T>(P, g.C, g.O, gy.data<T>(), x_saved.data<T>(),
+                                                              grads[1].data<T>());
+            }
+            if (needs[2]) cpu::channels_last_channel_sums<T>(P, g.O, gy.data<T>(), grads[2].data<T>());
+          });
+          return grads;
+        });
+    y.grad_fn()->detail = label + " channels-last";
+  }
+  return y;
+}
+
 }  // namespace
 
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts) {
@@ -87,6 +167,7 @@ Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, con
 Tensor conv3d(const Tensor& input, const Tensor& weight, const Tensor& bias, const Conv3dOptions& opts,
               ChannelStatistics* stats) {
   const cpu::Conv3dGeometry g = geometry(input, weight, bias, opts);
+  if (runs_channels_last(input, g)) return conv3d_channels_last(input, weight, bias, opts, stats, g);
   const std::string label = profile_label(g);
   profile::Scope scope("conv3d", label);
   const Tensor x = input.contiguous(), w = weight.contiguous();

@@ -3,6 +3,7 @@
 #include "vidgrad/ops/elementwise.h"
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/layout.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/cpu/elementwise_cpu.h"
@@ -27,12 +28,16 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
   ops_detail::check_floating(name, "b", b);
   ops_detail::check_same(name, {{"a", &a}, {"b", &b}});
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
-  Tensor out = Tensor::empty(shape, a.dtype(), a.device());
+  // Two operands laid out alike and dense (both contiguous, or both channels-last) map
+  // flat, and the output takes their layout.
+  const bool flat = a.shape() == b.shape() && ((a.is_contiguous() && b.is_contiguous()) ||
+                                                (a.strides() == b.strides() && is_dense(a)));
+  Tensor out = flat ? empty_like_dense(a) : Tensor::empty(shape, a.dtype(), a.device());
   switch (a.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(a.dtype(), name, [&]<typename T>() {
         auto run = [&](auto f) {
-          if (a.shape() == b.shape() && a.is_contiguous() && b.is_contiguous())
+          if (flat)
             cpu::binary_map<T>(a.data<T>(), b.data<T>(), out.data<T>(), out.numel(), f);
           else
             cpu::broadcast_binary<T>(a, b, out, f);
@@ -52,7 +57,9 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
       break;
 #ifdef VIDGRAD_WITH_CUDA
     case DeviceType::kCUDA: {
-      const cuda::StridedPair layout = ops_detail::broadcast_layout(name, a, b, shape);
+      // Flat operands walk as one run in storage order, as the output is laid out.
+      const cuda::StridedPair layout = flat ? cuda::make_strided_pair(name, {a.numel()}, {1}, {1})
+                                            : ops_detail::broadcast_layout(name, a, b, shape);
       const cuda::Binary kind = op == BinaryOp::kAdd || op == BinaryOp::kAddRelu ? cuda::Binary::kAdd
                                 : op == BinaryOp::kSub                              ? cuda::Binary::kSub
                                                                                     : cuda::Binary::kMul;
@@ -78,8 +85,10 @@ Tensor relu_grad(const Tensor& g_in, const Tensor& y_in) {
   ops_detail::check_same("relu_grad", {{"g", &g_in}, {"y", &y_in}});
   VG_CHECK(g_in.shape() == y_in.shape(), "relu_grad: g has shape " << shape_str(g_in.shape()) << " but y has "
                                                                    << shape_str(y_in.shape()));
-  const Tensor g = g_in.contiguous(), y = y_in.contiguous();
-  Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+  const bool flat = !(g_in.is_contiguous() && y_in.is_contiguous()) && g_in.strides() == y_in.strides() &&
+                    is_dense(g_in);  // both channels-last, say: as binary's
+  const Tensor g = flat ? g_in : g_in.contiguous(), y = flat ? y_in : y_in.contiguous();
+  Tensor gx = empty_like_dense(g);
   dispatch_floating(g.dtype(), "relu backward", [&]<typename T>() {
     switch (g.device().type) {
       case DeviceType::kCPU:
@@ -100,8 +109,8 @@ Tensor relu_grad(const Tensor& g_in, const Tensor& y_in) {
 Tensor relu(const Tensor& x_in) {
   profile::Scope scope("relu");
   ops_detail::check_floating("relu", "x", x_in);
-  const Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const Tensor x = is_dense(x_in) ? x_in : x_in.contiguous();  // a dense x keeps its layout
+  Tensor y = empty_like_dense(x);
   switch (x.device().type) {
     case DeviceType::kCPU:
       dispatch_floating(x.dtype(), "relu", [&]<typename T>() {

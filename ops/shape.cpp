@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/layout.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/reduce.h"
@@ -140,6 +141,19 @@ Tensor Tensor::to(Device target, bool non_blocking) const {
     attach(out, "to(device)", {*this}, [src = device()](const Tensor& g, const std::vector<bool>&) {
       return std::vector<Tensor>{g.to(src)};
     });
+  }
+  return out;
+}
+
+Tensor to_channels_last(const Tensor& x) {
+  ops_detail::check_rank("to_channels_last", "x", x, 5, "(N,C,T,H,W)");
+  if (is_channels_last(x)) return x;
+  profile::Scope scope("to_channels_last");
+  Tensor out = empty_channels_last(x.shape(), x.dtype(), x.device());
+  out.copy_(x);
+  if (needs_graph({&x})) {
+    attach(out, "to_channels_last", {x},
+           [](const Tensor& g, const std::vector<bool>&) { return std::vector<Tensor>{g}; });
   }
   return out;
 }

@@ -1,0 +1,225 @@
+// Channels-last (NDHWC) activations: the layout itself (strides, density, conversions both
+// ways), elementwise ops keeping it, and the channels-last 1x1x1 conv (forward against a
+// naive loop in float32, gradients against finite differences in float64 through the
+// conversion, parity with the NCDHW kernels, statistics, accumulation, the fallbacks).
+#include "test_util.h"
+#include "conv3d_reference.h"
+
+#include "vidgrad/core/layout.h"
+#include "vidgrad/ops/cpu/channels_last.h"
+
+namespace vidgrad {
+namespace {
+
+using testing::all_close;
+using testing::conv3d_reference;
+using testing::param;
+using testing::randn;
+
+TEST(ChannelsLast, StridesDensityAndEmpty) {
+  EXPECT_EQ(channels_last_strides({2, 3, 4, 5, 6}), (Shape{4 * 5 * 6 * 3, 1, 5 * 6 * 3, 6 * 3, 3}));
+  const Tensor t = empty_channels_last({2, 3, 4, 5, 6});
+  EXPECT_TRUE(is_channels_last(t));
+  EXPECT_FALSE(t.is_contiguous());
+  EXPECT_TRUE(is_dense(t));
+  EXPECT_EQ(t.shape(), (Shape{2, 3, 4, 5, 6}));
+  EXPECT_FALSE(is_channels_last(Tensor::empty({2, 3, 4, 5, 6})));
+  EXPECT_TRUE(is_dense(Tensor::empty({2, 3, 4, 5, 6})));
+  EXPECT_TRUE(is_channels_last(Tensor::empty({2, 1, 4, 5, 6})));  // one channel: both layouts
+  EXPECT_FALSE(is_channels_last(Tensor::empty({2, 3, 4})));
+  EXPECT_FALSE(is_dense(Tensor::empty({4, 6}).narrow(1, 0, 3)));
+  EXPECT_TRUE(is_dense(Tensor::empty({4, 6}).permute({1, 0})));
+  EXPECT_THROW_MSG(empty_channels_last({2, 3}), "empty_channels_last", "[2, 3]");
+  EXPECT_THROW_MSG(to_channels_last(Tensor::empty({2, 3})), "to_channels_last", "rank 5");
+}
+
+TEST(ChannelsLast, ConversionsKeepEveryValue) {
+  // Odd sizes: partial 16 x 16 blocks and 64 x 64 tiles on both sides, several samples.
+  for (const Shape& s : {Shape{2, 3, 5, 7, 9}, Shape{1, 70, 3, 9, 11}, Shape{3, 17, 1, 1, 1}}) {
+    for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+      const Tensor x = randn(s, 7, dt);
+      const Tensor cl = to_channels_last(x);
+      EXPECT_TRUE(is_channels_last(cl));
+      EXPECT_EQ(cl.to_vector<double>(), x.to_vector<double>()) << shape_str(s);
+      const Tensor back = cl.contiguous();
+      EXPECT_TRUE(back.is_contiguous());
+      EXPECT_EQ(back.to_vector<double>(), x.to_vector<double>()) << shape_str(s);
+      // The raw storage of a channels-last tensor is (N, T, H, W, C).
+      const Tensor raw = make_view(cl, {s[0], s[2], s[3], s[4], s[1]}, contiguous_strides({s[0], s[2], s[3], s[4], s[1]}), 0);
+      EXPECT_EQ(raw.to_vector<double>(), x.permute({0, 2, 3, 4, 1}).to_vector<double>()) << shape_str(s);
+    }
+  }
+  const Tensor i = Tensor::from_vector(std::vector<std::int64_t>{1, 2, 3, 4, 5, 6}, {1, 2, 3, 1, 1});
+  EXPECT_EQ(to_channels_last(i).to_vector<std::int64_t>(), i.to_vector<std::int64_t>());
+  const Tensor cl = to_channels_last(randn({1, 4, 2, 2, 2}, 3));
+  EXPECT_TRUE(to_channels_last(cl).is_same(cl));  // already channels-last: itself
+}
+
+TEST(ChannelsLast, ConversionGradientPassesThrough) {
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& in) { return mul(to_channels_last(in[0]), in[1]); },
+                   (std::vector<Tensor>{param({2, 3, 2, 3, 4}, 1), param({2, 3, 2, 3, 4}, 2)}));
+}
+
+TEST(ChannelsLast, ElementwiseOpsKeepTheLayout) {
+  const Tensor a = randn({2, 16, 3, 4, 5}, 1, DType::kFloat32), b = randn({2, 16, 3, 4, 5}, 2, DType::kFloat32);
+  const Tensor ca = to_channels_last(a), cb = to_channels_last(b);
+  for (const auto& [name, got, want] :
+       {std::tuple<const char*, Tensor, Tensor>{"relu", relu(ca), relu(a)},
+        {"add", add(ca, cb), add(a, b)},
+        {"add_relu", add_relu(ca, cb), add_relu(a, b)},
+        {"mul", mul(ca, cb), mul(a, b)},
+        {"relu_grad", relu_grad(ca, cb), relu_grad(a, b)}}) {
+    EXPECT_TRUE(is_channels_last(got)) << name;
+    EXPECT_EQ(got.to_vector<float>(), want.to_vector<float>()) << name;
+  }
+  // Mixed layouts and broadcasting read through the strides; the output is NCDHW.
+  const Tensor mixed = add(ca, b);
+  EXPECT_TRUE(mixed.is_contiguous());
+  EXPECT_EQ(mixed.to_vector<float>(), add(a, b).to_vector<float>());
+  const Tensor s = randn({1, 16, 1, 1, 1}, 3, DType::kFloat32);
+  EXPECT_EQ(mul(ca, s).to_vector<float>(), mul(a, s).to_vector<float>());
+  // In-place accumulation between two channels-last tensors (the engine's gradient sums).
+  Tensor acc = to_channels_last(a.clone());
+  acc.add_(cb);
+  EXPECT_EQ(acc.to_vector<float>(), add(a, b).to_vector<float>());
+}
+
+struct PointwiseCase {
+  const char* name;
+  Shape input;  // (N, C, T, H, W)
+  std::int64_t out_channels;
+  bool gradcheck = true;  // too many weights for finite differences: the float64 parity test instead
+};
+
+std::ostream& operator<<(std::ostream& os, const PointwiseCase& c) { return os << c.name; }
+
+class ChannelsLastPointwise : public ::testing::TestWithParam<PointwiseCase> {};
+
+// Positions not a multiple of the 6-row tile nor of the 96-row chunk; output channels
+// that leave 1 to 3 vectors after the blocks of 4; one sample with one position; channels
+// from 256 on, whose weight gradient packs its operands (Note [weight gradient packing]).
+INSTANTIATE_TEST_SUITE_P(Shapes, ChannelsLastPointwise,
+                         ::testing::Values(PointwiseCase{"c16_o16", {2, 16, 3, 5, 7}, 16},
+                                           PointwiseCase{"c32_o80", {1, 32, 2, 9, 11}, 80},
+                                           PointwiseCase{"c64_o48", {3, 64, 1, 6, 7}, 48},
+                                           PointwiseCase{"c48_o96", {2, 48, 4, 4, 4}, 96},
+                                           PointwiseCase{"one_position", {1, 16, 1, 1, 1}, 32},
+                                           PointwiseCase{"c256_o272", {2, 256, 2, 9, 9}, 272, false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST_P(ChannelsLastPointwise, ForwardMatchesNaiveLoopInFloat32) {
+  const auto& c = GetParam();
+  const Tensor x = randn(c.input, 1, DType::kFloat32), w = randn({c.out_channels, c.input[1], 1, 1, 1}, 2, DType::kFloat32);
+  const Tensor b = randn({c.out_channels}, 3, DType::kFloat32);
+  for (bool relu_out : {false, true}) {
+    Conv3dOptions o;
+    o.relu = relu_out;
+    const Tensor y = conv3d(to_channels_last(x), w, b, o);
+    EXPECT_TRUE(is_channels_last(y) || y.numel() == c.out_channels);
+    Tensor expect = conv3d_reference(x, w, b, {});
+    if (relu_out) expect = relu(expect);
+    EXPECT_TRUE(all_close(y, expect, 1e-4, 1e-4)) << "relu " << relu_out;
+    EXPECT_TRUE(all_close(y, conv3d(x, w, b, o), 1e-4, 1e-4)) << "against NCDHW, relu " << relu_out;
+  }
+}
+
+TEST_P(ChannelsLastPointwise, GradientsMatchFiniteDifferencesInFloat64) {
+  const auto& c = GetParam();
+  if (!c.gradcheck) GTEST_SKIP() << "checked against the NCDHW kernels in float64 instead";
+  // Double vectors hold half the lanes, so every case's channels are whole vectors too;
+  // smaller spatial sizes keep the check quick.
+  const Shape in{c.input[0], c.input[1], 1, 2, 3};
+  for (bool relu_out : {false, true}) {
+    Conv3dOptions o;
+    o.relu = relu_out;
+    EXPECT_GRADCHECK(
+        [o](const std::vector<Tensor>& t) {
+          const Tensor y = conv3d(to_channels_last(t[0]), t[1], t[2], o);
+          EXPECT_TRUE(is_channels_last(y) || y.numel() == t[1].size(0));
+          return y;
+        },
+        (std::vector<Tensor>{param(in, 4), param({c.out_channels, c.input[1], 1, 1, 1}, 5), param({c.out_channels}, 6)}));
+  }
+}
+
+TEST_P(ChannelsLastPointwise, BackwardMatchesTheNcdhwKernels) {
+  const auto& c = GetParam();
+  for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+    const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
+    Tensor x = randn(c.input, 7, dt), w = randn({c.out_channels, c.input[1], 1, 1, 1}, 8, dt);
+    Tensor b = randn({c.out_channels}, 9, dt);
+    const Tensor gy = randn({c.input[0], c.out_channels, c.input[2], c.input[3], c.input[4]}, 10, dt);
+    std::vector<Tensor> grads[2];
+    for (int layout = 0; layout < 2; ++layout) {
+      Tensor xl = x.detach(), wl = w.detach(), bl = b.detach();
+      xl.set_requires_grad(true);
+      wl.set_requires_grad(true);
+      bl.set_requires_grad(true);
+      Conv3dOptions o;
+      o.relu = true;
+      const Tensor y = conv3d(layout ? to_channels_last(xl) : xl, wl, bl, o);
+      y.backward(layout ? to_channels_last(gy) : gy);
+      grads[layout] = {xl.grad(), wl.grad(), bl.grad()};
+    }
+    for (int i = 0; i < 3; ++i)
+      EXPECT_TRUE(all_close(grads[1][i], grads[0][i], tol, tol)) << "gradient " << i << ", " << dtype_name(dt);
+  }
+}
+
+TEST_P(ChannelsLastPointwise, StatisticsMatchTheNcdhwKernels) {
+  const auto& c = GetParam();
+  // Values far from zero: the statistics are taken about each channel's first value.
+  const Tensor x = add(randn(c.input, 11, DType::kFloat32), Tensor::full({}, 100.0));
+  const Tensor w = randn({c.out_channels, c.input[1], 1, 1, 1}, 12, DType::kFloat32);
+  ChannelStatistics cl, ref;
+  conv3d(to_channels_last(x), w, {}, {}, &cl);
+  conv3d(x, w, {}, {}, &ref);
+  ASSERT_EQ(cl.mean.size(), static_cast<std::size_t>(c.out_channels));
+  for (std::int64_t o = 0; o < c.out_channels; ++o) {
+    EXPECT_NEAR(cl.mean[o], ref.mean[o], 1e-3 * (1 + std::abs(ref.mean[o]))) << o;
+    EXPECT_NEAR(cl.var[o], ref.var[o], 1e-3 * (1 + ref.var[o])) << o;
+  }
+}
+
+TEST(ChannelsLast, InputGradientAccumulatesAcrossBranches) {
+  // x feeds two channels-last convs and a relu: the engine's pending gradient is
+  // channels-last, and the second conv adds into it.
+  for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+    Tensor x = randn({2, 16, 2, 3, 5}, 1, dt), w1 = randn({32, 16, 1, 1, 1}, 2, dt), w2 = randn({32, 16, 1, 1, 1}, 3, dt);
+    std::vector<double> gx[2];
+    for (int layout = 0; layout < 2; ++layout) {
+      Tensor leaf = x.detach();
+      leaf.set_requires_grad(true);
+      const Tensor xl = layout ? to_channels_last(leaf) : leaf;
+      const Tensor y = add(conv3d(xl, w1, {}, {}), conv3d(xl, w2, {}, {}));
+      sum(mul(y, y)).backward();
+      gx[layout] = leaf.grad().to_vector<double>();
+    }
+    ASSERT_EQ(gx[0].size(), gx[1].size());
+    for (std::size_t i = 0; i < gx[0].size(); ++i) EXPECT_NEAR(gx[1][i], gx[0][i], 1e-3 * (1 + std::abs(gx[0][i])));
+  }
+  EXPECT_GRADCHECK(
+      [](const std::vector<Tensor>& t) {
+        const Tensor xl = to_channels_last(t[0]);
+        return add(conv3d(xl, t[1], {}, {}), relu(xl));  // O == C: the shapes match
+      },
+      (std::vector<Tensor>{param({1, 8, 1, 2, 3}, 1), param({8, 8, 1, 1, 1}, 2)}));
+}
+
+TEST(ChannelsLast, OtherConvsFallBackToNcdhw) {
+  // A 3x1x1 conv, a strided 1x1x1 and one with channels that are not whole vectors read a
+  // channels-last input through contiguous(): same values as from NCDHW.
+  const Tensor x = randn({2, 16, 4, 5, 6}, 1, DType::kFloat32);
+  const Tensor w3 = randn({16, 16, 3, 1, 1}, 2, DType::kFloat32), w1 = randn({16, 16, 1, 1, 1}, 3, DType::kFloat32);
+  Conv3dOptions pad;
+  pad.padding = {1, 0, 0};
+  EXPECT_TRUE(all_close(conv3d(to_channels_last(x), w3, {}, pad), conv3d(x, w3, {}, pad), 1e-5, 1e-5));
+  Conv3dOptions strided;
+  strided.stride = {1, 2, 2};
+  EXPECT_TRUE(all_close(conv3d(to_channels_last(x), w1, {}, strided), conv3d(x, w1, {}, strided), 1e-5, 1e-5));
+  const Tensor x3 = randn({2, 3, 4, 5, 6}, 4, DType::kFloat32), w13 = randn({16, 3, 1, 1, 1}, 5, DType::kFloat32);
+  EXPECT_TRUE(all_close(conv3d(to_channels_last(x3), w13, {}, {}), conv3d_reference(x3, w13, {}, {}), 1e-4, 1e-4));
+}
+
+}  // namespace
+}  // namespace vidgrad
