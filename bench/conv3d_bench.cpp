@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "input_flags.h"
 #include "vidgrad/ops/cpu/conv3d_cpu.h"
 #include "vidgrad/ops/ops.h"
 
@@ -163,21 +164,14 @@ int main(int argc, char** argv) {
   // --threads=N sets vidgrad's thread count (default: OpenMP's, i.e. all cores);
   // --batch, --frames and --size the input (default 1 clip of 16x224x224).
   std::vector<char*> args;
-  std::int64_t batch = 1, frames = 16, size = 224;
+  vidgrad::bench::InputFlags in{1, 16, 224};
   for (int i = 0; i < argc; ++i) {
     const auto value = [&](const char* flag) -> const char* {
       const std::size_t n = std::strlen(flag);
       return std::strncmp(argv[i], flag, n) == 0 ? argv[i] + n : nullptr;
     };
-    if (const char* v = value("--threads=")) {
-      vidgrad::set_num_threads(std::atoi(v));
-    } else if (const char* v = value("--batch=")) {
-      batch = std::atoll(v);
-    } else if (const char* v = value("--frames=")) {
-      frames = std::atoll(v);
-    } else if (const char* v = value("--size=")) {
-      size = std::atoll(v);
-    } else if (const char* v = value("--winograd=")) {
+    if (vidgrad::bench::take_input_flag(argv[i], in)) continue;
+    if (const char* v = value("--winograd=")) {
       if (std::strcmp(v, "off") == 0)
         vidgrad::cpu::set_winograd_temporal(false);
       else
@@ -190,6 +184,7 @@ int main(int argc, char** argv) {
       args.push_back(argv[i]);
     }
   }
+  const std::int64_t batch = in.batch, frames = in.frames, size = in.size;
   if (batch < 1 || frames < 1 || size < 32) {
     std::fprintf(stderr, "conv3d_bench: need --batch >= 1, --frames >= 1, --size >= 32; got %lld, %lld, %lld\n",
                  static_cast<long long>(batch), static_cast<long long>(frames), static_cast<long long>(size));

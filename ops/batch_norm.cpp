@@ -6,10 +6,12 @@
 #include <vector>
 
 #include "vidgrad/autograd/node.h"
+#include "vidgrad/core/layout.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/ops/common.h"
 #include "vidgrad/ops/elementwise.h"
 #include "vidgrad/ops/cpu/batch_norm_cpu.h"
+#include "vidgrad/ops/cpu/channels_last.h"
 #ifdef VIDGRAD_WITH_CUDA
 #include "vidgrad/ops/cuda/kernels.h"
 #endif
@@ -97,6 +99,106 @@ void copy_given(const ChannelStatistics& given, std::int64_t C, double* mean, do
   std::copy(given.var.begin(), given.var.end(), var);
 }
 
+// Whether batch_norm takes x in its channels-last layout (ops/cpu/channels_last.h): a CPU
+// tensor stored channels-last (not also NCDHW) whose channels are whole vectors.
+bool runs_channels_last(const Tensor& x) {
+  if (!x.device().is_cpu() || !is_channels_last(x) || x.is_contiguous()) return false;
+  bool fits = false;
+  dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() { fits = cpu::channels_last_vectors_fit<T>(x.shape()[1]); });
+  return fits;
+}
+
+// t itself if channels-last, else a channels-last copy (a residual or output gradient
+// that comes in another layout).
+Tensor channels_last_copy(const Tensor& t) {
+  if (is_channels_last(t)) return t;
+  Tensor c = empty_channels_last(t.shape(), t.dtype(), t.device());
+  c.copy_(t);
+  return c;
+}
+
+// batch_norm_impl on a channels-last CPU x: the same statistics, running-stat update and
+// values, the output, the input gradient and a residual's gradient channels-last.
+Tensor batch_norm_channels_last(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                                const Tensor& running_var, const BatchNormOptions& opts, const Tensor& residual_in,
+                                const ChannelStatistics* given) {
+  const std::int64_t C = x.shape()[1], P = x.numel() / C;
+  const Tensor residual = residual_in.defined() ? channels_last_copy(residual_in) : Tensor();
+  const Tensor weight_c = weight.defined() ? weight.contiguous() : Tensor();
+  const Tensor bias_c = bias.defined() ? bias.contiguous() : Tensor();
+  Tensor y = empty_channels_last(x.shape(), x.dtype(), x.device());
+  auto mean = std::make_shared<std::vector<double>>(C);
+  auto invstd = std::make_shared<std::vector<double>>(C);
+  dispatch_floating(x.dtype(), "batch_norm", [&]<typename T>() {
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+    if (opts.training) {
+      std::vector<double> var(C);
+      if (given)
+        copy_given(*given, C, mean->data(), var.data());
+      else
+        cpu::channels_last_statistics<T>(P, C, x.data<T>(), mean->data(), var.data());
+      for (std::int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + opts.eps);
+      update_running<T>(running_mean, running_var, mean->data(), var.data(), C, P, opts.momentum);
+    } else {
+      running_statistics<T>(running_mean, running_var, opts.eps, C, mean->data(), invstd->data());
+    }
+    cpu::batch_norm_channels_last_apply<T>(x.data<T>(), P, C, mean->data(), invstd->data(), ptr(weight_c),
+                                           ptr(bias_c), y.data<T>(), opts.relu, ptr(residual));
+  });
+  // The input gradient over the output gradient where the engine's is the only handle on
+  // it (autograd's Note [reusing the output gradient]).
+  // A converted copy is the closure's own.
+  auto reusable = [](const Tensor& gy_in, const Tensor& gy) {
+    return !gy.is_same(gy_in) || autograd::grad_output_reusable();
+  };
+  if (residual.defined()) {
+    if (autograd::needs_graph({&x, &weight, &bias, &residual_in})) {
+      autograd::attach(
+          y, "batch_norm_add_relu", {x, weight, bias, residual_in},
+          [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(), y_saved = y.detach(), mean, invstd,
+           P, C, training = opts.training, reusable](const Tensor& gy_in, const std::vector<bool>& needs) {
+            const Tensor gy = channels_last_copy(gy_in);
+            std::vector<Tensor> grads(4);
+            grads[3] = reusable(gy_in, gy) ? gy : empty_channels_last(x.shape(), x.dtype(), x.device());
+            if (needs[0]) grads[0] = empty_channels_last(x.shape(), x.dtype(), x.device());
+            if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
+            if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype(), x.device());
+            dispatch_floating(x.dtype(), "batch_norm_add backward", [&]<typename T>() {
+              auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+              cpu::batch_norm_add_relu_channels_last_backward<T>(
+                  x.data<T>(), y_saved.data<T>(), gy.data<T>(), P, C, mean->data(), invstd->data(), ptr(w), training,
+                  grads[3].data<T>(), ptr(grads[0]), ptr(grads[1]), ptr(grads[2]));
+            });
+            if (!needs[3]) grads[3] = Tensor();
+            return grads;
+          });
+    }
+    return y;
+  }
+  if (autograd::needs_graph({&x, &weight, &bias})) {
+    autograd::attach(y, opts.relu ? "batch_norm_relu" : "batch_norm", {x, weight, bias},
+                     [x = x.detach(), w = weight_c.defined() ? weight_c.detach() : Tensor(),
+                      b = bias_c.defined() && opts.relu ? bias_c.detach() : Tensor(), mean, invstd, P, C,
+                      training = opts.training, relu = opts.relu,
+                      reusable](const Tensor& gy_in, const std::vector<bool>& needs) {
+                       const Tensor gy = channels_last_copy(gy_in);
+                       std::vector<Tensor> grads(3);
+                       if (needs[0])
+                         grads[0] = reusable(gy_in, gy) ? gy : empty_channels_last(x.shape(), x.dtype(), x.device());
+                       if (needs[1]) grads[1] = Tensor::empty({C}, x.dtype(), x.device());
+                       if (needs[2]) grads[2] = Tensor::empty({C}, x.dtype(), x.device());
+                       dispatch_floating(x.dtype(), "batch_norm backward", [&]<typename T>() {
+                         auto ptr = [](const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; };
+                         cpu::batch_norm_channels_last_backward<T>(x.data<T>(), gy.data<T>(), P, C, mean->data(),
+                                                                   invstd->data(), ptr(w), ptr(b), training,
+                                                                   ptr(grads[0]), ptr(grads[1]), ptr(grads[2]), relu);
+                       });
+                       return grads;
+                     });
+  }
+  return y;
+}
+
 // batch_norm, or with residual (CPU, with the ReLU: batch_norm_add) relu(batch_norm(x) + residual).
 // given: x's batch statistics (CPU, training), instead of a pass over x for them.
 Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
@@ -104,6 +206,8 @@ Tensor batch_norm_impl(const Tensor& x_in, const Tensor& weight, const Tensor& b
                        const ChannelStatistics* given) {
   profile::Scope scope(residual_in.defined() ? "batch_norm_add_relu" : "batch_norm");
   check_args(x_in, weight, bias, running_mean, running_var, opts);
+  if (runs_channels_last(x_in))
+    return batch_norm_channels_last(x_in, weight, bias, running_mean, running_var, opts, residual_in, given);
   const std::int64_t N = x_in.shape()[0], C = x_in.shape()[1], S = x_in.numel() / std::max<std::int64_t>(N * C, 1);
   const Tensor x = x_in.contiguous();
   const Tensor residual = residual_in.defined() ? residual_in.contiguous() : Tensor();

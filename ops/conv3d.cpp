@@ -80,12 +80,16 @@ std::string profile_label(const cpu::Conv3dGeometry& g) {
   return s.str();
 }
 
+// The 3x1x1 conv with time padding 1 and unit strides (SEVNet's temporal convs).
+bool temporal_3x1x1(const cpu::Conv3dGeometry& g) { return g.temporal_only() && g.kT == 3 && g.pT == 1 && g.To == g.T; }
+
 // Whether conv3d runs g on `input` by the channels-last kernels (ops/cpu/channels_last.h):
 // a CPU input stored channels-last (and not also NCDHW, as one with C == 1 is) into a
-// 1x1x1 conv with unit strides whose channel counts are whole vectors.
+// 1x1x1 conv with unit strides or a 3x1x1 with time padding 1, ungrouped and undilated,
+// whose channel counts are whole vectors.
 bool runs_channels_last(const Tensor& input, const cpu::Conv3dGeometry& g) {
-  if (!input.device().is_cpu() || !is_channels_last(input) || input.is_contiguous() || !g.pointwise() ||
-      g.groups != 1 || g.dT != 1 || g.dH != 1 || g.dW != 1)
+  if (!input.device().is_cpu() || !is_channels_last(input) || input.is_contiguous() ||
+      !(g.pointwise() || temporal_3x1x1(g)) || g.groups != 1 || g.dT != 1 || g.dH != 1 || g.dW != 1)
     return false;
   bool fits = false;
   dispatch_floating(input.dtype(), "conv3d",
@@ -105,7 +109,10 @@ Tensor conv3d_channels_last(const Tensor& x, const Tensor& weight, const Tensor&
   Tensor y = empty_channels_last({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
   dispatch_floating(x.dtype(), "conv3d", [&]<typename T>() {
     const cpu::GemmEpilogue<T> ep{.bias = b.defined() ? b.data<T>() : nullptr, .relu = opts.relu};
-    cpu::pointwise_channels_last_forward<T>(P, g.C, g.O, x.data<T>(), w.data<T>(), y.data<T>(), ep);
+    if (g.pointwise())
+      cpu::pointwise_channels_last_forward<T>(P, g.C, g.O, x.data<T>(), w.data<T>(), y.data<T>(), ep);
+    else
+      cpu::temporal_channels_last_forward<T>(g.N, g.T, g.H * g.W, g.C, g.O, x.data<T>(), w.data<T>(), y.data<T>(), ep);
     if (stats) {
       stats->mean.assign(static_cast<std::size_t>(g.O), 0.0);
       stats->var.assign(static_cast<std::size_t>(g.O), 0.0);
@@ -127,7 +134,7 @@ Tensor conv3d_channels_last(const Tensor& x, const Tensor& weight, const Tensor&
           std::vector<Tensor> grads(3);
           bool accumulate = false;  // into a pending channels-last gradient (Note [accumulating in place])
           if (needs[0]) {
-            Tensor pending = autograd::accumulation_target(0);
+            Tensor pending = g.pointwise() ? autograd::accumulation_target(0) : Tensor();
             if (pending.defined() && is_channels_last(pending) && pending.dtype() == gy.dtype() &&
                 pending.device() == gy.device()) {
               grads[0] = pending;
@@ -136,18 +143,26 @@ Tensor conv3d_channels_last(const Tensor& x, const Tensor& weight, const Tensor&
               grads[0] = empty_channels_last({g.N, g.C, g.T, g.H, g.W}, gy.dtype(), gy.device());
             }
           }
-          if (needs[1]) grads[1] = Tensor::empty({g.O, g.C, 1, 1, 1}, gy.dtype(), gy.device());
+          if (needs[1]) grads[1] = Tensor::empty({g.O, g.C, g.kT, 1, 1}, gy.dtype(), gy.device());
           if (needs[2]) grads[2] = Tensor::empty({g.O}, gy.dtype(), gy.device());
           dispatch_floating(gy.dtype(), "conv3d backward", [&]<typename T>() {
             if (needs[0]) {
               profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " channels-last input grad" : "");
-              cpu::pointwise_channels_last_backward_input<T>(P, g.C, g.O, gy.data<T>(), w_saved.data<T>(),
-                                                             grads[0].data<T>(), accumulate);
+              if (g.pointwise())
+                cpu::pointwise_channels_last_backward_input<T>(P, g.C, g.O, gy.data<T>(), w_saved.data<T>(),
+                                                               grads[0].data<T>(), accumulate);
+              else
+                cpu::temporal_channels_last_backward_input<T>(g.N, g.T, g.H * g.W, g.C, g.O, gy.data<T>(),
+                                                              w_saved.data<T>(), grads[0].data<T>());
             }
             if (needs[1]) {
               profile::Scope scope("conv3d", profile::enabled() ? profile_label(g) + " channels-last weight grad" : "");
-              cpu::pointwise_channels_last_backward_weight<T>(P, g.C, g.O, gy.data<T>(), x_saved.data<T>(),
-                                                              grads[1].data<T>());
+              if (g.pointwise())
+                cpu::pointwise_channels_last_backward_weight<T>(P, g.C, g.O, gy.data<T>(), x_saved.data<T>(),
+                                                                grads[1].data<T>());
+              else
+                cpu::temporal_channels_last_backward_weight<T>(g.N, g.T, g.H * g.W, g.C, g.O, gy.data<T>(),
+                                                               x_saved.data<T>(), grads[1].data<T>());
             }
             if (needs[2]) cpu::channels_last_channel_sums<T>(P, g.O, gy.data<T>(), grads[2].data<T>());
           });

@@ -84,53 +84,72 @@ TEST(ChannelsLast, ElementwiseOpsKeepTheLayout) {
   EXPECT_EQ(acc.to_vector<float>(), add(a, b).to_vector<float>());
 }
 
-struct PointwiseCase {
+// A conv with a channels-last kernel: 1x1x1, or 3x1x1 with time padding 1 (kt 3).
+struct ConvCase {
   const char* name;
   Shape input;  // (N, C, T, H, W)
   std::int64_t out_channels;
+  std::int64_t kt = 1;
   bool gradcheck = true;  // too many weights for finite differences: the float64 parity test instead
 };
 
-std::ostream& operator<<(std::ostream& os, const PointwiseCase& c) { return os << c.name; }
+std::ostream& operator<<(std::ostream& os, const ConvCase& c) { return os << c.name; }
 
-class ChannelsLastPointwise : public ::testing::TestWithParam<PointwiseCase> {};
+Shape wshape(const ConvCase& c) { return {c.out_channels, c.input[1], c.kt, 1, 1}; }
+Conv3dOptions opts(const ConvCase& c) {
+  Conv3dOptions o;
+  o.padding = {c.kt / 2, 0, 0};
+  return o;
+}
 
-// Positions not a multiple of the 6-row tile nor of the 96-row chunk; output channels
-// that leave 1 to 3 vectors after the blocks of 4; one sample with one position; channels
-// from 256 on, whose weight gradient packs its operands (Note [weight gradient packing]).
-INSTANTIATE_TEST_SUITE_P(Shapes, ChannelsLastPointwise,
-                         ::testing::Values(PointwiseCase{"c16_o16", {2, 16, 3, 5, 7}, 16},
-                                           PointwiseCase{"c32_o80", {1, 32, 2, 9, 11}, 80},
-                                           PointwiseCase{"c64_o48", {3, 64, 1, 6, 7}, 48},
-                                           PointwiseCase{"c48_o96", {2, 48, 4, 4, 4}, 96},
-                                           PointwiseCase{"one_position", {1, 16, 1, 1, 1}, 32},
-                                           PointwiseCase{"c256_o272", {2, 256, 2, 9, 9}, 272, false}),
+class ChannelsLastConv : public ::testing::TestWithParam<ConvCase> {};
+
+// 1x1x1: positions not a multiple of the 6-row tile nor of the 96-row chunk; output
+// channels that leave 1 to 3 vectors after the blocks of 4, or none (the weight's blocks
+// then transposed straight from it); one sample with one position;
+// channels from 256 on, whose weight gradient packs its operands (Note [weight gradient
+// packing]). 3x1x1: frames that leave a partial tile of 4 (or are one tile, or one frame);
+// runs of rows that span samples, more than one run, and the shorter runs from 129
+// channels on (Note [channels-last Winograd]).
+INSTANTIATE_TEST_SUITE_P(Shapes, ChannelsLastConv,
+                         ::testing::Values(ConvCase{"c16_o16", {2, 16, 3, 5, 7}, 16},
+                                           ConvCase{"c32_o80", {1, 32, 2, 9, 11}, 80},
+                                           ConvCase{"c64_o48", {3, 64, 1, 6, 7}, 48},
+                                           ConvCase{"c48_o96", {2, 48, 4, 4, 4}, 96},
+                                           ConvCase{"c32_o128", {2, 32, 3, 4, 5}, 128},
+                                           ConvCase{"one_position", {1, 16, 1, 1, 1}, 32},
+                                           ConvCase{"c256_o272", {2, 256, 2, 9, 9}, 272, 1, false},
+                                           ConvCase{"t3_c16_o16", {2, 16, 5, 3, 4}, 16, 3},
+                                           ConvCase{"t3_c32_o48", {1, 32, 9, 5, 7}, 48, 3, false},
+                                           ConvCase{"t3_c160_o64", {2, 160, 4, 3, 3}, 64, 3, false},
+                                           ConvCase{"t3_c64_o64_rows", {3, 64, 2, 10, 10}, 64, 3, false},
+                                           ConvCase{"t3_one_frame", {2, 16, 1, 4, 4}, 32, 3}),
                          [](const auto& info) { return std::string(info.param.name); });
 
-TEST_P(ChannelsLastPointwise, ForwardMatchesNaiveLoopInFloat32) {
+TEST_P(ChannelsLastConv, ForwardMatchesNaiveLoopInFloat32) {
   const auto& c = GetParam();
-  const Tensor x = randn(c.input, 1, DType::kFloat32), w = randn({c.out_channels, c.input[1], 1, 1, 1}, 2, DType::kFloat32);
+  const Tensor x = randn(c.input, 1, DType::kFloat32), w = randn(wshape(c), 2, DType::kFloat32);
   const Tensor b = randn({c.out_channels}, 3, DType::kFloat32);
   for (bool relu_out : {false, true}) {
-    Conv3dOptions o;
+    Conv3dOptions o = opts(c);
     o.relu = relu_out;
     const Tensor y = conv3d(to_channels_last(x), w, b, o);
     EXPECT_TRUE(is_channels_last(y) || y.numel() == c.out_channels);
-    Tensor expect = conv3d_reference(x, w, b, {});
+    Tensor expect = conv3d_reference(x, w, b, opts(c));
     if (relu_out) expect = relu(expect);
     EXPECT_TRUE(all_close(y, expect, 1e-4, 1e-4)) << "relu " << relu_out;
     EXPECT_TRUE(all_close(y, conv3d(x, w, b, o), 1e-4, 1e-4)) << "against NCDHW, relu " << relu_out;
   }
 }
 
-TEST_P(ChannelsLastPointwise, GradientsMatchFiniteDifferencesInFloat64) {
+TEST_P(ChannelsLastConv, GradientsMatchFiniteDifferencesInFloat64) {
   const auto& c = GetParam();
   if (!c.gradcheck) GTEST_SKIP() << "checked against the NCDHW kernels in float64 instead";
   // Double vectors hold half the lanes, so every case's channels are whole vectors too;
   // smaller spatial sizes keep the check quick.
-  const Shape in{c.input[0], c.input[1], 1, 2, 3};
+  const Shape in{c.input[0], c.input[1], c.kt == 3 ? c.input[2] : 1, 2, 3};
   for (bool relu_out : {false, true}) {
-    Conv3dOptions o;
+    Conv3dOptions o = opts(c);
     o.relu = relu_out;
     EXPECT_GRADCHECK(
         [o](const std::vector<Tensor>& t) {
@@ -138,15 +157,15 @@ TEST_P(ChannelsLastPointwise, GradientsMatchFiniteDifferencesInFloat64) {
           EXPECT_TRUE(is_channels_last(y) || y.numel() == t[1].size(0));
           return y;
         },
-        (std::vector<Tensor>{param(in, 4), param({c.out_channels, c.input[1], 1, 1, 1}, 5), param({c.out_channels}, 6)}));
+        (std::vector<Tensor>{param(in, 4), param(wshape(c), 5), param({c.out_channels}, 6)}));
   }
 }
 
-TEST_P(ChannelsLastPointwise, BackwardMatchesTheNcdhwKernels) {
+TEST_P(ChannelsLastConv, BackwardMatchesTheNcdhwKernels) {
   const auto& c = GetParam();
   for (DType dt : {DType::kFloat32, DType::kFloat64}) {
     const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
-    Tensor x = randn(c.input, 7, dt), w = randn({c.out_channels, c.input[1], 1, 1, 1}, 8, dt);
+    Tensor x = randn(c.input, 7, dt), w = randn(wshape(c), 8, dt);
     Tensor b = randn({c.out_channels}, 9, dt);
     const Tensor gy = randn({c.input[0], c.out_channels, c.input[2], c.input[3], c.input[4]}, 10, dt);
     std::vector<Tensor> grads[2];
@@ -155,7 +174,7 @@ TEST_P(ChannelsLastPointwise, BackwardMatchesTheNcdhwKernels) {
       xl.set_requires_grad(true);
       wl.set_requires_grad(true);
       bl.set_requires_grad(true);
-      Conv3dOptions o;
+      Conv3dOptions o = opts(c);
       o.relu = true;
       const Tensor y = conv3d(layout ? to_channels_last(xl) : xl, wl, bl, o);
       y.backward(layout ? to_channels_last(gy) : gy);
@@ -166,14 +185,14 @@ TEST_P(ChannelsLastPointwise, BackwardMatchesTheNcdhwKernels) {
   }
 }
 
-TEST_P(ChannelsLastPointwise, StatisticsMatchTheNcdhwKernels) {
+TEST_P(ChannelsLastConv, StatisticsMatchTheNcdhwKernels) {
   const auto& c = GetParam();
   // Values far from zero: the statistics are taken about each channel's first value.
   const Tensor x = add(randn(c.input, 11, DType::kFloat32), Tensor::full({}, 100.0));
-  const Tensor w = randn({c.out_channels, c.input[1], 1, 1, 1}, 12, DType::kFloat32);
+  const Tensor w = randn(wshape(c), 12, DType::kFloat32);
   ChannelStatistics cl, ref;
-  conv3d(to_channels_last(x), w, {}, {}, &cl);
-  conv3d(x, w, {}, {}, &ref);
+  conv3d(to_channels_last(x), w, {}, opts(c), &cl);
+  conv3d(x, w, {}, opts(c), &ref);
   ASSERT_EQ(cl.mean.size(), static_cast<std::size_t>(c.out_channels));
   for (std::int64_t o = 0; o < c.out_channels; ++o) {
     EXPECT_NEAR(cl.mean[o], ref.mean[o], 1e-3 * (1 + std::abs(ref.mean[o]))) << o;
@@ -207,18 +226,139 @@ TEST(ChannelsLast, InputGradientAccumulatesAcrossBranches) {
 }
 
 TEST(ChannelsLast, OtherConvsFallBackToNcdhw) {
-  // A 3x1x1 conv, a strided 1x1x1 and one with channels that are not whole vectors read a
-  // channels-last input through contiguous(): same values as from NCDHW.
+  // A grouped 1x3x3, a 3x1x1 without padding, a strided 1x1x1 and one with channels that
+  // are not whole vectors read a channels-last input through contiguous(): the same values
+  // as from NCDHW, in NCDHW.
   const Tensor x = randn({2, 16, 4, 5, 6}, 1, DType::kFloat32);
-  const Tensor w3 = randn({16, 16, 3, 1, 1}, 2, DType::kFloat32), w1 = randn({16, 16, 1, 1, 1}, 3, DType::kFloat32);
-  Conv3dOptions pad;
-  pad.padding = {1, 0, 0};
-  EXPECT_TRUE(all_close(conv3d(to_channels_last(x), w3, {}, pad), conv3d(x, w3, {}, pad), 1e-5, 1e-5));
+  const Tensor wg = randn({16, 8, 1, 3, 3}, 2, DType::kFloat32), w3 = randn({16, 16, 3, 1, 1}, 3, DType::kFloat32);
+  const Tensor w1 = randn({16, 16, 1, 1, 1}, 4, DType::kFloat32);
+  Conv3dOptions grouped;
+  grouped.padding = {0, 1, 1};
+  grouped.groups = 2;
   Conv3dOptions strided;
   strided.stride = {1, 2, 2};
-  EXPECT_TRUE(all_close(conv3d(to_channels_last(x), w1, {}, strided), conv3d(x, w1, {}, strided), 1e-5, 1e-5));
-  const Tensor x3 = randn({2, 3, 4, 5, 6}, 4, DType::kFloat32), w13 = randn({16, 3, 1, 1, 1}, 5, DType::kFloat32);
+  for (const auto& [w, o] : {std::pair{wg, grouped}, std::pair{w3, Conv3dOptions{}}, std::pair{w1, strided}}) {
+    const Tensor y = conv3d(to_channels_last(x), w, {}, o);
+    EXPECT_TRUE(y.is_contiguous());
+    EXPECT_TRUE(all_close(y, conv3d(x, w, {}, o), 1e-5, 1e-5));
+  }
+  const Tensor x3 = randn({2, 3, 4, 5, 6}, 5, DType::kFloat32), w13 = randn({16, 3, 1, 1, 1}, 6, DType::kFloat32);
   EXPECT_TRUE(all_close(conv3d(to_channels_last(x3), w13, {}, {}), conv3d_reference(x3, w13, {}, {}), 1e-4, 1e-4));
+}
+
+// ---- batch norm ----
+
+// The batch norm written out: per channel mean and biased variance in double, then
+// (x - mean) / sqrt(var + eps) * w + b (+ residual), then the ReLU.
+Tensor naive_batch_norm(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& residual, bool relu) {
+  const std::int64_t N = x.shape()[0], C = x.shape()[1], S = x.numel() / (N * C);
+  std::vector<double> v = x.to_vector<double>();
+  const std::vector<double> wv = w.to_vector<double>(), bv = b.to_vector<double>();
+  const std::vector<double> rv = residual.defined() ? residual.to_vector<double>() : std::vector<double>(v.size(), 0.0);
+  for (std::int64_t c = 0; c < C; ++c) {
+    double mean = 0, var = 0;
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) mean += v[(n * C + c) * S + i];
+    mean /= static_cast<double>(N * S);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) var += std::pow(v[(n * C + c) * S + i] - mean, 2);
+    var /= static_cast<double>(N * S);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < S; ++i) {
+        const std::size_t at = static_cast<std::size_t>((n * C + c) * S + i);
+        const double e = (v[at] - mean) / std::sqrt(var + 1e-5) * wv[c] + bv[c] + rv[at];
+        v[at] = relu && e < 0 ? 0.0 : e;
+      }
+  }
+  return Tensor::from_vector(v, x.shape());
+}
+
+TEST(ChannelsLastBatchNorm, TrainingForwardMatchesNaiveLoopAndNcdhw) {
+  // Values far from zero (the statistics are shifted sums); 48 channels: three vectors.
+  const Shape shape{3, 48, 2, 5, 7};
+  const Tensor x = add(mul(randn(shape, 1, DType::kFloat32), 3.0), Tensor::scalar(50.0));
+  const Tensor w = randn({48}, 2, DType::kFloat32), b = randn({48}, 3, DType::kFloat32);
+  const Tensor r = randn(shape, 4, DType::kFloat32);
+  for (bool relu_out : {false, true}) {
+    Tensor rm_cl = Tensor::zeros({48}), rv_cl = Tensor::ones({48}), rm = Tensor::zeros({48}), rv = Tensor::ones({48});
+    const BatchNormOptions o{.training = true, .relu = relu_out};
+    const Tensor y = batch_norm(to_channels_last(x), w, b, rm_cl, rv_cl, o);
+    EXPECT_TRUE(is_channels_last(y));
+    EXPECT_TRUE(all_close(y, naive_batch_norm(x, w, b, {}, relu_out), 1e-4, 1e-4)) << "relu " << relu_out;
+    EXPECT_TRUE(all_close(y, batch_norm(x, w, b, rm, rv, o), 1e-5, 1e-5)) << "relu " << relu_out;
+    EXPECT_TRUE(all_close(rm_cl, rm, 1e-5, 1e-6));
+    EXPECT_TRUE(all_close(rv_cl, rv, 1e-5, 1e-6));
+  }
+  // The residual join, the residual in either layout.
+  for (const Tensor& res : {to_channels_last(r), r}) {
+    const Tensor y = batch_norm_add(to_channels_last(x), w, b, {}, {}, res, {.training = true, .relu = true});
+    EXPECT_TRUE(is_channels_last(y));
+    EXPECT_TRUE(all_close(y, naive_batch_norm(x, w, b, r, true), 1e-4, 1e-4));
+  }
+  // Statistics given by the conv that wrote x, and evaluation with running statistics.
+  const Tensor w1 = randn({48, 48, 1, 1, 1}, 5, DType::kFloat32);
+  ChannelStatistics st;
+  const Tensor h = conv3d(to_channels_last(x), w1, {}, {}, &st);
+  EXPECT_TRUE(all_close(batch_norm(h, w, b, {}, {}, {.training = true}, &st),
+                        naive_batch_norm(h.contiguous(), w, b, {}, false), 1e-3, 1e-3));
+  const Tensor rm = randn({48}, 6, DType::kFloat32), rv = add(mul(rm, rm), Tensor::scalar(0.5));
+  EXPECT_TRUE(all_close(batch_norm(to_channels_last(x), w, b, rm, rv, {.training = false, .relu = true}),
+                        batch_norm(x, w, b, rm, rv, {.training = false, .relu = true}), 1e-5, 1e-5));
+}
+
+TEST(ChannelsLastBatchNorm, GradientsMatchFiniteDifferencesInFloat64) {
+  const Shape shape{2, 16, 1, 2, 3};  // 16 channels: two vectors of double
+  for (bool training : {true, false}) {
+    for (bool relu_out : {false, true}) {
+      const BatchNormOptions o{.training = training, .relu = relu_out};
+      auto f = [o](const std::vector<Tensor>& t) {
+        const Tensor rm = Tensor::zeros({16}, DType::kFloat64), rv = Tensor::ones({16}, DType::kFloat64);
+        const Tensor y = batch_norm(to_channels_last(t[0]), t[1], t[2], o.training ? Tensor() : rm,
+                                    o.training ? Tensor() : rv, o);
+        EXPECT_TRUE(is_channels_last(y));
+        return y;
+      };
+      EXPECT_GRADCHECK(f, (std::vector<Tensor>{param(shape, 1), param({16}, 2), param({16}, 3)}));
+    }
+  }
+  auto join = [](const std::vector<Tensor>& t) {
+    return batch_norm_add(to_channels_last(t[0]), t[1], t[2], {}, {}, to_channels_last(t[3]),
+                          {.training = true, .relu = true});
+  };
+  EXPECT_GRADCHECK(join, (std::vector<Tensor>{param(shape, 4), param({16}, 5), param({16}, 6), param(shape, 7)}));
+}
+
+TEST(ChannelsLastBatchNorm, BackwardMatchesTheNcdhwKernels) {
+  const Shape shape{2, 32, 3, 6, 5};
+  for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+    const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
+    const Tensor x = randn(shape, 1, dt), w0 = randn({32}, 2, dt), b0 = randn({32}, 3, dt), r0 = randn(shape, 4, dt);
+    const Tensor gy = randn(shape, 5, dt);
+    for (int kind = 0; kind < 3; ++kind) {  // plain, with the ReLU, the residual join
+      std::vector<Tensor> grads[2];
+      for (int layout = 0; layout < 2; ++layout) {
+        Tensor xl = x.detach(), w = w0.detach(), b = b0.detach(), r = r0.detach();
+        for (Tensor* t : {&xl, &w, &b, &r}) t->set_requires_grad(true);
+        auto cl = [&](const Tensor& t) { return layout ? to_channels_last(t) : t; };
+        const Tensor y = kind == 2 ? batch_norm_add(cl(xl), w, b, {}, {}, cl(r), {.training = true, .relu = true})
+                                   : batch_norm(cl(xl), w, b, {}, {}, {.training = true, .relu = kind == 1});
+        EXPECT_EQ(is_channels_last(y), layout == 1);
+        y.backward(cl(gy));
+        grads[layout] = {xl.grad(), w.grad(), b.grad()};
+        if (kind == 2) grads[layout].push_back(r.grad());
+      }
+      for (std::size_t i = 0; i < grads[0].size(); ++i)
+        EXPECT_TRUE(all_close(grads[1][i], grads[0][i], tol, tol)) << "kind " << kind << ", gradient " << i << ", "
+                                                                   << dtype_name(dt);
+    }
+  }
+}
+
+TEST(ChannelsLastBatchNorm, ChannelsThatAreNotWholeVectorsFallBack) {
+  const Tensor x = randn({2, 3, 2, 3, 4}, 1, DType::kFloat32), w = randn({3}, 2, DType::kFloat32),
+               b = randn({3}, 3, DType::kFloat32);
+  EXPECT_TRUE(all_close(batch_norm(to_channels_last(x), w, b, {}, {}, {.training = true}),
+                        naive_batch_norm(x, w, b, {}, false), 1e-4, 1e-4));
 }
 
 }  // namespace

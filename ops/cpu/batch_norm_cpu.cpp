@@ -253,33 +253,6 @@ void plane_grad_input(const T* p, const T* g, T* q, std::int64_t S, T m, T ra, T
   }
 }
 
-// The input gradient's coefficients of channel c, gx = alpha * gm + beta * (x - m) + gamma
-// with m = mean rounded to T, from the sums of gm and gm * (x - m) over the channel; writes
-// the weight and bias gradients (gw, gb may be null).
-template <typename T>
-struct GradCoefficients {
-  T alpha, beta, gamma;
-};
-template <typename T>
-GradCoefficients<T> grad_coefficients(std::int64_t c, double M, double sum_g, double sum_gd, const double* mean,
-                                      const double* invstd, const T* w, bool batch_stats, T* gw, T* gb) {
-  const T m = static_cast<T>(mean[c]);
-  // d weight; the rounding of mean to T shifts x - mean by a constant, corrected here.
-  const double sum_gxhat = (sum_gd - (mean[c] - static_cast<double>(m)) * sum_g) * invstd[c];
-  if (gb) gb[c] = static_cast<T>(sum_g);
-  if (gw) gw[c] = static_cast<T>(sum_gxhat);
-  const double wc = w ? static_cast<double>(w[c]) : 1.0;
-  const double k = wc * invstd[c];
-  // training: gx = k * (g - mean(g) - xhat * mean(g * xhat)); eval: gx = k * g. With
-  // xhat = (x - mean) * invstd that is linear in g and x per element.
-  const double mg = batch_stats ? sum_g / M : 0.0;
-  const double mgx = batch_stats ? sum_gxhat / M : 0.0;
-  // As alpha * g + beta * (x - m) + gamma, with m = mean rounded to T: no cancellation
-  // between two large terms when |mean| >> std.
-  const double b = -k * invstd[c] * mgx;
-  return {static_cast<T>(k), static_cast<T>(b), static_cast<T>(-k * mg + b * (static_cast<double>(m) - mean[c]))};
-}
-
 }  // namespace
 
 template <typename T>
