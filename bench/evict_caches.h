@@ -1,6 +1,7 @@
-// Evicting the caches before a timed pass, for memory_patterns, blocked_layout and
-// batch_norm_bench: one byte is stored to every cache line of a 1 GiB buffer, each thread
-// a share (plain stores: each line is brought into the caches, pushing out what they held).
+// Evicting the caches before a timed pass, for memory_patterns, blocked_layout,
+// grouped_layout and batch_norm_bench: one byte is stored to every cache line of a 1 GiB
+// buffer, each thread a share (plain stores: each line is brought into the caches, pushing
+// out what they held).
 #pragma once
 
 #include <omp.h>
