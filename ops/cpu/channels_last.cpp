@@ -4,12 +4,14 @@
 // reads C streams from memory. Stored channels-last, the P positions of an activation are
 // the rows of a (P, C) matrix: a 1x1x1 conv is y (P, O) = x (P, C) w^T, whose micro-tile
 // broadcasts x's values straight from the tensor (6 rows, each read in order) and loads
-// rows of w^T, with no copy at all; its weight gradient reads x and gy row by row. At
-// batch 4 8x112 shapes a prototype of these kernels ran 1.2-1.7 times as fast as the row
-// GEMM from memory at 64-256 channels (bench/blocked_layout, docs/performance.md,
-// "Twenty-seventh session"). The layout is a stride order, not a new tensor kind: every
-// op without a channels-last kernel reads such a tensor through its strides or
-// contiguous(), and stays correct.
+// rows of w^T (packed, Note [column blocks]), with no copy of the activations; its weight
+// gradient reads x and gy row by row. At batch 4 8x112 shapes a prototype of these kernels
+// ran 1.2-1.7 times as fast as the row GEMM from memory at 64-256 channels
+// (bench/blocked_layout, docs/performance.md, "Twenty-seventh session"); as ops, with the
+// output's allocation and the weight's packing, 1.0-1.15 times ("Twenty-eighth session",
+// which also measures the 3x1x1 and the batch norm here). The layout is a stride order,
+// not a new tensor kind: every op without a channels-last kernel reads such a tensor
+// through its strides or contiguous(), and stays correct.
 #include "vidgrad/ops/cpu/channels_last.h"
 
 #include <omp.h>
