@@ -30,6 +30,13 @@ Tensor empty_channels_last(const Shape& shape, DType dtype, Device device) {
   return make_view(base, shape, channels_last_strides(shape), 0);
 }
 
+Tensor channels_last_copy(const Tensor& t) {
+  if (is_channels_last(t)) return t;
+  Tensor c = empty_channels_last(t.shape(), t.dtype(), t.device());
+  c.copy_(t);
+  return c;
+}
+
 bool is_dense(const Tensor& t) {
   if (!t.defined()) return false;
   // Dims of size > 1 in increasing stride order must each step over all the ones before.

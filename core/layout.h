@@ -22,6 +22,11 @@ bool is_channels_last(const Tensor& t);
 // An uninitialised dense channels-last tensor of logical shape (N, C, T, H, W).
 Tensor empty_channels_last(const Shape& shape, DType dtype = DType::kFloat32, Device device = {});
 
+// t itself if it is channels-last, else a channels-last copy of it, outside autograd (for
+// kernels that read channels-last operands; to_channels_last in ops/shape.h is the
+// differentiable op).
+Tensor channels_last_copy(const Tensor& t);
+
 // Whether t's elements fill one run of storage with no gap and no overlap, in some order of
 // its dims (contiguous and channels-last tensors, and their permutations, are dense).
 bool is_dense(const Tensor& t);

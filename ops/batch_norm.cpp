@@ -108,15 +108,6 @@ bool runs_channels_last(const Tensor& x) {
   return fits;
 }
 
-// t itself if channels-last, else a channels-last copy (a residual or output gradient
-// that comes in another layout).
-Tensor channels_last_copy(const Tensor& t) {
-  if (is_channels_last(t)) return t;
-  Tensor c = empty_channels_last(t.shape(), t.dtype(), t.device());
-  c.copy_(t);
-  return c;
-}
-
 // batch_norm_impl on a channels-last CPU x: the same statistics, running-stat update and
 // values, the output, the input gradient and a residual's gradient channels-last.
 Tensor batch_norm_channels_last(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,

@@ -125,11 +125,7 @@ Tensor conv3d_channels_last(const Tensor& x, const Tensor& weight, const Tensor&
         [g, P, x_saved = weight.requires_grad() ? x.detach() : Tensor(),
          w_saved = x.requires_grad() ? w.detach() : Tensor(), y_saved = opts.relu ? y.detach() : Tensor()](
             const Tensor& gy_in, const std::vector<bool>& needs) {
-          Tensor gy = gy_in;
-          if (!is_channels_last(gy)) {
-            gy = empty_channels_last(gy_in.shape(), gy_in.dtype(), gy_in.device());
-            gy.copy_(gy_in);
-          }
+          Tensor gy = channels_last_copy(gy_in);
           if (y_saved.defined()) gy = relu_grad(gy, y_saved);  // through the ReLU; keeps the layout
           std::vector<Tensor> grads(3);
           bool accumulate = false;  // into a pending channels-last gradient (Note [accumulating in place])

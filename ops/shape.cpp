@@ -149,8 +149,7 @@ Tensor to_channels_last(const Tensor& x) {
   ops_detail::check_rank("to_channels_last", "x", x, 5, "(N,C,T,H,W)");
   if (is_channels_last(x)) return x;
   profile::Scope scope("to_channels_last");
-  Tensor out = empty_channels_last(x.shape(), x.dtype(), x.device());
-  out.copy_(x);
+  Tensor out = channels_last_copy(x);
   if (needs_graph({&x})) {
     attach(out, "to_channels_last", {x},
            [](const Tensor& g, const std::vector<bool>&) { return std::vector<Tensor>{g}; });

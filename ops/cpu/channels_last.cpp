@@ -155,8 +155,9 @@ AlignedVector<T> pack_column_blocks(std::int64_t K, std::int64_t M, const T* b, 
 // 60% of the FMA peak, perf). The Winograd products therefore run over the depth in
 // blocks of kDepth<T> rows of b (32 KiB, which stays in L1 while every row tile of a run
 // uses it), adding into their sums after the first block (512 channels, from memory:
-// 3.54-3.74 -> 2.50-2.63 ms). The 1x1x1's row GEMM gained nothing from them at 256-512 channels (three
-// alternations, within 5% either way), where it has few rows, and runs over all of K.
+// 3.54-3.74 -> 2.50-2.63 ms). The 1x1x1's row GEMM gained nothing from them at 256-512
+// channels (three alternations, 0.95-1.07x per pass), where it has few rows, and runs over
+// all of K.
 template <typename T>
 void tile_depth_blocks(int r, int j, const T* a, std::int64_t lda, const T* b, std::int64_t K, T* c, std::int64_t ldc,
                        std::int64_t col, const GemmEpilogue<T>& ep, bool accumulate, std::int64_t k0, std::int64_t k1) {
