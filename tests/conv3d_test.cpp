@@ -61,6 +61,27 @@ TEST_P(Conv3dShapes, GradMatchesFiniteDifference) {
       [opts](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], t.size() > 2 ? t[2] : Tensor(), opts); }, in);
 }
 
+// The float32 kernels' gradients (input, weight, bias) against the float64 ones, which
+// the finite differences above check: float32 paths differ from float64 ones in vector
+// width and blocking (the lanes of Note [stride-2 input gradient in lanes], say).
+TEST_P(Conv3dShapes, GradientsInFloat32MatchFloat64) {
+  const auto& c = GetParam();
+  const Conv3dOptions opts = c.opts;
+  auto grads = [&](DType dt) {
+    std::vector<Tensor> in{randn(c.input, 41, dt), randn(weight_shape(), 42, dt)};
+    if (c.bias) in.push_back(randn({c.out_channels}, 43, dt));
+    for (Tensor& t : in) t.set_requires_grad(true);
+    Tensor y = conv3d(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), opts);
+    y.backward(randn(y.shape(), 44, dt));
+    std::vector<Tensor> out;
+    for (const Tensor& t : in) out.push_back(t.grad().to(DType::kFloat64));
+    return out;
+  };
+  const auto single = grads(DType::kFloat32), dbl = grads(DType::kFloat64);
+  for (std::size_t i = 0; i < dbl.size(); ++i)
+    EXPECT_TRUE(all_close(single[i], dbl[i], 1e-4, 1e-4)) << "gradient " << i;
+}
+
 // With one output row per im2col tile (Note [im2col tiles]), every tile boundary is
 // exercised: the forward and all gradients must match the default tiling and finite
 // differences.
@@ -205,12 +226,24 @@ INSTANTIATE_TEST_SUITE_P(
         // phase]; output planes of at least kPhaseMinPlane = 40 values, smaller ones take
         // the spread path above): an unpadded stride 2 leaves the last row out of every
         // window (it gets no gradient), stride 3 with a 2-wide kernel leaves a phase
-        // without taps, and the stride may differ between the axes; SEVNet's 14x14 -> 7x7
-        // over frames has phase convs on stacked 7x7 frames.
-        ConvCase{"PhasesSevNetDownsample", {1, 16, 1, 20, 20}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
-                 true},
-        ConvCase{"PhasesStackedFrames", {1, 8, 2, 14, 14}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1),
+        // without taps, and the stride may differ between the axes (phase convs on stacked
+        // 7x14 frames). SEVNet's shape (stride 2, padding 1) takes the lanes below; with
+        // padding 2 it goes by phase.
+        ConvCase{"PhasesPadding2", {1, 16, 1, 20, 20}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 2, 2}, {1, 1, 1}, 2), true},
+        ConvCase{"PhasesStackedFrames", {1, 8, 2, 14, 14}, 8, {1, 3, 3}, opt({1, 2, 1}, {0, 1, 1}, {1, 1, 1}, 1),
                  false},
+        // SEVNet's downsampling 1x3x3 (stride 2, padding 1, input channels per group a
+        // multiple of 8): the input gradient in lanes (Note [stride-2 input gradient in
+        // lanes]): even and odd sizes, rows over one vector of output columns (two chunks
+        // in float32 and float64), two blocks of 8 input channels, 16 output channels a
+        // group, planes narrower than a vector.
+        ConvCase{"LanesSevNetDownsample", {1, 16, 1, 20, 20}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
+        ConvCase{"LanesOddSizes", {2, 16, 2, 13, 15}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), false},
+        ConvCase{"LanesWideRows", {1, 8, 1, 5, 40}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1), true},
+        ConvCase{"LanesChannelBlocks", {1, 16, 2, 9, 10}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1), false},
+        ConvCase{"LanesOutputChannels16", {1, 16, 1, 8, 9}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), false},
+        ConvCase{"LanesNarrowPlanes", {2, 8, 3, 7, 7}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1), true},
         ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},

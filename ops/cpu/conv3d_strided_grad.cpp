@@ -6,6 +6,7 @@
 #include "vidgrad/ops/cpu/conv3d_internal.h"
 
 #include "vidgrad/core/storage.h"
+#include "vidgrad/ops/cpu/simd.h"
 
 #include <omp.h>
 
@@ -213,11 +214,106 @@ void phase_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
   run(0, g.N, 0, g.groups, static_cast<T*>(out_buf.data()));
 }
 
+// Note [stride-2 input gradient in lanes]: SEVNet's downsampling 1x3x3 convs (stride 2,
+// padding 1, 8 channels a group) scatter each output-gradient value to a 3x3 window of
+// every other input row and column. Input row h takes the kernel rows kh with h + 1 - kh
+// even (one for even h, two for odd h), from output-gradient row (h + 1 - kh) / 2; within
+// such a row, input column 2m takes only tap kw = 1 of gy column m, and column 2m + 1 taps
+// kw = 2 of column m and kw = 0 of column m + 1. So for a vector of gy columns m (A = gy[m
+// ..], B = gy[m + 1 ..]) the even input columns are sum w1 A and the odd ones sum w2 A +
+// w0 B over (o, kh): three FMAs with broadcast weights per gy vector and input channel,
+// exactly the useful multiplies, 8 input channels x (even, odd) = 16 accumulators; the two
+// halves are interleaved (zip_low, zip_high) as the row is stored, whole, once. By phase
+// (Note [input gradient by phase]) the same gradient took four small convs into buffers
+// and an interleaving pass. conv3d_bench --batch=4 --frames=8 --size=112 --threads=2
+// --cold, input gradient, two alternations, ms, by phase -> in lanes: stage 2 (56x56 ->
+// 28x28) 1.77-1.88 -> 0.75-0.78, stage 3 1.20-1.30 -> 0.39-0.43, stage 4 0.72-0.76 ->
+// 0.32-0.33, stage 5 (7x7 -> 4x4) 0.55-0.61 -> 0.34; `vidgrad bench --model sevnet_g8
+// --batch 4 --frames 8 --size 112 --threads 2 --steps 10 --warmup 3`, three alternations,
+// s a step: 0.1740 / 0.1692 / 0.1725 -> 0.1667 / 0.1672 / 0.1659 (2026-11-24).
+bool lanes_stride2_input_grad(const Conv3dGeometry& g) {
+  return g.kT == 1 && g.sT == 1 && g.pT == 0 && g.dT == 1 && g.kH == 3 && g.kW == 3 && g.sH == 2 && g.sW == 2 &&
+         g.pH == 1 && g.pW == 1 && g.dH == 1 && g.dW == 1 && g.To == g.T && g.Cg() % 8 == 0 &&
+         g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2;
+}
+
+template <typename T>
+void lanes_stride2_input_grad_impl(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
+  using V = typename Vec<T>::type;
+  constexpr std::int64_t kL = Vec<T>::kLanes, kC = 8;  // input channels a block
+  const std::int64_t Cg = g.Cg(), Og = g.Og(), HW = g.H * g.W, HoWo = g.Ho * g.Wo, L = g.L();
+  const std::int64_t cblocks = Cg / kC;
+  // wt[((gr * cblocks + cb) * Og + o) * 9 + kh * 3 + kw][c]: the 8 input channels' weights
+  // for one (o, kh, kw) side by side, broadcast one at a time.
+  std::vector<T> wt(static_cast<std::size_t>(g.groups * Cg * Og * 9));
+  for (std::int64_t gr = 0; gr < g.groups; ++gr)
+    for (std::int64_t o = 0; o < Og; ++o)
+      for (std::int64_t c = 0; c < Cg; ++c)
+        for (std::int64_t k = 0; k < 9; ++k)
+          wt[(((gr * cblocks + c / kC) * Og + o) * 9 + k) * kC + c % kC] = w[((gr * Og + o) * Cg + c) * 9 + k];
+  const std::int64_t items = g.N * g.groups * cblocks * g.T;
+  auto run_item = [&](std::int64_t item) {
+    const std::int64_t t = item % g.T, b = item / g.T;  // b = (n * groups + gr) * cblocks + cb
+    const std::int64_t cb = b % cblocks, ng = b / cblocks, n = ng / g.groups, gr = ng % g.groups;
+    const T* gyf = gy + (n * g.O + gr * Og) * L + t * HoWo;          // output channel o at o * L
+    T* gxf = gx + (n * g.C + gr * Cg + cb * kC) * g.T * HW + t * HW;  // input channel c at c * T * HW
+    const T* wb = wt.data() + (gr * cblocks + cb) * Og * 9 * kC;
+    for (std::int64_t h = 0; h < g.H; ++h) {
+      std::int64_t taps[2], rows[2], n_taps = 0;  // kernel rows kh and the gy rows they read
+      for (std::int64_t kh = 0; kh < 3; ++kh) {
+        const std::int64_t r2 = h + 1 - kh;
+        if (r2 % 2 == 0 && r2 >= 0 && r2 / 2 < g.Ho) {
+          taps[n_taps] = kh;
+          rows[n_taps++] = r2 / 2;
+        }
+      }
+      for (std::int64_t m0 = 0; m0 < g.Wo; m0 += kL) {
+        const std::uint32_t mask_a = first_lanes<T>(g.Wo - m0), mask_b = first_lanes<T>(g.Wo - m0 - 1);
+        V even[kC], odd[kC];
+#pragma GCC unroll 8
+        for (std::int64_t c = 0; c < kC; ++c) even[c] = odd[c] = V{};
+        for (std::int64_t i = 0; i < n_taps; ++i) {
+          const std::int64_t kh = taps[i];
+          for (std::int64_t o = 0; o < Og; ++o) {
+            const T* src = gyf + o * L + rows[i] * g.Wo + m0;
+            const V a = load_lanes(src, mask_a), bv = load_lanes(src + 1, mask_b);
+            const T* w3 = wb + (o * 9 + kh * 3) * kC;  // kw = 0, 1, 2 at w3, w3 + kC, w3 + 2 kC
+#pragma GCC unroll 8
+            for (std::int64_t c = 0; c < kC; ++c) {
+              even[c] += w3[kC + c] * a;
+              odd[c] += w3[2 * kC + c] * a + w3[c] * bv;
+            }
+          }
+        }
+        // Input columns 2 m0 .. 2 m0 + 2 kL, clipped to W.
+        const std::int64_t w0 = 2 * m0;
+        const std::uint32_t lo = first_lanes<T>(g.W - w0), hi = g.W - w0 > kL ? first_lanes<T>(g.W - w0 - kL) : 0u;
+#pragma GCC unroll 8
+        for (std::int64_t c = 0; c < kC; ++c) {
+          T* dst = gxf + c * g.T * HW + h * g.W + w0;
+          store_lanes(dst, zip_low<T>(even[c], odd[c]), lo);
+          if (hi) store_lanes(dst + kL, zip_high<T>(even[c], odd[c]), hi);
+        }
+      }
+    }
+  };
+  if (items_parallel(items, kC * Og * 9 * HW)) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
+  } else {
+    for (std::int64_t item = 0; item < items; ++item) run_item(item);
+  }
+}
+
 }  // namespace
 
 template <typename T>
 bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
   const std::int64_t L = g.L();
+  if (lanes_stride2_input_grad(g)) {
+    lanes_stride2_input_grad_impl(g, gy, w, gx);
+    return true;
+  }
   if (strided_direct_input_grad(g) && g.Ho * g.Wo >= kPhaseMinPlane) {
     phase_input_grad(g, gy, w, gx);
     return true;
