@@ -4,7 +4,10 @@ input: the peer that bench/compare_cpu.sh measures vidgrad against in the same r
 PyTorch is used here only, never inside vidgrad.
 
   python3 bench/pytorch_sevnet.py --model sevnet_g8 --batch 1 --frames 16 --size 224 --threads 2 [--inference]
-Prints one line: "<clips/s> clips/s, peak RSS <MiB> MiB".
+Prints one line: "<clips/s> clips/s, peak RSS <MiB> MiB". With --profile, the timed steps
+run under torch.profiler instead and it prints PyTorch's time per op and input shape
+(self CPU time, all timed steps together), to set beside `vidgrad bench --profile`; the
+profiler adds to the step (about 40% at batch 4 8x112 training on the Intel VM).
 """
 import argparse
 import resource
@@ -104,6 +107,7 @@ def main():
     ap.add_argument("--channels-last", action="store_true", help="channels_last_3d memory format")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 in cuDNN convolutions and GEMMs (CUDA)")
+    ap.add_argument("--profile", action="store_true", help="print the time per op and input shape (torch.profiler)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -123,7 +127,11 @@ def main():
     times = []
     if a.inference:
         net.eval()
+    prof = None
     for i in range(a.warmup + a.steps):
+        if a.profile and i == a.warmup:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+            prof.__enter__()
         if cuda:
             if i == a.warmup:
                 torch.cuda.reset_peak_memory_stats()
@@ -141,6 +149,10 @@ def main():
             torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        print(prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=80, max_name_column_width=40, max_shapes_column_width=100))
     med = statistics.median(times)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extra = f", peak device memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if cuda else ""
