@@ -53,7 +53,7 @@ say "CUDA tests"
 CUDA_RC=$?
 
 say "CPU suite (same build)"
-ctest --test-dir "$BUILD" -j "$JOBS" --output-on-failure -E '^Cuda' | tail -5
+OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$BUILD" -j "$JOBS" --output-on-failure -E '^Cuda' | tail -5
 
 say "SEVNet-G8 on the GPU: vidgrad vs PyTorch, same run (median of 10 steps after 3 warm-up)"
 for mode in "" "--inference"; do
