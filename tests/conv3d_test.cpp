@@ -244,6 +244,11 @@ INSTANTIATE_TEST_SUITE_P(
         ConvCase{"LanesChannelBlocks", {1, 16, 2, 9, 10}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1), false},
         ConvCase{"LanesOutputChannels16", {1, 16, 1, 8, 9}, 32, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), false},
         ConvCase{"LanesNarrowPlanes", {2, 8, 3, 7, 7}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1), true},
+        // 8 channels a group on 4-, 7- and 14-wide planes: frame pairs in lanes in float32
+        // (Note [frame pairs in lanes]; DirectNarrowPlanes and DirectStackedFrames7x7 take
+        // them too), an odd frame count leaving the last pair half empty.
+        ConvCase{"PairFrames14Wide", {1, 16, 3, 5, 14}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
+        ConvCase{"PairFramesOneGroup", {2, 8, 1, 4, 4}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1), false},
         ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},
