@@ -288,7 +288,7 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 // -> 0.287, 0.276; 4x4 0.299, 0.299 -> 0.173, 0.170 and 0.433, 0.441 -> 0.202, 0.202. In
 // the step (`vidgrad bench ... --profile`, three alternations) the 256- and 512-channel
 // forwards and input gradients took 5.25 / 5.58 / 5.27 -> 4.59 / 4.65 / 4.55 ms at batch 4
-// 8x112; at batch 1 16x224 the 14x14 ones about the same, the 7x7 ones 5-10% shorter.
+// 8x112; at batch 1 16x224 the 14x14 ones about the same, the 7x7 ones 4-10% shorter.
 // Each next item's input is prefetched: without, the 7x7 forward from memory (--cold)
 // took 0.52-0.79 ms against the planes' 0.40.
 bool pair_frames(const Conv3dGeometry& g) {
