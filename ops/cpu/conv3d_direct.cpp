@@ -382,11 +382,103 @@ void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, floa
     }
   }
 }
+
+// The 16 rows (channel r / 2, frame 2 fp + r % 2; zero past T) of 8 channels (at src, T x
+// HW each) at positions [p0, p0 + n) through pro, transposed: v[j] is position p0 + j's.
+inline void pack_pair_block(const float* src, std::int64_t T, std::int64_t HW, std::int64_t fp, std::int64_t p0,
+                            std::int64_t n, const InputPrologue<float>& pro, V16 (&v)[16]) {
+  for (std::int64_t r = 0; r < 16; ++r) {
+    const std::int64_t c = r / 2, f = 2 * fp + r % 2;
+    v[r] = f < T ? load_lanes(src + (c * T + f) * HW + p0, first_lanes<float>(n)) : V16{};
+    if (pro.active() && f < T) v[r] = relu_fma<float>(v[r], V16{} + pro.scale[c], V16{} + pro.shift[c]);
+  }
+  transpose_lanes<float>(v);
+}
+
+// Note [frame pairs in lanes], weight gradient: gw[o][c][kh][kw] = the sum over samples,
+// frames and positions of gy[o][f][p] x[c][f][p + tap]. Output-gradient vectors hold (o,
+// frame) of a pair at one position; each (c, tap) accumulates gy times the broadcast of
+// channel c of both frames at the tapped position, 8 channels x 3 taps of one kernel row
+// at a time (24 accumulators, kept in L1 between pairs); the frame lanes are added at the
+// end. One item per group, over the whole batch. Taken for 4-wide planes only:
+// conv3d_bench 4 x 8x112 stage 5 (4x4), two alternations, ms, planes -> pairs: warm 0.500,
+// 0.486 -> 0.257, 0.248, --cold 0.607, 0.585 -> 0.331, 0.316; in the step (--profile,
+// three alternations) 0.99 / 1.02 / 1.02 -> 0.67 / 0.65 / 0.66 ms. At 7x7 and 14x14 it
+// ran 0.4 and 1.5 ms a step slower than the plane kernel (batch 4 8x112 stage 4, batch 1
+// 16x224 stage 4).
+template <int W>
+void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, float* gw, std::int64_t gr,
+                      const InputPrologue<float>& pro) {
+  constexpr std::int64_t Wp = W + 2;
+  const std::int64_t H = g.H, T = g.T, HW = H * W, L = g.L(), pairs = (T + 1) / 2;
+  float* xs = col_buffer<float>((H + 2) * Wp * 16 + HW * 16);
+  float* gs = xs + (H + 2) * Wp * 16;
+  zero_values(xs, (H + 2) * Wp * 16);
+  const InputPrologue<float> gpro = pro.from_channel(gr * 8);  // the group's input channels
+  V16 accm[72];  // [c][kh][kw], lanes 2o + k
+  for (V16& a : accm) a = V16{};
+  for (std::int64_t n = 0; n < g.N; ++n) {
+    const float* xg = x + (n * g.C + gr * 8) * g.in_volume();
+    const float* gyg = gy + (n * g.O + gr * 8) * L;
+    for (std::int64_t fp = 0; fp < pairs; ++fp) {
+      for (std::int64_t p0 = 0; p0 < HW; p0 += 16) {
+        const std::int64_t cnt = std::min<std::int64_t>(16, HW - p0);
+        V16 v[16];
+        pack_pair_block(xg, T, HW, fp, p0, cnt, gpro, v);
+        for (std::int64_t j = 0; j < cnt; ++j) {
+          const std::int64_t h = (p0 + j) / W, w = (p0 + j) % W;
+          store_vec(xs + ((h + 1) * Wp + w + 1) * 16, v[j]);
+        }
+        pack_pair_block(gyg, T, HW, fp, p0, cnt, {}, v);
+        for (std::int64_t j = 0; j < cnt; ++j) store_vec(gs + (p0 + j) * 16, v[j]);
+      }
+      for (int kh = 0; kh < 3; ++kh) {
+        V16 a[24];
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; ++i) a[i] = accm[(i / 3) * 9 + kh * 3 + i % 3];
+        for (std::int64_t h = 0; h < H; ++h) {
+          const float* xr = xs + (h + kh) * Wp * 16;
+          const float* gr_ = gs + h * W * 16;
+          for (std::int64_t w = 0; w < W; ++w) {
+            const V16 gv = load_vec(gr_ + w * 16);
+#pragma GCC unroll 24
+            for (int i = 0; i < 24; ++i) a[i] += gv * pair_broadcast(xr + (w + i % 3) * 16 + 2 * (i / 3));
+          }
+        }
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; ++i) accm[(i / 3) * 9 + kh * 3 + i % 3] = a[i];
+      }
+    }
+  }
+  for (std::int64_t o = 0; o < 8; ++o)
+    for (std::int64_t ct = 0; ct < 72; ++ct) gw[(gr * 8 + o) * 72 + ct] = accm[ct][2 * o] + accm[ct][2 * o + 1];
+}
 #else
 bool pair_frames(const Conv3dGeometry&) { return false; }
 #endif
 
 }  // namespace
+
+bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const float* x, float* gw,
+                             const InputPrologue<float>& pro) {
+#if defined(__AVX512F__)
+  // 4-wide planes only: at 7x7 and 14x14 the plane kernel's weight gradient was faster in
+  // the step (twenty-ninth session, docs/performance.md).
+  if (!pair_frames(g) || g.W != 4) return false;
+  auto run = [&](std::int64_t gr) { pair_weight_item<4>(g, gy, x, gw, gr, pro); };
+  if (items_parallel(g.groups, g.N * 8 * g.K() * g.L())) {
+#pragma omp parallel for schedule(static)
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) run(gr);
+  } else {
+    for (std::int64_t gr = 0; gr < g.groups; ++gr) run(gr);
+  }
+  return true;
+#else
+  (void)g, (void)gy, (void)x, (void)gw, (void)pro;
+  return false;
+#endif
+}
+
 
 // The stacked frames' item has all frames of its channels, in L2 (small planes: one run
 // each, not one a frame, whose reductions cost more than their sums at 7x7).

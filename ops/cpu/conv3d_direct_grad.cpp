@@ -220,6 +220,8 @@ void direct_plane_weight(const Conv3dGeometry& g, const T* x, const T* gy, typen
 // samples in order.
 template <typename T>
 void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, const InputPrologue<T>& pro) {
+  if constexpr (std::is_same_v<T, float>)
+    if (pair_frames_weight_grad(g, gy, x, gw, pro)) return;
   const std::int64_t Cg = g.Cg(), K = g.K(), L = g.L(), blocks = g.O / kDirectOg;
   auto run_block = [&](std::int64_t ob) {  // output channels [o0, o0 + 8) (Note [output-channel blocks])
     using V = typename Vec<T>::type;

@@ -73,6 +73,11 @@ template <typename T>
 void direct_conv_weight_grad(const Conv3dGeometry& g, const T* gy, const T* x, T* gw,
                              const InputPrologue<T>& pro = {});
 
+// The weight gradient (gw written) of the float32 grouped convs that Note [frame pairs in
+// lanes] (conv3d_direct.cpp) takes; false, with nothing done, for any other conv.
+bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const float* x, float* gw,
+                             const InputPrologue<float>& pro);
+
 // The input gradient of a direct-plane conv with spatial stride (gx written); false, with
 // nothing done, when g is not one (conv3d_strided_grad.cpp).
 template <typename T>
