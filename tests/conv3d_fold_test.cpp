@@ -68,6 +68,7 @@ TEST(Conv3d, BatchNormReluFoldedIntoConvMatchesComposition) {
                         // frame pairs in lanes (float32; Note [frame pairs in lanes]): 7 and 14 wide, odd T
                         Case{{2, 16, 3, 7, 7}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         Case{{1, 16, 3, 3, 14}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
+                        Case{{1, 16, 2, 5, 14}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         Case{{2, 16, 3, 7, 7}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         Case{{1, 16, 2, 7, 19}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         // 6 output channels: not a direct-plane conv, composed
@@ -242,6 +243,7 @@ TEST(Conv3d, OutputStatisticsMatchTheOutput) {
                         Case{{2, 16, 3, 7, 7}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2)},
                         Case{{2, 16, 3, 4, 14}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2)},
                         Case{{2, 16, 2, 4, 4}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2)},
+                        Case{{2, 16, 3, 5, 14}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2)},
                         Case{{2, 16, 3, 8, 20}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), 30},
                         Case{{3, 8, 2, 11, 34}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1)},
                         // the stem's shape (1x7x7 stride 2, 3 input channels): direct planes

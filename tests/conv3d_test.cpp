@@ -249,6 +249,11 @@ INSTANTIATE_TEST_SUITE_P(
         // them too), an odd frame count leaving the last pair half empty.
         ConvCase{"PairFrames14Wide", {1, 16, 3, 5, 14}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
         ConvCase{"PairFramesOneGroup", {2, 8, 1, 4, 4}, 8, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1), false},
+        // with stride 2 from 7- and 14-wide inputs (DirectStridedStacks: 7x7)
+        ConvCase{"PairFramesStride2From14", {1, 16, 3, 5, 14}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
+        ConvCase{"PairFramesStride2OneGroup", {2, 8, 1, 7, 7}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1),
+                 false},
         ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},

@@ -282,7 +282,11 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 // holding each position's 8 channels x 2 frames side by side (one cache line), packed by
 // 16x16 transposes. Blocks of R rows of W outputs (R W <= 16 accumulators) address the
 // scratch at compile-time offsets from one pointer; the outputs go back to channel-frame
-// rows by one more transpose and masked stores. float only (double lanes are 8).
+// rows by one more transpose and masked stores. float only (double lanes are 8). With
+// stride 2 (the downsampling convs from 14x14 and 7x7 inputs) the taps are the same
+// compile-time offsets on the input's padded grid, output positions two apart: the
+// stage-4 and stage-5 downsampling forwards at batch 4 8x112 took 0.50-0.53 and 0.43 ms
+// a step on phase planes, 0.45-0.46 and 0.22-0.24 in pairs (--profile, three alternations).
 // conv3d_bench --batch=4 --frames=8 --size=112 --threads=2, warm, two alternations, ms,
 // planes -> pairs: 7x7 forward 0.288, 0.289 -> 0.240, 0.249, input gradient 0.313, 0.308
 // -> 0.287, 0.276; 4x4 0.299, 0.299 -> 0.173, 0.170 and 0.433, 0.441 -> 0.202, 0.202. In
@@ -292,9 +296,13 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 // Each next item's input is prefetched: without, the 7x7 forward from memory (--cold)
 // took 0.52-0.79 ms against the planes' 0.40.
 bool pair_frames(const Conv3dGeometry& g) {
-  return g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.sH == 1 && g.sW == 1 &&
-         g.pH == 1 && g.pW == 1 && g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8 && g.Ho == g.H &&
-         g.Wo == g.W && (g.W == 4 || g.W == 7 || g.W == 14);
+  if (!(g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
+        g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8))
+    return false;
+  if (g.sH == 1 && g.sW == 1) return g.Ho == g.H && g.Wo == g.W && (g.W == 4 || g.W == 7 || g.W == 14);
+  // Stride 2 to 4- and 7-wide outputs (from 28-wide inputs the plane kernels were faster
+  // in the step: 0.72-0.77 ms against 0.78-0.80 at batch 4 8x112).
+  return g.sH == 2 && g.sW == 2 && g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2 && (g.W == 7 || g.W == 14);
 }
 
 using V16 = Vec<float>::type;
@@ -307,13 +315,13 @@ inline V16 pair_broadcast(const float* p) {  // (p[0], p[1]) in every pair of la
 
 // Rows h0 .. h0 + R - 1 of one frame pair: acc[r W + w] (lanes 2o + k), from the pair's
 // padded scratch sp ((H + 2) x (W + 2) positions x 16) and wtab ([c][tap][16]).
-template <int W, int R>
+template <int Wi, int W, int R, int S>
 inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* acc) {
-  constexpr int Wp = W + 2, N = R * W;
+  constexpr int Wp = Wi + 2, N = R * W;
   V16 a[N];
 #pragma GCC unroll 16
   for (int i = 0; i < N; ++i) a[i] = V16{};
-  const float* base = sp + h0 * Wp * 16;  // row h0's windows start one row and column up
+  const float* base = sp + S * h0 * Wp * 16;  // output row h0's windows: padded row S h0
   for (int c = 0; c < 8; ++c) {
     const float* bc = base + 2 * c;
     const float* wc = wtab + c * 9 * 16;
@@ -322,7 +330,7 @@ inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* 
       const V16 wv = load_vec(wc + t * 16);
       const int off = ((t / 3) * Wp + t % 3) * 16;
 #pragma GCC unroll 16
-      for (int i = 0; i < N; ++i) a[i] += wv * pair_broadcast(bc + off + ((i / W) * Wp + i % W) * 16);
+      for (int i = 0; i < N; ++i) a[i] += wv * pair_broadcast(bc + off + (S * (i / W) * Wp + S * (i % W)) * 16);
     }
   }
 #pragma GCC unroll 16
@@ -330,12 +338,13 @@ inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* 
 }
 
 // One sample-group: y (8 channels at yb, L apart) from x (8 channels at xg), all frames.
-template <int W, int R>
+template <int Wi, int W, int R, int S>
 void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, float* yb, float* scratch,
                const GemmEpilogue<float>& ep, const InputPrologue<float>& pro) {
   static_assert(R * W <= 16);
-  constexpr std::int64_t Wp = W + 2;
-  const std::int64_t H = g.H, T = g.T, HW = H * W, L = g.L(), pairs = (T + 1) / 2;
+  constexpr std::int64_t Wp = Wi + 2;
+  // H x Wi input, Ho x W output (stride S).
+  const std::int64_t H = g.H, Ho = g.Ho, T = g.T, HWi = H * Wi, HW = Ho * W, L = g.L(), pairs = (T + 1) / 2;
   // One pair at a time in the scratch ((H + 2) x (W + 2) positions, 5-16 KiB: in L1): its
   // border stays zero, the inside is written by each pair's pack.
   zero_values(scratch, (H + 2) * Wp * 16);
@@ -343,27 +352,27 @@ void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, floa
   if (ep.bias)
     for (std::int64_t l = 0; l < 16; ++l) bias[l] = ep.bias[l / 2];
   for (std::int64_t fp = 0; fp < pairs; ++fp) {
-    for (std::int64_t p0 = 0; p0 < HW; p0 += 16) {
-      const std::int64_t n = std::min<std::int64_t>(16, HW - p0);
+    for (std::int64_t p0 = 0; p0 < HWi; p0 += 16) {
+      const std::int64_t n = std::min<std::int64_t>(16, HWi - p0);
       V16 v[16];
       for (std::int64_t r = 0; r < 16; ++r) {  // source row r: channel r / 2, frame 2 fp + r % 2
         const std::int64_t c = r / 2, f = 2 * fp + r % 2;
-        v[r] = f < T ? load_lanes(xg + (c * T + f) * HW + p0, first_lanes<float>(n)) : V16{};
+        v[r] = f < T ? load_lanes(xg + (c * T + f) * HWi + p0, first_lanes<float>(n)) : V16{};
         if (pro.active() && f < T) v[r] = relu_fma<float>(v[r], V16{} + pro.scale[c], V16{} + pro.shift[c]);
       }
       transpose_lanes<float>(v);
       for (std::int64_t j = 0; j < n; ++j) {
-        const std::int64_t h = (p0 + j) / W, w = (p0 + j) % W;
+        const std::int64_t h = (p0 + j) / Wi, w = (p0 + j) % Wi;
         store_vec(scratch + ((h + 1) * Wp + w + 1) * 16, v[j]);
       }
     }
-    for (std::int64_t h0 = 0; h0 < H; h0 += R) {
-      const std::int64_t rows = std::min<std::int64_t>(R, H - h0), N = rows * W;
+    for (std::int64_t h0 = 0; h0 < Ho; h0 += R) {
+      const std::int64_t rows = std::min<std::int64_t>(R, Ho - h0), N = rows * W;
       V16 acc[16];
       if (rows == R) {
-        pair_rows<W, R>(scratch, wtab, h0, acc);
+        pair_rows<Wi, W, R, S>(scratch, wtab, h0, acc);
       } else {
-        for (std::int64_t i = 0; i < rows; ++i) pair_rows<W, 1>(scratch, wtab, h0 + i, acc + i * W);
+        for (std::int64_t i = 0; i < rows; ++i) pair_rows<Wi, W, 1, S>(scratch, wtab, h0 + i, acc + i * W);
       }
       for (std::int64_t i = 0; i < 16; ++i) {
         if (i >= N) {
@@ -464,7 +473,7 @@ bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const flo
 #if defined(__AVX512F__)
   // 4-wide planes only: at 7x7 and 14x14 the plane kernel's weight gradient was faster in
   // the step (twenty-ninth session, docs/performance.md).
-  if (!pair_frames(g) || g.W != 4) return false;
+  if (!pair_frames(g) || g.sH != 1 || g.W != 4) return false;
   auto run = [&](std::int64_t gr) { pair_weight_item<4>(g, gy, x, gw, gr, pro); };
   if (items_parallel(g.groups, g.N * 8 * g.K() * g.L())) {
 #pragma omp parallel for schedule(static)
@@ -531,9 +540,14 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
         float* buf = col_buffer<float>(scratch);
         const GemmEpilogue<float> gep = ep_unscaled.from_row(gr * 8);
         const InputPrologue<float> gpro = pro.from_channel(gr * 8);
-        if (g.W == 4) pair_item<4, 4>(g, xg, wg, yb, buf, gep, gpro);
-        else if (g.W == 7) pair_item<7, 2>(g, xg, wg, yb, buf, gep, gpro);
-        else pair_item<14, 1>(g, xg, wg, yb, buf, gep, gpro);
+        if (g.sH == 1) {
+          if (g.W == 4) pair_item<4, 4, 4, 1>(g, xg, wg, yb, buf, gep, gpro);
+          else if (g.W == 7) pair_item<7, 7, 2, 1>(g, xg, wg, yb, buf, gep, gpro);
+          else pair_item<14, 14, 1, 1>(g, xg, wg, yb, buf, gep, gpro);
+        } else {
+          if (g.W == 7) pair_item<7, 4, 4, 2>(g, xg, wg, yb, buf, gep, gpro);
+          else pair_item<14, 7, 2, 2>(g, xg, wg, yb, buf, gep, gpro);
+        }
         if (plane_sums)
           for (std::int64_t f = 0; f < runs; ++f) plane_parts(n, gr * 8, 8, f);
       };
