@@ -293,8 +293,9 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 // the step (`vidgrad bench ... --profile`, three alternations) the 256- and 512-channel
 // forwards and input gradients took 5.25 / 5.58 / 5.27 -> 4.59 / 4.65 / 4.55 ms at batch 4
 // 8x112; at batch 1 16x224 the 14x14 ones about the same, the 7x7 ones 4-10% shorter.
-// Each next item's input is prefetched: without, the 7x7 forward from memory (--cold)
-// took 0.52-0.79 ms against the planes' 0.40.
+// Each next item's input is prefetched and one pair at a time is packed: the first
+// version, without the prefetch and packing all pairs first, ran the 7x7 forward from
+// memory (--cold) at 0.52-0.79 ms against the planes' 0.40.
 bool pair_frames(const Conv3dGeometry& g) {
   if (!(g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
         g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8))
@@ -313,8 +314,9 @@ inline V16 pair_broadcast(const float* p) {  // (p[0], p[1]) in every pair of la
   return reinterpret_cast<V16>(_mm512_set1_pd(d));
 }
 
-// Rows h0 .. h0 + R - 1 of one frame pair: acc[r W + w] (lanes 2o + k), from the pair's
-// padded scratch sp ((H + 2) x (W + 2) positions x 16) and wtab ([c][tap][16]).
+// Output rows h0 .. h0 + R - 1 of one frame pair (stride S): acc[r W + w] (lanes 2o + k),
+// from the pair's padded scratch sp ((H + 2) x (Wi + 2) positions x 16) and wtab
+// ([c][tap][16]).
 template <int Wi, int W, int R, int S>
 inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* acc) {
   constexpr int Wp = Wi + 2, N = R * W;
@@ -337,6 +339,36 @@ inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* 
   for (int i = 0; i < N; ++i) acc[i] = a[i];
 }
 
+// The 16 rows (channel r / 2, frame 2 fp + r % 2; zero past T) of 8 channels (at src, T x
+// HW each) at positions [p0, p0 + n) through pro, transposed: v[j] is position p0 + j's.
+inline void pack_pair_block(const float* src, std::int64_t T, std::int64_t HW, std::int64_t fp, std::int64_t p0,
+                            std::int64_t n, const InputPrologue<float>& pro, V16 (&v)[16]) {
+  for (std::int64_t r = 0; r < 16; ++r) {
+    const std::int64_t c = r / 2, f = 2 * fp + r % 2;
+    v[r] = f < T ? load_lanes(src + (c * T + f) * HW + p0, first_lanes<float>(n)) : V16{};
+    if (pro.active() && f < T) v[r] = relu_fma<float>(v[r], V16{} + pro.scale[c], V16{} + pro.shift[c]);
+  }
+  transpose_lanes<float>(v);
+}
+
+// Frame pair fp of 8 channels (src, T frames of H x Wi) through pro into the pair's padded
+// scratch ((H + 2) x (Wi + 2) positions x 16; its border is left as it is: zero).
+template <int Wi>
+inline void pack_pair_padded(const float* src, std::int64_t H, std::int64_t T, std::int64_t fp,
+                             const InputPrologue<float>& pro, float* scratch) {
+  constexpr std::int64_t Wp = Wi + 2;
+  const std::int64_t HW = H * Wi;
+  for (std::int64_t p0 = 0; p0 < HW; p0 += 16) {
+    const std::int64_t n = std::min<std::int64_t>(16, HW - p0);
+    V16 v[16];
+    pack_pair_block(src, T, HW, fp, p0, n, pro, v);
+    for (std::int64_t j = 0; j < n; ++j) {
+      const std::int64_t h = (p0 + j) / Wi, w = (p0 + j) % Wi;
+      store_vec(scratch + ((h + 1) * Wp + w + 1) * 16, v[j]);
+    }
+  }
+}
+
 // One sample-group: y (8 channels at yb, L apart) from x (8 channels at xg), all frames.
 template <int Wi, int W, int R, int S>
 void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, float* yb, float* scratch,
@@ -344,28 +376,15 @@ void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, floa
   static_assert(R * W <= 16);
   constexpr std::int64_t Wp = Wi + 2;
   // H x Wi input, Ho x W output (stride S).
-  const std::int64_t H = g.H, Ho = g.Ho, T = g.T, HWi = H * Wi, HW = Ho * W, L = g.L(), pairs = (T + 1) / 2;
-  // One pair at a time in the scratch ((H + 2) x (W + 2) positions, 5-16 KiB: in L1): its
+  const std::int64_t H = g.H, Ho = g.Ho, T = g.T, HW = Ho * W, L = g.L(), pairs = (T + 1) / 2;
+  // One pair at a time in the scratch ((H + 2) x (Wi + 2) positions, 5-16 KiB: in L1): its
   // border stays zero, the inside is written by each pair's pack.
   zero_values(scratch, (H + 2) * Wp * 16);
   V16 bias{};
   if (ep.bias)
     for (std::int64_t l = 0; l < 16; ++l) bias[l] = ep.bias[l / 2];
   for (std::int64_t fp = 0; fp < pairs; ++fp) {
-    for (std::int64_t p0 = 0; p0 < HWi; p0 += 16) {
-      const std::int64_t n = std::min<std::int64_t>(16, HWi - p0);
-      V16 v[16];
-      for (std::int64_t r = 0; r < 16; ++r) {  // source row r: channel r / 2, frame 2 fp + r % 2
-        const std::int64_t c = r / 2, f = 2 * fp + r % 2;
-        v[r] = f < T ? load_lanes(xg + (c * T + f) * HWi + p0, first_lanes<float>(n)) : V16{};
-        if (pro.active() && f < T) v[r] = relu_fma<float>(v[r], V16{} + pro.scale[c], V16{} + pro.shift[c]);
-      }
-      transpose_lanes<float>(v);
-      for (std::int64_t j = 0; j < n; ++j) {
-        const std::int64_t h = (p0 + j) / Wi, w = (p0 + j) % Wi;
-        store_vec(scratch + ((h + 1) * Wp + w + 1) * 16, v[j]);
-      }
-    }
+    pack_pair_padded<Wi>(xg, H, T, fp, pro, scratch);
     for (std::int64_t h0 = 0; h0 < Ho; h0 += R) {
       const std::int64_t rows = std::min<std::int64_t>(R, Ho - h0), N = rows * W;
       V16 acc[16];
@@ -390,18 +409,6 @@ void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, floa
       }
     }
   }
-}
-
-// The 16 rows (channel r / 2, frame 2 fp + r % 2; zero past T) of 8 channels (at src, T x
-// HW each) at positions [p0, p0 + n) through pro, transposed: v[j] is position p0 + j's.
-inline void pack_pair_block(const float* src, std::int64_t T, std::int64_t HW, std::int64_t fp, std::int64_t p0,
-                            std::int64_t n, const InputPrologue<float>& pro, V16 (&v)[16]) {
-  for (std::int64_t r = 0; r < 16; ++r) {
-    const std::int64_t c = r / 2, f = 2 * fp + r % 2;
-    v[r] = f < T ? load_lanes(src + (c * T + f) * HW + p0, first_lanes<float>(n)) : V16{};
-    if (pro.active() && f < T) v[r] = relu_fma<float>(v[r], V16{} + pro.scale[c], V16{} + pro.shift[c]);
-  }
-  transpose_lanes<float>(v);
 }
 
 // Note [frame pairs in lanes], weight gradient: gw[o][c][kh][kw] = the sum over samples,
@@ -430,14 +437,10 @@ void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, 
     const float* xg = x + (n * g.C + gr * 8) * g.in_volume();
     const float* gyg = gy + (n * g.O + gr * 8) * L;
     for (std::int64_t fp = 0; fp < pairs; ++fp) {
-      for (std::int64_t p0 = 0; p0 < HW; p0 += 16) {
+      pack_pair_padded<W>(xg, H, T, fp, gpro, xs);
+      for (std::int64_t p0 = 0; p0 < HW; p0 += 16) {  // the output gradient, unpadded
         const std::int64_t cnt = std::min<std::int64_t>(16, HW - p0);
         V16 v[16];
-        pack_pair_block(xg, T, HW, fp, p0, cnt, gpro, v);
-        for (std::int64_t j = 0; j < cnt; ++j) {
-          const std::int64_t h = (p0 + j) / W, w = (p0 + j) % W;
-          store_vec(xs + ((h + 1) * Wp + w + 1) * 16, v[j]);
-        }
         pack_pair_block(gyg, T, HW, fp, p0, cnt, {}, v);
         for (std::int64_t j = 0; j < cnt; ++j) store_vec(gs + (p0 + j) * 16, v[j]);
       }
@@ -488,7 +491,6 @@ bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const flo
 #endif
 }
 
-
 // The stacked frames' item has all frames of its channels, in L2 (small planes: one run
 // each, not one a frame, whose reductions cost more than their sums at 7x7).
 std::int64_t direct_sum_runs(const Conv3dGeometry& g) { return stacked_frames(g) ? 1 : g.To; }
@@ -529,13 +531,15 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
       const std::int64_t items = g.N * g.groups, runs = direct_sum_runs(g);
       const std::int64_t scratch = (g.H + 2) * (g.W + 2) * 16;
       auto run_item = [&](std::int64_t item) {
-        const std::int64_t n = item / g.groups, gr = item % g.groups;
-        const float* xg = x + (n * g.C + gr * 8) * g.in_volume();
-        float* yb = y + (n * g.O + gr * 8) * L;
-        // The next item's input (its 8 channels are contiguous: the next group's, or the
-        // next sample's first) into L2 while this one computes: the pack would otherwise
-        // wait on memory for it (static shares: a thread's next item is item + 1).
-        if (item + 1 < items) prefetch_l2(xg + (item % g.groups + 1 < g.groups ? 8 * g.in_volume() : (g.C - gr * 8) * g.in_volume()), 8 * g.in_volume() * static_cast<std::int64_t>(sizeof(float)));
+        // With 8 channels a group, item n * groups + gr has channels item * 8 .. + 8 in
+        // and out.
+        const std::int64_t n = item / g.groups, gr = item % g.groups, vol = 8 * g.in_volume();
+        const float* xg = x + item * vol;
+        float* yb = y + item * 8 * L;
+        // The next item's input (the next 8 channels) into L2 while this one computes: the
+        // pack would otherwise wait on memory for it (static shares: a thread's next item
+        // is item + 1).
+        if (item + 1 < items) prefetch_l2(xg + vol, vol * static_cast<std::int64_t>(sizeof(float)));
         const float* wg = wtab.data() + gr * 8 * 9 * 16;
         float* buf = col_buffer<float>(scratch);
         const GemmEpilogue<float> gep = ep_unscaled.from_row(gr * 8);
