@@ -171,6 +171,12 @@ INSTANTIATE_TEST_SUITE_P(
         // (kPointwiseNtChannels).
         ConvCase{"PointwiseWideTransposedGemm", {2, 128, 2, 3, 4}, 8, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  true},
+        // 32 and 40 input channels (SEVNet's stage-2 downsampling 1x1x1 has 32): the
+        // transposed row GEMM from kPointwiseNtChannels on, with a partial 16-channel vector.
+        ConvCase{"PointwiseTransposedGemm32", {2, 32, 2, 3, 5}, 24, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
+                 true},
+        ConvCase{"PointwiseTransposedGemm40", {1, 40, 3, 2, 7}, 9, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
+                 false},
         // Weight gradient split over (sample, frame) between threads, across samples.
         ConvCase{"PointwiseFramesSplit", {3, 16, 3, 4, 8}, 16, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},

@@ -263,8 +263,12 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
 // prefetches its rows (Note [nt prefetch]), 64 channels gain too (conv3d_bench, min of 3
 // interleaved runs, Eigen / row_gemm_nt ms: stage2 1x1x1 (64 ch) 16x224 2.22 / 1.96, 4 x
 // 8x112 1.20 / 0.96); at 32 (the stage2 downsampling 1x1x1) they are equal (3.07 / 3.05,
-// 1.40 / 1.45).
-constexpr std::int64_t kPointwiseNtChannels = 64;
+// 1.40 / 1.45). On the AMD EPYC VM (2026-11-24) 32 channels gained as well, Eigen /
+// row_gemm_nt (conv3d_bench --cold, 2 threads, two interleaved runs, ms): 4 x 8x112 2.84,
+// 3.06 / 2.41, 1.95; 16x224 5.93, 5.21 / 3.67, 3.91; in the step (`vidgrad bench
+// --profile`, batch 4 8x112 training, three alternations) the 32-channel 1x1x1 weight
+// gradients went from 3.14-3.44 to 1.90-2.06 ms a step. From 32 channels, then.
+constexpr std::int64_t kPointwiseNtChannels = 32;
 
 // gtaps (Og, Cg * kT), laid out as the weight (column c * kT + kt), = (accumulate: +=)
 // gyg (Og, cols) * shifted xg (Cg * kT, cols)^T over output frames [f0, f1) of one
