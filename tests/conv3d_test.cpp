@@ -260,6 +260,10 @@ INSTANTIATE_TEST_SUITE_P(
                  true},
         ConvCase{"PairFramesStride2OneGroup", {2, 8, 1, 7, 7}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 1),
                  false},
+        // Frame pairs' stride-2 weight gradient summed over two samples, an odd input height
+        // (13 rows to 7) and frames with an unpaired last one.
+        ConvCase{"PairFramesStride2TwoSamples", {2, 16, 3, 13, 14}, 16, {1, 3, 3},
+                 opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), false},
         ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},

@@ -416,17 +416,24 @@ void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, floa
 // frame) of a pair at one position; each (c, tap) accumulates gy times the broadcast of
 // channel c of both frames at the tapped position, 8 channels x 3 taps of one kernel row
 // at a time (24 accumulators, kept in L1 between pairs); the frame lanes are added at the
-// end. One item per group, over the whole batch. Taken for 4-wide planes only:
+// end. One item per group, over the whole batch. Taken for 4-wide planes at stride 1:
 // conv3d_bench 4 x 8x112 stage 5 (4x4), two alternations, ms, planes -> pairs: warm 0.500,
 // 0.486 -> 0.257, 0.248, --cold 0.607, 0.585 -> 0.331, 0.316; in the step (--profile,
 // three alternations) 0.99 / 1.02 / 1.02 -> 0.67 / 0.65 / 0.66 ms. At 7x7 and 14x14 it
 // ran 0.4 and 1.5 ms a step slower than the plane kernel (batch 4 8x112 stage 4, batch 1
-// 16x224 stage 4).
-template <int W>
+// 16x224 stage 4). And for stride 2 from 7- and 14-wide inputs (the downsampling convs of
+// stages 4 and 5), where the plane kernel worked on phase planes of 4 and 7 positions:
+// on the AMD EPYC VM, `conv3d_bench --cold`, three alternations, ms, planes -> pairs: 4 x
+// 8x112 14 -> 7 0.71-0.77 -> 0.50-0.53, 7 -> 4 0.75-0.80 -> 0.30-0.32, 1 x 16x224 14 -> 7
+// 0.69-0.75 -> 0.43-0.51; in the step (--profile, batch 4 8x112, three alternations) the
+// two took 1.44-1.48 ms a step before and 0.82-0.83 after.
+template <int Wi, int W, int S>
 void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, float* gw, std::int64_t gr,
                       const InputPrologue<float>& pro) {
-  constexpr std::int64_t Wp = W + 2;
-  const std::int64_t H = g.H, T = g.T, HW = H * W, L = g.L(), pairs = (T + 1) / 2;
+  // H x Wi input, Ho x W output (stride S): output position (h, w) taps the padded input
+  // at (S h + kh, S w + kw).
+  constexpr std::int64_t Wp = Wi + 2;
+  const std::int64_t H = g.H, Ho = g.Ho, T = g.T, HW = Ho * W, L = g.L(), pairs = (T + 1) / 2;
   float* xs = col_buffer<float>((H + 2) * Wp * 16 + HW * 16);
   float* gs = xs + (H + 2) * Wp * 16;
   zero_values(xs, (H + 2) * Wp * 16);
@@ -437,7 +444,7 @@ void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, 
     const float* xg = x + (n * g.C + gr * 8) * g.in_volume();
     const float* gyg = gy + (n * g.O + gr * 8) * L;
     for (std::int64_t fp = 0; fp < pairs; ++fp) {
-      pack_pair_padded<W>(xg, H, T, fp, gpro, xs);
+      pack_pair_padded<Wi>(xg, H, T, fp, gpro, xs);
       for (std::int64_t p0 = 0; p0 < HW; p0 += 16) {  // the output gradient, unpadded
         const std::int64_t cnt = std::min<std::int64_t>(16, HW - p0);
         V16 v[16];
@@ -448,13 +455,13 @@ void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, 
         V16 a[24];
 #pragma GCC unroll 24
         for (int i = 0; i < 24; ++i) a[i] = accm[(i / 3) * 9 + kh * 3 + i % 3];
-        for (std::int64_t h = 0; h < H; ++h) {
-          const float* xr = xs + (h + kh) * Wp * 16;
+        for (std::int64_t h = 0; h < Ho; ++h) {
+          const float* xr = xs + (S * h + kh) * Wp * 16;
           const float* gr_ = gs + h * W * 16;
           for (std::int64_t w = 0; w < W; ++w) {
             const V16 gv = load_vec(gr_ + w * 16);
 #pragma GCC unroll 24
-            for (int i = 0; i < 24; ++i) a[i] += gv * pair_broadcast(xr + (w + i % 3) * 16 + 2 * (i / 3));
+            for (int i = 0; i < 24; ++i) a[i] += gv * pair_broadcast(xr + (S * w + i % 3) * 16 + 2 * (i / 3));
           }
         }
 #pragma GCC unroll 24
@@ -474,10 +481,17 @@ bool pair_frames(const Conv3dGeometry&) { return false; }
 bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const float* x, float* gw,
                              const InputPrologue<float>& pro) {
 #if defined(__AVX512F__)
-  // 4-wide planes only: at 7x7 and 14x14 the plane kernel's weight gradient was faster in
-  // the step (twenty-ninth session, docs/performance.md).
-  if (!pair_frames(g) || g.sH != 1 || g.W != 4) return false;
-  auto run = [&](std::int64_t gr) { pair_weight_item<4>(g, gy, x, gw, gr, pro); };
+  // At stride 1, 4-wide planes only: at 7x7 and 14x14 the plane kernel's weight gradient
+  // was faster in the step (twenty-ninth session, docs/performance.md).
+  if (!pair_frames(g) || (g.sH == 1 && g.W != 4)) return false;
+  auto run = [&](std::int64_t gr) {
+    if (g.sH == 1)
+      pair_weight_item<4, 4, 1>(g, gy, x, gw, gr, pro);
+    else if (g.W == 7)
+      pair_weight_item<7, 4, 2>(g, gy, x, gw, gr, pro);
+    else
+      pair_weight_item<14, 7, 2>(g, gy, x, gw, gr, pro);
+  };
   if (items_parallel(g.groups, g.N * 8 * g.K() * g.L())) {
 #pragma omp parallel for schedule(static)
     for (std::int64_t gr = 0; gr < g.groups; ++gr) run(gr);
