@@ -70,6 +70,7 @@ TEST(Conv3d, BatchNormReluFoldedIntoConvMatchesComposition) {
                         Case{{1, 16, 3, 3, 14}, 16, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         Case{{1, 16, 2, 5, 14}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         Case{{2, 16, 3, 7, 7}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
+                        Case{{1, 16, 3, 6, 28}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         Case{{1, 16, 2, 7, 19}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
                         // 6 output channels: not a direct-plane conv, composed
                         Case{{1, 6, 3, 5, 5}, 6, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1), false}}) {

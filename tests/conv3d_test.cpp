@@ -264,6 +264,9 @@ INSTANTIATE_TEST_SUITE_P(
         // (13 rows to 7) and frames with an unpaired last one.
         ConvCase{"PairFramesStride2TwoSamples", {2, 16, 3, 13, 14}, 16, {1, 3, 3},
                  opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), false},
+        // ... and from a 28-wide input (the weight gradient only; the forward takes the planes).
+        ConvCase{"PairFramesStride2From28", {1, 16, 3, 6, 28}, 16, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2),
+                 true},
         ConvCase{"PhasesUnpaddedUncoveredRow", {1, 8, 1, 22, 21}, 8, {1, 3, 3}, opt({1, 2, 2}, {0, 0, 0}, {1, 1, 1}, 1),
                  false},
         ConvCase{"PhasesStride3PhaseWithoutTaps", {1, 8, 1, 29, 30}, 8, {1, 2, 2},

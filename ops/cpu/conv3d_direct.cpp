@@ -296,14 +296,23 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 // Each next item's input is prefetched and one pair at a time is packed: the first
 // version, without the prefetch and packing all pairs first, ran the 7x7 forward from
 // memory (--cold) at 0.52-0.79 ms against the planes' 0.40.
+// The convs the frame-pair kernels compute: 1x3x3, padding 1, 8 channels a group in and out.
+bool pair_conv(const Conv3dGeometry& g) {
+  return g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
+         g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8;
+}
+
+// Stride 2 in both directions, to half the input's height and width (rounded up).
+bool halving(const Conv3dGeometry& g) {
+  return g.sH == 2 && g.sW == 2 && g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2;
+}
+
 bool pair_frames(const Conv3dGeometry& g) {
-  if (!(g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
-        g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8))
-    return false;
+  if (!pair_conv(g)) return false;
   if (g.sH == 1 && g.sW == 1) return g.Ho == g.H && g.Wo == g.W && (g.W == 4 || g.W == 7 || g.W == 14);
   // Stride 2 to 4- and 7-wide outputs (from 28-wide inputs the plane kernels were faster
   // in the step: 0.72-0.77 ms against 0.78-0.80 at batch 4 8x112).
-  return g.sH == 2 && g.sW == 2 && g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2 && (g.W == 7 || g.W == 14);
+  return halving(g) && (g.W == 7 || g.W == 14);
 }
 
 using V16 = Vec<float>::type;
@@ -426,7 +435,11 @@ void pair_item(const Conv3dGeometry& g, const float* xg, const float* wtab, floa
 // on the AMD EPYC VM, `conv3d_bench --cold`, three alternations, ms, planes -> pairs: 4 x
 // 8x112 14 -> 7 0.71-0.77 -> 0.50-0.53, 7 -> 4 0.75-0.80 -> 0.30-0.32, 1 x 16x224 14 -> 7
 // 0.69-0.75 -> 0.43-0.51; in the step (--profile, batch 4 8x112, three alternations) the
-// two took 1.44-1.48 ms a step before and 0.82-0.83 after.
+// two took 1.44-1.48 ms a step before and 0.82-0.83 after. From 28-wide inputs too (the
+// forward stays on phase planes there): in the step 0.94-0.98 -> 0.75-0.91 ms at batch 4
+// 8x112 (three alternations), 1.05-1.16 -> 0.82-0.83 at batch 1 16x224 (two). From 56-wide
+// inputs pairs were slower in the step at batch 1 16x224 (1.42 -> 1.57-1.71 ms) and even at
+// batch 4 8x112, from 112-wide slower alone (conv3d_bench --cold 2.61-3.22 -> 3.10-3.40).
 template <int Wi, int W, int S>
 void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, float* gw, std::int64_t gr,
                       const InputPrologue<float>& pro) {
@@ -482,15 +495,20 @@ bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const flo
                              const InputPrologue<float>& pro) {
 #if defined(__AVX512F__)
   // At stride 1, 4-wide planes only: at 7x7 and 14x14 the plane kernel's weight gradient
-  // was faster in the step (twenty-ninth session, docs/performance.md).
-  if (!pair_frames(g) || (g.sH == 1 && g.W != 4)) return false;
+  // was faster in the step (twenty-ninth session, docs/performance.md); at stride 2 from
+  // inputs up to 28 wide (Note [frame pairs in lanes], weight gradient).
+  const bool unit = g.sH == 1 && g.sW == 1 && g.Ho == g.H && g.W == 4 && g.Wo == 4;
+  const bool half = halving(g) && (g.W == 7 || g.W == 14 || g.W == 28);
+  if (!pair_conv(g) || !(unit || half)) return false;
   auto run = [&](std::int64_t gr) {
-    if (g.sH == 1)
+    if (unit)
       pair_weight_item<4, 4, 1>(g, gy, x, gw, gr, pro);
     else if (g.W == 7)
       pair_weight_item<7, 4, 2>(g, gy, x, gw, gr, pro);
-    else
+    else if (g.W == 14)
       pair_weight_item<14, 7, 2>(g, gy, x, gw, gr, pro);
+    else
+      pair_weight_item<28, 14, 2>(g, gy, x, gw, gr, pro);
   };
   if (items_parallel(g.groups, g.N * 8 * g.K() * g.L())) {
 #pragma omp parallel for schedule(static)
