@@ -272,6 +272,17 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 }
 
 #if defined(__AVX512F__)
+// The convs the frame-pair kernels compute: 1x3x3, padding 1, 8 channels a group in and out.
+bool pair_conv(const Conv3dGeometry& g) {
+  return g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
+         g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8;
+}
+
+// Stride 2 in both directions, to half the input's height and width (rounded up).
+bool halving(const Conv3dGeometry& g) {
+  return g.sH == 2 && g.sW == 2 && g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2;
+}
+
 // Note [frame pairs in lanes]: on small planes (7x7 and 4x4 at SEVNet's last stages) the
 // plane kernels above leave a quarter to a half of their lanes on padding (a 7x7 frame is
 // 8x8 grid positions, a 4x4 one 5x5) and stored outputs lane by lane. With 8 channels a
@@ -296,17 +307,6 @@ void direct_frames(const Conv3dGeometry& g, const T* x, const T* wt, T* y, T* sc
 // Each next item's input is prefetched and one pair at a time is packed: the first
 // version, without the prefetch and packing all pairs first, ran the 7x7 forward from
 // memory (--cold) at 0.52-0.79 ms against the planes' 0.40.
-// The convs the frame-pair kernels compute: 1x3x3, padding 1, 8 channels a group in and out.
-bool pair_conv(const Conv3dGeometry& g) {
-  return g.kT == 1 && g.sT == 1 && g.pT == 0 && g.To == g.T && g.kH == 3 && g.kW == 3 && g.pH == 1 && g.pW == 1 &&
-         g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8;
-}
-
-// Stride 2 in both directions, to half the input's height and width (rounded up).
-bool halving(const Conv3dGeometry& g) {
-  return g.sH == 2 && g.sW == 2 && g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2;
-}
-
 bool pair_frames(const Conv3dGeometry& g) {
   if (!pair_conv(g)) return false;
   if (g.sH == 1 && g.sW == 1) return g.Ho == g.H && g.Wo == g.W && (g.W == 4 || g.W == 7 || g.W == 14);
