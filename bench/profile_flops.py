@@ -25,7 +25,7 @@ HEAD = re.compile(r"batch (\d+), (\d+)x(\d+)x(\d+)")
 
 
 def conv_flops(name, batch, frames):
-    """Direct FLOPs of one profile line's calls together (per call times calls applied by caller)."""
+    """Direct FLOPs of one call of a profile line's conv, and its temporal kernel size."""
     kt, kh, kw = map(int, re.search(r"(\d+)x(\d+)x(\d+) ", name + " ").groups())
     ci, co = map(int, re.search(r"(\d+)->(\d+)", name).groups())
     ho, wo = map(int, re.search(r"@(\d+)x(\d+)", name).groups())
@@ -45,8 +45,15 @@ def main():
     args = ap.parse_args()
     if args.peak <= 0:
         sys.exit(f"profile_flops: --peak must be positive, got {args.peak}")
-    text = (sys.stdin if args.profile == "-" else open(args.profile)).read().splitlines()
-    head = next((HEAD.search(l) for l in text if HEAD.search(l)), None)
+    try:
+        if args.profile == "-":
+            text = sys.stdin.read().splitlines()
+        else:
+            with open(args.profile) as f:
+                text = f.read().splitlines()
+    except OSError as e:
+        sys.exit(f"profile_flops: cannot read {args.profile}: {e.strerror}")
+    head = next(filter(None, map(HEAD.search, text)), None)
     if head is None:
         sys.exit(f"profile_flops: {args.profile}: no 'batch B, TxHxW' line; is it `vidgrad bench --profile` output?")
     batch, frames = int(head.group(1)), int(head.group(2))

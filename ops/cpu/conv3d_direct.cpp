@@ -278,6 +278,9 @@ bool pair_conv(const Conv3dGeometry& g) {
          g.dH == 1 && g.dW == 1 && g.Cg() == 8 && g.Og() == 8;
 }
 
+// Unit stride, output as large as the input.
+bool same_size(const Conv3dGeometry& g) { return g.sH == 1 && g.sW == 1 && g.Ho == g.H && g.Wo == g.W; }
+
 // Stride 2 in both directions, to half the input's height and width (rounded up).
 bool halving(const Conv3dGeometry& g) {
   return g.sH == 2 && g.sW == 2 && g.Ho == (g.H + 1) / 2 && g.Wo == (g.W + 1) / 2;
@@ -309,7 +312,7 @@ bool halving(const Conv3dGeometry& g) {
 // memory (--cold) at 0.52-0.79 ms against the planes' 0.40.
 bool pair_frames(const Conv3dGeometry& g) {
   if (!pair_conv(g)) return false;
-  if (g.sH == 1 && g.sW == 1) return g.Ho == g.H && g.Wo == g.W && (g.W == 4 || g.W == 7 || g.W == 14);
+  if (g.sH == 1 && g.sW == 1) return same_size(g) && (g.W == 4 || g.W == 7 || g.W == 14);
   // Stride 2 to 4- and 7-wide outputs (from 28-wide inputs the plane kernels were faster
   // in the step: 0.72-0.77 ms against 0.78-0.80 at batch 4 8x112).
   return halving(g) && (g.W == 7 || g.W == 14);
@@ -497,7 +500,7 @@ bool pair_frames_weight_grad(const Conv3dGeometry& g, const float* gy, const flo
   // At stride 1, 4-wide planes only: at 7x7 and 14x14 the plane kernel's weight gradient
   // was faster in the step (twenty-ninth session, docs/performance.md); at stride 2 from
   // inputs up to 28 wide (Note [frame pairs in lanes], weight gradient).
-  const bool unit = g.sH == 1 && g.sW == 1 && g.Ho == g.H && g.W == 4 && g.Wo == 4;
+  const bool unit = same_size(g) && g.W == 4;
   const bool half = halving(g) && (g.W == 7 || g.W == 14 || g.W == 28);
   if (!pair_conv(g) || !(unit || half)) return false;
   auto run = [&](std::int64_t gr) {
