@@ -205,6 +205,31 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
       q += len;
     }
   };
+  // The source rows of columns [q0, q1): the output gradient's Mo frames and the input's P
+  // frames of each run, (pointer, bytes) per channel and frame (Note [Winograd
+  // weight-gradient prefetch]).
+  using Rows = std::vector<std::pair<const char*, std::int64_t>>;
+  auto block_rows = [&](std::int64_t q0, std::int64_t q1, Rows& rows) {
+    rows.clear();
+    for (std::int64_t q = q0; q < q1;) {
+      const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
+      const std::int64_t tile = r / HW, pos = r % HW, len = std::min(q1 - q, HW - pos);
+      const std::int64_t bytes = len * static_cast<std::int64_t>(sizeof(T));
+      for (int j = 0; j < Mo; ++j) {
+        const std::int64_t f = tile * Mo + j;
+        if (f < frames)
+          for (std::int64_t o = 0; o < O; ++o)
+            rows.emplace_back(reinterpret_cast<const char*>(gy + (n * O + o) * vol + f * HW + pos), bytes);
+      }
+      for (int j = 0; j < P; ++j) {
+        const std::int64_t f = tile * Mo - 1 + j;
+        if (f >= 0 && f < frames)
+          for (std::int64_t c = 0; c < C; ++c)
+            rows.emplace_back(reinterpret_cast<const char*>(x + (n * C + c) * vol + f * HW + pos), bytes);
+      }
+      q += len;
+    }
+  };
   // Scratch of a thread for `points` points of blocks of `block` columns: packed A and B,
   // then tmp for transform_packed.
   auto scratch_size = [&](std::int64_t points, std::int64_t block) {
@@ -222,14 +247,25 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
   // point: each B panel against every A panel, kSubKc columns at a time so that the part
   // of the B panel read again for every A panel (128 x 48 floats) stays in L1 (as
   // row_gemm_nt, Note [transposed row GEMM] in row_gemm.cpp).
-  auto gemm = [&](std::int64_t kc, const T* a, std::int64_t lda, const T* b, T* q, bool accumulate) {
+  // With next, the rows [share0, share1) of it are requested into L2 while the micro-kernels
+  // run, a share per micro-tile (Note [Winograd weight-gradient prefetch]).
+  auto gemm = [&](std::int64_t kc, const T* a, std::int64_t lda, const T* b, T* q, bool accumulate,
+                  const Rows* next = nullptr, std::int64_t share0 = 0, std::int64_t share1 = 0) {
+    const std::int64_t tiles_n = n_panels * ((kc + kSubKc - 1) / kSubKc) * m_panels;
+    std::int64_t tile = 0;
     for (std::int64_t cp = 0; cp < n_panels; ++cp) {
       const std::int64_t cols = std::min(NR, C - cp * NR);
       for (std::int64_t s0 = 0; s0 < kc; s0 += kSubKc)
-        for (std::int64_t mp = 0; mp < m_panels; ++mp)
+        for (std::int64_t mp = 0; mp < m_panels; ++mp, ++tile) {
+          if (next) {
+            const std::int64_t span = share1 - share0;
+            const std::int64_t r0 = share0 + span * tile / tiles_n, r1 = share0 + span * (tile + 1) / tiles_n;
+            for (std::int64_t r = r0; r < r1; ++r) prefetch_l2((*next)[r].first, (*next)[r].second);
+          }
           micro_tile<T, true>(std::min(kSubKc, kc - s0), a + mp * kMr * lda + s0, b + cp * kc * NR + s0 * NR, NR,
                               q + mp * kMr * C + cp * NR, C, std::min(kMr, O - mp * kMr), cols, accumulate || s0 > 0,
                               nullptr, lda);
+        }
     }
   };
   const bool by_points = split_points(g, max_threads);
@@ -288,6 +324,19 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
     // 512 / 272 between threads with a 16-column last block. Each thread transforms a block
     // of both operands into its own scratch and accumulates its own Q; the Qs are added up
     // below.
+    //
+    // Note [Winograd weight-gradient prefetch]: a block's transforms read its columns of
+    // every channel's frames, O x Mo + C x P rows of a few hundred bytes each, from memory
+    // (the operands were written a layer or more ago); with nothing requested ahead the
+    // thread waited on those reads and then ran the GEMMs with the memory idle. The rows of
+    // the thread's next block are now requested into L2 while this block's GEMMs run, a
+    // share per micro-tile. In the step on the AMD EPYC VM (2026-11-24, `vidgrad bench
+    // --model sevnet_g8 --batch 4 --frames 8 --size 112 --threads 2 --steps 10 --warmup 3
+    // --profile`, four alternations of the two binaries), ms a step: 32 channels at 56x56
+    // 3.03-3.42 -> 2.66-3.17, 64 at 28x28 4.77-4.98 -> 4.17-5.11, 128 at 14x14 6.10-6.34
+    // -> 6.15-6.36 (its operands mostly in L3); batch 1 16x224 (three): 32 at 112x112
+    // 6.17-6.32 -> 5.48-6.04, 64 at 56x56 8.92-9.35 -> 8.23-8.54. The point split (256
+    // channels and more, operands of 1.6 MB or less) was not faster with it and has none.
     const std::int64_t block_max = weight_grad_block(P, C, O, sizeof(T));
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -303,11 +352,15 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
       T* v = u + P * a_point;
       T* tmp = v + P * b_point;
       zero_pad_rows(u, P, a_point, block);
+      thread_local Rows next;
       for (std::int64_t q0 = c0; q0 < c1; q0 += block) {
         const std::int64_t q1 = std::min(c1, q0 + block);
         transform_columns(First{}, All{}, q0, q1, u, a_point, block, v, b_point, tmp);
+        block_rows(q1, std::min(c1, q1 + block), next);
+        const std::int64_t nr = static_cast<std::int64_t>(next.size());
         for (int p = 0; p < P; ++p)
-          gemm(q1 - q0, u + p * a_point, block, v + p * b_point, partial + t * per + p * O * C, q0 > c0);
+          gemm(q1 - q0, u + p * a_point, block, v + p * b_point, partial + t * per + p * O * C, q0 > c0, &next,
+               nr * p / P, nr * (p + 1) / P);
       }
     }
   }
