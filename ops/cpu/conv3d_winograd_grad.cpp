@@ -337,7 +337,19 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
     // -> 6.15-6.36 (its operands mostly in L3); batch 1 16x224 (three): 32 at 112x112
     // 6.17-6.32 -> 5.48-6.04, 64 at 56x56 8.92-9.35 -> 8.23-8.54. The point split (256
     // channels and more, operands of 1.6 MB or less) was not faster with it and has none.
-    const std::int64_t block_max = weight_grad_block(P, C, O, sizeof(T));
+    // The transformed operands of a 512-column block at 32 channels took 983 KB of L2, and
+    // the next block's rows 640 KB more; blocks that leave room for both (368 columns at 32
+    // channels, 176 at 64; unchanged from 128 on, where fewer than 128 would fit), the same
+    // commands, four and three alternations: 64 at 28x28 4.06-4.72 -> 3.97-4.22, 64 at
+    // 56x56 8.17-9.88 -> 7.83-8.13, 32 channels even (2.62-2.94 -> 2.59-2.79, 5.51-6.05 ->
+    // 5.42-5.73); 128 channels at such blocks were mixed (14x14 5.78-6.12 -> 5.58-6.02,
+    // 28x28 10.61-11.16 -> 11.11-11.42).
+    // Where 128 columns or more fit, the block leaves room in L2 for the next block's rows
+    // too (Note [Winograd weight-gradient prefetch]).
+    const std::int64_t with_rows =
+        (std::int64_t{1} << 20) / ((P * (O + C) + Mo * O + P * C) * static_cast<std::int64_t>(sizeof(T))) / 16 * 16;
+    const std::int64_t block_max =
+        with_rows >= 128 ? std::min(weight_grad_block(P, C, O, sizeof(T)), with_rows) : weight_grad_block(P, C, O, sizeof(T));
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
       const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
