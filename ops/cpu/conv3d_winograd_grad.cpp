@@ -344,12 +344,10 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
     // 56x56 8.17-9.88 -> 7.83-8.13, 32 channels even (2.62-2.94 -> 2.59-2.79, 5.51-6.05 ->
     // 5.42-5.73); 128 channels at such blocks were mixed (14x14 5.78-6.12 -> 5.58-6.02,
     // 28x28 10.61-11.16 -> 11.11-11.42).
-    // Where 128 columns or more fit, the block leaves room in L2 for the next block's rows
-    // too (Note [Winograd weight-gradient prefetch]).
     const std::int64_t with_rows =
         (std::int64_t{1} << 20) / ((P * (O + C) + Mo * O + P * C) * static_cast<std::int64_t>(sizeof(T))) / 16 * 16;
-    const std::int64_t block_max =
-        with_rows >= 128 ? std::min(weight_grad_block(P, C, O, sizeof(T)), with_rows) : weight_grad_block(P, C, O, sizeof(T));
+    const std::int64_t l2_block = weight_grad_block(P, C, O, sizeof(T));
+    const std::int64_t block_max = with_rows >= 128 ? std::min(l2_block, with_rows) : l2_block;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
       const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
