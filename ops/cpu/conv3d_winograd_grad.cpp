@@ -179,30 +179,42 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
   using All = std::integral_constant<int, P>;
   constexpr std::int64_t NR = kNr<T>, kSubKc = 128;
   const std::int64_t m_panels = (O + kMr - 1) / kMr, n_panels = (C + NR - 1) / NR;
+  // The run of columns from q (at most to q1) inside one tile of one sample: its length
+  // and its first column of the output gradient's Mo frames and the input's P frames of
+  // the tile, channel 0 (null: a frame outside the clip).
+  struct Run {
+    std::int64_t len;
+    const T* gsrc[Mo];
+    const T* xsrc[P];
+  };
+  auto run_at = [&](std::int64_t q, std::int64_t q1) {
+    const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
+    const std::int64_t tile = r / HW, pos = r % HW;
+    Run run{std::min(q1 - q, HW - pos), {}, {}};
+    for (int j = 0; j < Mo; ++j) {
+      const std::int64_t f = tile * Mo + j;
+      run.gsrc[j] = f < frames ? gy + n * O * vol + f * HW + pos : nullptr;
+    }
+    for (int j = 0; j < P; ++j) {
+      const std::int64_t f = tile * Mo - 1 + j;
+      run.xsrc[j] = f >= 0 && f < frames ? x + n * C * vol + f * HW + pos : nullptr;
+    }
+    return run;
+  };
   auto transform_columns = [&](auto r0, auto r1, std::int64_t q0, std::int64_t q1, T* u, std::int64_t a_point,
                                std::int64_t a_ld, T* v, std::int64_t b_point, T* tmp) {
     constexpr int R0 = decltype(r0)::value, R1 = decltype(r1)::value;
     for (std::int64_t q = q0; q < q1;) {
-      const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
-      const std::int64_t tile = r / HW, pos = r % HW, len = std::min(q1 - q, HW - pos), j0 = q - q0;
-      const T* gyn = gy + n * O * vol;
-      const T* xn = x + n * C * vol;
-      const T* gsrc[Mo];
-      for (int j = 0; j < Mo; ++j) {
-        const std::int64_t f = tile * Mo + j;
-        gsrc[j] = f < frames ? gyn + f * HW + pos : nullptr;
-      }
-      const T* xsrc[P];
-      for (int j = 0; j < P; ++j) {
-        const std::int64_t f = tile * Mo - 1 + j;
-        xsrc[j] = f >= 0 && f < frames ? xn + f * HW + pos : nullptr;
-      }
-      transform_rows<T, P, Mo, R0, R1>(W::A, gsrc, vol, O, len, u + j0, a_point, a_ld);
+      const Run run = run_at(q, q1);
+      const std::int64_t j0 = q - q0;
+      transform_rows<T, P, Mo, R0, R1>(W::A, run.gsrc, vol, O, run.len, u + j0, a_point, a_ld);
       if (pro.active())
-        transform_packed<NR, T, P, P, R0, R1, true>(W::BT, xsrc, vol, C, len, j0, v, b_point, q1 - q0, tmp, pro);
+        transform_packed<NR, T, P, P, R0, R1, true>(W::BT, run.xsrc, vol, C, run.len, j0, v, b_point, q1 - q0, tmp,
+                                                    pro);
       else
-        transform_packed<NR, T, P, P, R0, R1, false>(W::BT, xsrc, vol, C, len, j0, v, b_point, q1 - q0, tmp, pro);
-      q += len;
+        transform_packed<NR, T, P, P, R0, R1, false>(W::BT, run.xsrc, vol, C, run.len, j0, v, b_point, q1 - q0, tmp,
+                                                     pro);
+      q += run.len;
     }
   };
   // The source rows of columns [q0, q1): the output gradient's Mo frames and the input's P
@@ -212,22 +224,16 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
   auto block_rows = [&](std::int64_t q0, std::int64_t q1, Rows& rows) {
     rows.clear();
     for (std::int64_t q = q0; q < q1;) {
-      const std::int64_t n = q / cols_per_sample, r = q % cols_per_sample;
-      const std::int64_t tile = r / HW, pos = r % HW, len = std::min(q1 - q, HW - pos);
-      const std::int64_t bytes = len * static_cast<std::int64_t>(sizeof(T));
-      for (int j = 0; j < Mo; ++j) {
-        const std::int64_t f = tile * Mo + j;
-        if (f < frames)
-          for (std::int64_t o = 0; o < O; ++o)
-            rows.emplace_back(reinterpret_cast<const char*>(gy + (n * O + o) * vol + f * HW + pos), bytes);
-      }
-      for (int j = 0; j < P; ++j) {
-        const std::int64_t f = tile * Mo - 1 + j;
-        if (f >= 0 && f < frames)
-          for (std::int64_t c = 0; c < C; ++c)
-            rows.emplace_back(reinterpret_cast<const char*>(x + (n * C + c) * vol + f * HW + pos), bytes);
-      }
-      q += len;
+      const Run run = run_at(q, q1);
+      const std::int64_t bytes = run.len * static_cast<std::int64_t>(sizeof(T));
+      auto add = [&](const T* src, std::int64_t channels) {
+        if (!src) return;
+        for (std::int64_t c = 0; c < channels; ++c)
+          rows.emplace_back(reinterpret_cast<const char*>(src + c * vol), bytes);
+      };
+      for (const T* src : run.gsrc) add(src, O);
+      for (const T* src : run.xsrc) add(src, C);
+      q += run.len;
     }
   };
   // Scratch of a thread for `points` points of blocks of `block` columns: packed A and B,
