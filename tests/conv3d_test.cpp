@@ -571,8 +571,8 @@ TEST(Conv3d, WinogradTemporalMatchesReference) {
                         Case{{1, 2, 3, 1, 50}, 24}, Case{{2, 9, 4, 2, 3}, 16, true, false},
                         Case{{1, 6, 8, 4, 13}, 6}, Case{{1, 2, 8, 16, 20}, 3}, Case{{1, 64, 4, 4, 5}, 40, false, false},
                         Case{{1, 176, 8, 16, 17}, 176, false, false}, Case{{1, 171, 4, 27, 38}, 171, false},
-                        // 32 channels, 768 columns: two threads' blocks of 368 columns and a
-                        // last one of 16, each prefetching the next one's rows
+                        // 32 channels, 768 columns: on two threads, each thread's 384 columns
+                        // in two blocks (of at most 368), the first prefetching the second's rows
                         Case{{1, 32, 8, 16, 24}, 32, false},
                         // 256 channels and more: on two threads or more, threads split the
                         // weight gradient's points (F(4, 3) and F(2, 3)), blocks of odd widths
