@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "vidgrad/core/storage.h"
@@ -42,5 +43,31 @@ struct AlignedAllocator {
 
 template <typename T>
 using AlignedVector = std::vector<T, AlignedAllocator<T>>;
+
+// As AlignedAllocator, but resize() leaves new values uninitialised (default-initialised)
+// instead of zeroing them: for a buffer whose every value is written before it is read
+// (PackedA), where the zeroing was one more serial pass over it before each call.
+template <typename T>
+struct UninitAlignedAllocator : AlignedAllocator<T> {
+  using value_type = T;
+  template <typename U>
+  struct rebind {
+    using other = UninitAlignedAllocator<U>;
+  };
+  UninitAlignedAllocator() = default;
+  template <typename U>
+  UninitAlignedAllocator(const UninitAlignedAllocator<U>&) noexcept {}
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
+template <typename T>
+using UninitAlignedVector = std::vector<T, UninitAlignedAllocator<T>>;
 
 }  // namespace vidgrad

@@ -20,19 +20,22 @@ inline constexpr std::int64_t kRowGemmMr = 8;
 template <typename T>
 struct PackedA {
   std::int64_t M = 0, K = 0;
-  AlignedVector<T> data;  // Note [scratch alignment] in core/aligned_vector.h
+  UninitAlignedVector<T> data;  // Note [scratch alignment] in core/aligned_vector.h
 
   // a(m, k) gives A's element; any layout (a transposed or tap-reordered weight) packs
   // through the same loop.
   template <typename F>
   PackedA(std::int64_t m, std::int64_t k, F&& a) : M(m), K(k) {
     const std::int64_t panels = (M + kRowGemmMr - 1) / kRowGemmMr;
-    data.assign(static_cast<std::size_t>(panels * K * kRowGemmMr), T(0));
+    data.resize(static_cast<std::size_t>(panels * K * kRowGemmMr));  // not zeroed: every value is written here
 #pragma omp parallel for schedule(static) if (panels > 1 && M * K >= (1 << 15))
     for (std::int64_t p = 0; p < panels; ++p) {
       const std::int64_t rows = std::min<std::int64_t>(kRowGemmMr, M - p * kRowGemmMr);
-      for (std::int64_t kk = 0; kk < K; ++kk)  // writes in order; reads 8 rows at a time
-        for (std::int64_t i = 0; i < rows; ++i) data[(p * K + kk) * kRowGemmMr + i] = a(p * kRowGemmMr + i, kk);
+      for (std::int64_t kk = 0; kk < K; ++kk) {  // writes in order; reads 8 rows at a time
+        T* dst = data.data() + (p * K + kk) * kRowGemmMr;
+        for (std::int64_t i = 0; i < rows; ++i) dst[i] = a(p * kRowGemmMr + i, kk);
+        for (std::int64_t i = rows; i < kRowGemmMr; ++i) dst[i] = T(0);
+      }
     }
   }
 };
