@@ -326,12 +326,31 @@ inline V16 pair_broadcast(const float* p) {  // (p[0], p[1]) in every pair of la
   return reinterpret_cast<V16>(_mm512_set1_pd(d));
 }
 
+// Note [pair kernels in registers]: inlined into pair_item, pair_rows' accumulators went to
+// the stack (g++ 12: 42 stack accesses around its 126 FMAs at 14x14, accumulators read and
+// written through memory in the FMAs), and where R W = 16 or at stride 2 g++ also kept the
+// broadcasts one tap shares with the next in registers, more than the 32 there are. Out of
+// line, with the taps' input pointer opaque to the compiler (an empty asm) where that
+// sharing spilled, every kernel keeps its accumulators in registers and broadcasts each
+// value from memory as the FMA needs it (no stack access in any pair_rows). The weight
+// gradient's loop (pair_weight_item) had the same problem worse: the positions one output
+// column shares with the next carried through general registers and the stack, three
+// instructions a broadcast; with the pointer opaque it is one vbroadcastsd per FMA. The
+// same rows in isolation (all in L1) run at 98% of the FMA peak. conv3d_bench --batch=4
+// --frames=8 --size=112 --threads=2, warm, medians of four interleaved runs, ms, before ->
+// after (2026-11-24, AMD VM): forward 7x7 0.443 -> 0.393, 4x4 0.477 -> 0.336, stride 2 to
+// 7x7 0.428 -> 0.348, to 4x4 0.316 -> 0.221; input gradient 7x7 0.501 -> 0.407, 4x4 0.519
+// -> 0.361 (14x14, already without stack accumulators once out of line, unchanged); weight
+// gradient (--cold) 4x4 0.599 -> 0.544, stride 2 to 7x7 0.592 -> 0.538, to 14x14 0.892 ->
+// 0.839.
+
 // Output rows h0 .. h0 + R - 1 of one frame pair (stride S): acc[r W + w] (lanes 2o + k),
 // from the pair's padded scratch sp ((H + 2) x (Wi + 2) positions x 16) and wtab
-// ([c][tap][16]).
+// ([c][tap][16]). Out of line and with kOpaqueTaps: Note [pair kernels in registers].
 template <int Wi, int W, int R, int S>
-inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* acc) {
+[[gnu::noinline]] void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* acc) {
   constexpr int Wp = Wi + 2, N = R * W;
+  constexpr bool kOpaqueTaps = N > 14 || S == 2;
   V16 a[N];
 #pragma GCC unroll 16
   for (int i = 0; i < N; ++i) a[i] = V16{};
@@ -342,9 +361,10 @@ inline void pair_rows(const float* sp, const float* wtab, std::int64_t h0, V16* 
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) {
       const V16 wv = load_vec(wc + t * 16);
-      const int off = ((t / 3) * Wp + t % 3) * 16;
+      const float* bt = bc + ((t / 3) * Wp + t % 3) * 16;
+      if constexpr (kOpaqueTaps) asm("" : "+r"(bt));
 #pragma GCC unroll 16
-      for (int i = 0; i < N; ++i) a[i] += wv * pair_broadcast(bc + off + (S * (i / W) * Wp + S * (i % W)) * 16);
+      for (int i = 0; i < N; ++i) a[i] += wv * pair_broadcast(bt + (S * (i / W) * Wp + S * (i % W)) * 16);
     }
   }
 #pragma GCC unroll 16
@@ -476,8 +496,10 @@ void pair_weight_item(const Conv3dGeometry& g, const float* gy, const float* x, 
           const float* gr_ = gs + h * W * 16;
           for (std::int64_t w = 0; w < W; ++w) {
             const V16 gv = load_vec(gr_ + w * 16);
+            const float* xw = xr + S * w * 16;
+            asm("" : "+r"(xw));  // Note [pair kernels in registers]
 #pragma GCC unroll 24
-            for (int i = 0; i < 24; ++i) a[i] += gv * pair_broadcast(xr + (S * w + i % 3) * 16 + 2 * (i / 3));
+            for (int i = 0; i < 24; ++i) a[i] += gv * pair_broadcast(xw + (i % 3) * 16 + 2 * (i / 3));
           }
         }
 #pragma GCC unroll 24
