@@ -230,7 +230,10 @@ void phase_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx) {
 // 28x28) 1.77-1.88 -> 0.75-0.78, stage 3 1.20-1.30 -> 0.39-0.43, stage 4 0.72-0.76 ->
 // 0.32-0.33, stage 5 (7x7 -> 4x4) 0.55-0.61 -> 0.34; `vidgrad bench --model sevnet_g8
 // --batch 4 --frames 8 --size 112 --threads 2 --steps 10 --warmup 3`, three alternations,
-// s a step: 0.1740 / 0.1692 / 0.1725 -> 0.1667 / 0.1672 / 0.1659 (2026-11-24).
+// s a step: 0.1740 / 0.1692 / 0.1725 -> 0.1667 / 0.1672 / 0.1659 (2026-11-24). The odd
+// columns' two products are two statements, so two FMAs: as one sum g++ 12 made them a
+// multiply, an FMA and an add (warm, medians of four alternations, ms: stage 3 0.418 ->
+// 0.399, stage 4 0.371 -> 0.345, stage 5 0.351 -> 0.340; stage 2 even, 0.967 -> 0.966).
 bool lanes_stride2_input_grad(const Conv3dGeometry& g) {
   return g.kT == 1 && g.sT == 1 && g.pT == 0 && g.dT == 1 && g.kH == 3 && g.kW == 3 && g.sH == 2 && g.sW == 2 &&
          g.pH == 1 && g.pW == 1 && g.dH == 1 && g.dW == 1 && g.To == g.T && g.Cg() % 8 == 0 &&
@@ -281,7 +284,8 @@ void lanes_stride2_input_grad_impl(const Conv3dGeometry& g, const T* gy, const T
 #pragma GCC unroll 8
             for (std::int64_t c = 0; c < kC; ++c) {
               even[c] += w3[kC + c] * a;
-              odd[c] += w3[2 * kC + c] * a + w3[c] * bv;
+              odd[c] += w3[2 * kC + c] * a;  // two statements: two FMAs (as one sum g++ made it
+              odd[c] += w3[c] * bv;          // a multiply, an FMA and an add)
             }
           }
         }
