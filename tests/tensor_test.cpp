@@ -64,22 +64,20 @@ TEST(Tensor, KernelScratchIs64ByteAligned) {
 // than the packed buffer, leaves its values where glibc then carves that buffer (without
 // the zeros written by the packing, the check below sees 7s in the padding rows).
 TEST(Tensor, PackedAWritesItsPaddingRowsAsZeros) {
-  for (int round = 0; round < 2; ++round) {
-    {
-      UninitAlignedVector<float> dirty(static_cast<std::size_t>(4096));
-      std::fill(dirty.begin(), dirty.end(), 7.0f);  // leaves non-zero bytes behind in the heap
-    }
-    const std::int64_t M = 13, K = 37, mr = cpu::kRowGemmMr;
-    const cpu::PackedA<float> a(M, K, [](std::int64_t m, std::int64_t k) { return float(100 * m + k + 1); });
-    ASSERT_EQ(a.data.size(), static_cast<std::size_t>(2 * K * mr));
-    for (std::int64_t p = 0; p < 2; ++p)
-      for (std::int64_t k = 0; k < K; ++k)
-        for (std::int64_t i = 0; i < mr; ++i) {
-          const std::int64_t m = p * mr + i;
-          EXPECT_EQ(a.data[static_cast<std::size_t>((p * K + k) * mr + i)], m < M ? float(100 * m + k + 1) : 0.0f)
-              << "panel " << p << " k " << k << " row " << i;
-        }
+  {
+    UninitAlignedVector<float> dirty(static_cast<std::size_t>(4096));
+    std::fill(dirty.begin(), dirty.end(), 7.0f);  // leaves non-zero bytes behind in the heap
   }
+  const std::int64_t M = 13, K = 37, mr = cpu::kRowGemmMr;
+  const cpu::PackedA<float> a(M, K, [](std::int64_t m, std::int64_t k) { return float(100 * m + k + 1); });
+  ASSERT_EQ(a.data.size(), static_cast<std::size_t>(2 * K * mr));
+  for (std::int64_t p = 0; p < 2; ++p)
+    for (std::int64_t k = 0; k < K; ++k)
+      for (std::int64_t i = 0; i < mr; ++i) {
+        const std::int64_t m = p * mr + i;
+        EXPECT_EQ(a.data[static_cast<std::size_t>((p * K + k) * mr + i)], m < M ? float(100 * m + k + 1) : 0.0f)
+            << "panel " << p << " k " << k << " row " << i;
+      }
 }
 
 TEST(Tensor, ReshapeOfContiguousIsAViewAndInfersMinusOne) {
