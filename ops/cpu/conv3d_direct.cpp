@@ -336,7 +336,8 @@ inline V16 pair_broadcast(const float* p) {  // (p[0], p[1]) in every pair of la
 // gradient's loop (pair_weight_item) had the same problem worse: the positions one output
 // column shares with the next carried through general registers and the stack, three
 // instructions a broadcast; with the pointer opaque it is one vbroadcastsd per FMA. The
-// same rows in isolation (all in L1) run at 98% of the FMA peak. conv3d_bench --batch=4
+// same rows in isolation (all in L1, one thread) run at 97-99% of the FMA peak, 87% at
+// stride 2 from 14-wide planes. conv3d_bench --batch=4
 // --frames=8 --size=112 --threads=2, warm, medians of four interleaved runs, ms, before ->
 // after (2026-11-24, AMD VM): forward 7x7 0.443 -> 0.393, 4x4 0.477 -> 0.336, stride 2 to
 // 7x7 0.428 -> 0.348, to 4x4 0.316 -> 0.221; input gradient 7x7 0.501 -> 0.407, 4x4 0.519
