@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "vidgrad/core/cpu_memory.h"
 #include "vidgrad/core/storage.h"
 
 namespace vidgrad {
@@ -29,12 +30,8 @@ struct AlignedAllocator {
   AlignedAllocator() = default;
   template <typename U>
   AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
-  T* allocate(std::size_t n) {
-    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kCpuAlignment}));
-  }
-  void deallocate(T* p, std::size_t n) noexcept {
-    ::operator delete(p, n * sizeof(T), std::align_val_t{kCpuAlignment});
-  }
+  T* allocate(std::size_t n) { return static_cast<T*>(cpu_memory::allocate_scratch(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t n) noexcept { cpu_memory::release_scratch(p, n * sizeof(T)); }
   template <typename U>
   bool operator==(const AlignedAllocator<U>&) const noexcept {
     return true;

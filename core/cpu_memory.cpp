@@ -4,7 +4,7 @@
 // activation memory again: at batch 4, 16x224x224 SEVNet-G8 inference that was about
 // 465,000 faults (1.8 GB) per step and a third of the process's CPU time in the kernel.
 //
-// So blocks of 1 MiB and more come from segments we mmap and keep: a request takes the
+// So blocks of 128 KiB and more (Note [scratch blocks]) come from segments we mmap and keep: a request takes the
 // smallest free block that holds it (sizes are multiples of 64 KiB), splitting off the
 // rest as a free block; a released block merges with free neighbours in its segment.
 // Activation sizes fall by powers of two through the network, and splitting lets the
@@ -19,12 +19,26 @@
 // a step, and peak RSS 468 -> 493 MB there, 820 -> 878 MB at batch 1, 16x224x224.
 // Memory freed after a transient peak stays mapped until a segment needs the room or
 // empty_cache() is called, as with a GPU caching allocator.
+//
+// Note [scratch blocks]: until 2026-11-24 the cache took blocks of 1 MiB and more, and the
+// kernels' scratch (AlignedVector: PackedA's per-call weight panels, 64 KiB to 1 MiB) came
+// from operator new. glibc serves a block above its mmap threshold (128 KiB at first,
+// raised as mapped blocks are freed) from a fresh mapping, and gives the top of its heaps
+// back once more than twice that is free, so tensors and scratch under 1 MiB were mapped
+// or faulted in again each step: perf stat -e page-faults over 12 steps against 2, per
+// step (AMD EPYC VM, 2 threads), 622 at batch 4 8x112x112 SEVNet-G8 inference (stage 5's
+// 512 KiB tensors), 1118 at batch 1 8x112, 233 and 245 in training at batch 4 and 1
+// (PackedA's panels, perf record -e page-faults). Tensors from 128 KiB (glibc's first mmap
+// threshold) and AlignedVector's buffers from their own cache (scratch_cache(), so that a
+// thread_local buffer never keeps a tensor segment from being unmapped) took that to 2,
+// 0, 37 and 16.
 #include "vidgrad/core/cpu_memory.h"
 
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <cstdlib>
 #include <mutex>
 #include <set>
@@ -38,7 +52,7 @@ namespace vidgrad::cpu_memory {
 
 namespace {
 
-constexpr std::size_t kLargeBlock = std::size_t{1} << 20;
+constexpr std::size_t kLargeBlock = std::size_t{1} << 17;  // glibc's first mmap threshold
 constexpr std::size_t kGrain = std::size_t{1} << 16;
 
 struct Segment;
@@ -134,15 +148,20 @@ Cache& cache() {
   return *c;
 }
 
+// The kernels' scratch (Note [scratch blocks]) in segments of its own: a thread's kept
+// buffer never pins a segment that tensors would free.
+Cache& scratch_cache() {
+  static Cache* c = new Cache;  // never destroyed: thread-local buffers outlive main
+  return *c;
+}
+
 std::size_t segment_size(std::size_t n) {  // n rounded up to 2^floor(log2 n) / 8: at most 1/8 more
   std::size_t unit = kGrain;
   while (unit * 16 <= n) unit <<= 1;
   return (n + unit - 1) / unit * unit;
 }
 
-}  // namespace
-
-void* allocate(std::size_t nbytes) {
+void* allocate_in(Cache& c, std::size_t nbytes) {
   if (nbytes < kLargeBlock) {
     const std::size_t rounded = (nbytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
     void* p = std::aligned_alloc(kCpuAlignment, rounded == 0 ? kCpuAlignment : rounded);
@@ -150,7 +169,6 @@ void* allocate(std::size_t nbytes) {
     return p;
   }
   const std::size_t bytes = (nbytes + kGrain - 1) / kGrain * kGrain;
-  Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
   Block key{nullptr, bytes, true, nullptr, nullptr, nullptr};
   if (auto it = c.free.lower_bound(&key); it != c.free.end()) {
@@ -178,12 +196,11 @@ void* allocate(std::size_t nbytes) {
   return c.take(b, bytes);
 }
 
-void release(void* p, std::size_t nbytes) {
+void release_in(Cache& c, void* p, std::size_t nbytes) {
   if (nbytes < kLargeBlock) {
     std::free(p);
     return;
   }
-  Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
   const auto it = c.used.find(p);
   Block* b = it->second;
@@ -199,6 +216,13 @@ void release(void* p, std::size_t nbytes) {
   }
 }
 
+}  // namespace
+
+void* allocate(std::size_t nbytes) { return allocate_in(cache(), nbytes); }
+void release(void* p, std::size_t nbytes) { release_in(cache(), p, nbytes); }
+void* allocate_scratch(std::size_t nbytes) { return allocate_in(scratch_cache(), nbytes); }
+void release_scratch(void* p, std::size_t nbytes) { release_in(scratch_cache(), p, nbytes); }
+
 Stats stats() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
@@ -208,19 +232,21 @@ Stats stats() {
 }
 
 void empty_cache() {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  while (c.unmap_oldest()) {
+  for (Cache* c : {&cache(), &scratch_cache()}) {
+    std::lock_guard<std::mutex> lock(c->mu);
+    while (c->unmap_oldest()) {
+    }
   }
 }
 
 void set_caching(bool on) {
-  Cache& c = cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  c.caching = on;
-  if (!on)
-    while (c.unmap_oldest()) {
-    }
+  for (Cache* c : {&cache(), &scratch_cache()}) {
+    std::lock_guard<std::mutex> lock(c->mu);
+    c->caching = on;
+    if (!on)
+      while (c->unmap_oldest()) {
+      }
+  }
 }
 
 }  // namespace vidgrad::cpu_memory

@@ -1,5 +1,6 @@
-// CPU memory for tensors. Blocks of 1 MiB and more come from a cache of mmap'ed blocks
-// (Note [CPU block cache] in cpu_memory.cpp); smaller ones from the C library.
+// CPU memory for tensors and the kernels' scratch. Blocks of 128 KiB and more come from
+// caches of mmap'ed blocks (Note [CPU block cache] in cpu_memory.cpp), one for tensors and
+// one for scratch; smaller ones from the C library.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +11,11 @@ namespace vidgrad::cpu_memory {
 void* allocate(std::size_t nbytes);
 // p from allocate(nbytes), with the same nbytes.
 void release(void* p, std::size_t nbytes);
+// The same from the scratch cache (AlignedVector's allocator; Note [scratch blocks]):
+// buffers a thread keeps between calls live there, apart from tensors, so they never pin
+// a tensor segment. stats() counts tensors only; empty_cache() and set_caching() act on both.
+void* allocate_scratch(std::size_t nbytes);
+void release_scratch(void* p, std::size_t nbytes);
 
 struct Stats {
   std::size_t live_bytes = 0;    // large blocks handed out now (64 KiB multiples)

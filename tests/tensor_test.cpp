@@ -245,7 +245,7 @@ TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
   cm::release(again, 40 * MiB);
   cm::empty_cache();
   EXPECT_EQ(cm::stats().cached_bytes, 0u);
-  void* small = cm::allocate(1000);  // below 1 MiB: the C library's
+  void* small = cm::allocate(1000);  // below 128 KiB: the C library's
   cm::release(small, 1000);
 }
 
