@@ -4,21 +4,21 @@
 // activation memory again: at batch 4, 16x224x224 SEVNet-G8 inference that was about
 // 465,000 faults (1.8 GB) per step and a third of the process's CPU time in the kernel.
 //
-// So blocks of 128 KiB and more (Note [scratch blocks]) come from segments we mmap and keep: a request takes the
-// smallest free block that holds it (sizes are multiples of 64 KiB), splitting off the
-// rest as a free block; a released block merges with free neighbours in its segment.
-// Activation sizes fall by powers of two through the network, and splitting lets the
-// stem's large blocks serve the later stages' smaller ones, which per-size free lists
-// could not (they held 1.6x the peak in use). A miss maps a new segment, first unmapping
-// wholly free segments, oldest first, while the mapped total would pass the peak in use
-// so far plus 1/4: peak resident memory stays near what malloc would have reached. With
-// no slack at all, a few segments were unmapped and mapped again every training step;
-// with 1/8, still about 800 pages a step at batch 4, 8x112x112 SEVNet-G8 training (perf
-// stat, 24 steps against 4), most of them in the buffer of the stage-2 downsampling conv's
-// input gradient, which then took 7-9.7 ms instead of 2.3 (--profile); with 1/4, 90 pages
-// a step, and peak RSS 468 -> 493 MB there, 820 -> 878 MB at batch 1, 16x224x224.
-// Memory freed after a transient peak stays mapped until a segment needs the room or
-// empty_cache() is called, as with a GPU caching allocator.
+// So blocks of 128 KiB and more (Note [scratch blocks]) come from segments we mmap and
+// keep: a request takes the smallest free block that holds it (sizes are multiples of 64
+// KiB), splitting off the rest as a free block; a released block merges with free
+// neighbours in its segment. Activation sizes fall by powers of two through the network,
+// and splitting lets the stem's large blocks serve the later stages' smaller ones, which
+// per-size free lists could not (they held 1.6x the peak in use). A miss maps a new
+// segment, first unmapping wholly free segments, oldest first, while the mapped total
+// would pass the peak in use so far plus 1/4: peak resident memory stays near what malloc
+// would have reached. With no slack at all, a few segments were unmapped and mapped again
+// every training step; with 1/8, still about 800 pages a step at batch 4, 8x112x112
+// SEVNet-G8 training (perf stat, 24 steps against 4), most of them in the buffer of the
+// stage-2 downsampling conv's input gradient, which then took 7-9.7 ms instead of 2.3
+// (--profile); with 1/4, 90 pages a step, and peak RSS 468 -> 493 MB there, 820 -> 878 MB
+// at batch 1, 16x224x224. Memory freed after a transient peak stays mapped until a segment
+// needs the room or empty_cache() is called, as with a GPU caching allocator.
 //
 // Note [scratch blocks]: until 2026-11-24 the cache took blocks of 1 MiB and more, and the
 // kernels' scratch (AlignedVector: PackedA's per-call weight panels, 64 KiB to 1 MiB) came
@@ -27,19 +27,23 @@
 // back once more than twice that is free, so tensors and scratch under 1 MiB were mapped
 // or faulted in again each step: perf stat -e page-faults over 12 steps against 2, per
 // step (AMD EPYC VM, 2 threads), 622 at batch 4 8x112x112 SEVNet-G8 inference (stage 5's
-// 512 KiB tensors), 1118 at batch 1 8x112, 233 and 245 in training at batch 4 and 1
-// (PackedA's panels, perf record -e page-faults). Tensors from 128 KiB (glibc's first mmap
-// threshold) and AlignedVector's buffers from their own cache (scratch_cache(), so that a
-// thread_local buffer never keeps a tensor segment from being unmapped) took that to 2,
-// 0, 37 and 16.
+// 512 KiB tensors), 1118 at batch 1 8x112, 585 at batch 1 16x224, 233 and 245 in training
+// at batch 4 and 1 8x112 (PackedA's panels, perf record -e page-faults). Tensors from 128
+// KiB (glibc's first mmap threshold) and AlignedVector's buffers from their own cache
+// (scratch_cache(), so that a thread_local buffer never keeps a tensor segment from being
+// unmapped) took that to 12, 3, 0, 82 and 36 (the same order; the tensor cache still
+// remaps a segment now and then in training). With the cache off (VIDGRAD_CPU_CACHE=0)
+// every block, scratch included, comes from the C library on its own: inside a cached
+// segment an overrun would reach the next block unseen by AddressSanitizer, which found
+// one in a kernel's scratch before.
 #include "vidgrad/core/cpu_memory.h"
 
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <cstdlib>
+#include <initializer_list>
 #include <mutex>
 #include <set>
 #include <unordered_map>
@@ -161,15 +165,23 @@ std::size_t segment_size(std::size_t n) {  // n rounded up to 2^floor(log2 n) / 
   return (n + unit - 1) / unit * unit;
 }
 
+void* c_library_block(std::size_t nbytes) {
+  const std::size_t rounded = (nbytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
+  void* p = std::aligned_alloc(kCpuAlignment, rounded == 0 ? kCpuAlignment : rounded);
+  VG_CHECK(p != nullptr, "storage: out of memory allocating " << nbytes << " bytes on cpu");
+  return p;
+}
+
+// With the cache off (set_caching(false), VIDGRAD_CPU_CACHE=0) every block comes from the
+// C library, so that memory checkers (AddressSanitizer, valgrind) see each one on its own.
 void* allocate_in(Cache& c, std::size_t nbytes) {
-  if (nbytes < kLargeBlock) {
-    const std::size_t rounded = (nbytes + kCpuAlignment - 1) / kCpuAlignment * kCpuAlignment;
-    void* p = std::aligned_alloc(kCpuAlignment, rounded == 0 ? kCpuAlignment : rounded);
-    VG_CHECK(p != nullptr, "storage: out of memory allocating " << nbytes << " bytes on cpu");
-    return p;
-  }
+  if (nbytes < kLargeBlock) return c_library_block(nbytes);
   const std::size_t bytes = (nbytes + kGrain - 1) / kGrain * kGrain;
-  std::lock_guard<std::mutex> lock(c.mu);
+  std::unique_lock<std::mutex> lock(c.mu);
+  if (!c.caching) {
+    lock.unlock();
+    return c_library_block(nbytes);
+  }
   Block key{nullptr, bytes, true, nullptr, nullptr, nullptr};
   if (auto it = c.free.lower_bound(&key); it != c.free.end()) {
     ++c.stats.hits;
@@ -201,8 +213,13 @@ void release_in(Cache& c, void* p, std::size_t nbytes) {
     std::free(p);
     return;
   }
-  std::lock_guard<std::mutex> lock(c.mu);
+  std::unique_lock<std::mutex> lock(c.mu);
   const auto it = c.used.find(p);
+  if (it == c.used.end()) {  // from the C library: allocated while the cache was off
+    lock.unlock();
+    std::free(p);
+    return;
+  }
   Block* b = it->second;
   c.used.erase(it);
   c.stats.live_bytes -= b->bytes;
@@ -212,7 +229,7 @@ void release_in(Cache& c, void* p, std::size_t nbytes) {
   c.free.insert(b);
   if (Cache::whole(b)) {
     b->seg->tick = ++c.tick;
-    if (!c.caching) c.unmap(b->seg, b);
+    if (!c.caching) c.unmap(b->seg, b);  // a block handed out before the cache was turned off
   }
 }
 

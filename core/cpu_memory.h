@@ -27,8 +27,9 @@ struct Stats {
 Stats stats();
 // Returns every cached block to the system.
 void empty_cache();
-// Off (also with VIDGRAD_CPU_CACHE=0 in the environment): every large block is mapped
-// and unmapped, as plain malloc would; for memory checkers.
+// Off (also with VIDGRAD_CPU_CACHE=0 in the environment): every block comes from the C
+// library, each on its own, so that memory checkers see overruns; cached blocks are
+// unmapped (those still handed out, once released).
 void set_caching(bool on);
 
 }  // namespace vidgrad::cpu_memory

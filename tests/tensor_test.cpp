@@ -202,6 +202,7 @@ TEST(ShapeOps, ConcatForwardPlacesInputsInOrderAndChecksShapes) {
 // cache can be emptied.
 TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
   namespace cm = vidgrad::cpu_memory;
+  cm::set_caching(true);  // whatever VIDGRAD_CPU_CACHE says: this tests the cache
   cm::empty_cache();
   const std::size_t MiB = std::size_t{1} << 20;
   std::mt19937 rng(3);
@@ -247,6 +248,41 @@ TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
   EXPECT_EQ(cm::stats().cached_bytes, 0u);
   void* small = cm::allocate(1000);  // below 128 KiB: the C library's
   cm::release(small, 1000);
+}
+
+// Note [scratch blocks]: tensors from 128 KiB come from the cache, the kernels' scratch
+// (AlignedVector) from a cache of its own that tensor statistics do not count, and with
+// the cache off every block comes from the C library (memory checkers see each).
+TEST(CpuMemory, ScratchHasItsOwnCacheAndCacheOffUsesTheCLibrary) {
+  namespace cm = vidgrad::cpu_memory;
+  cm::set_caching(true);
+  const std::size_t KiB = 1024;
+  const cm::Stats s0 = cm::stats();
+  void* t = cm::allocate(200 * KiB);  // a stage-5 sized tensor: from the cache now
+  const cm::Stats s1 = cm::stats();
+  EXPECT_EQ(s1.live_bytes, s0.live_bytes + 256 * KiB);  // 64 KiB multiples
+  EXPECT_EQ(s1.hits + s1.maps, s0.hits + s0.maps + 1);
+  {
+    vidgrad::AlignedVector<float> scratch(1 << 20);  // 4 MiB of kernel scratch
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(scratch.data()) % 64, 0u);
+    scratch.back() = 1.0f;
+    EXPECT_EQ(cm::stats().live_bytes, s1.live_bytes);  // not a tensor block
+    EXPECT_EQ(cm::stats().maps, s1.maps);
+  }
+  cm::release(t, 200 * KiB);
+  EXPECT_EQ(cm::stats().live_bytes, s0.live_bytes);
+
+  cm::set_caching(false);
+  const cm::Stats off = cm::stats();
+  void* big = cm::allocate(3 << 20);
+  static_cast<char*>(big)[(3 << 20) - 1] = 1;
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(big) % 64, 0u);
+  EXPECT_EQ(cm::stats().live_bytes, off.live_bytes);  // not from the cache
+  EXPECT_EQ(cm::stats().maps, off.maps);
+  vidgrad::AlignedVector<float> scratch(1 << 20);
+  cm::set_caching(true);
+  cm::release(big, 3 << 20);  // still freed by the C library after the cache is back on
+  EXPECT_EQ(cm::stats().live_bytes, off.live_bytes);
 }
 
 // Note [stealing ranges]: every unit is handed out exactly once and owners walk their own
