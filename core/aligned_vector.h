@@ -1,6 +1,8 @@
 // std::vector whose data start on a cache line (kCpuAlignment, 64 bytes): for the CPU
 // kernels' scratch (packed GEMM panels, padded planes), which they stream through in
-// whole AVX-512 vectors.
+// whole AVX-512 vectors. Its blocks come from cpu_memory's scratch cache (Note [scratch
+// blocks] in core/cpu_memory.cpp): from 128 KiB kept mapped between calls, smaller ones
+// from the C library.
 //
 // Note [scratch alignment]: std::vector<float> gets malloc's 16-byte alignment, and glibc
 // serves a block above its mmap threshold (128 KiB at first) from a fresh mapping with
