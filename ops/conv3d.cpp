@@ -417,12 +417,15 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
       scale[o] = static_cast<T>(s);
       shift[o] = static_cast<T>(beta[o] + (cb[o] - mean[o]) * s);
     }
+    // reuse_weights: an inference conv meets the same weights at every call (Note [filter
+    // cache] in ops/cpu/conv3d_winograd.cpp).
     cpu::conv3d_forward<T>(g, x.data<T>(), w.data<T>(), y.data<T>(),
                            {.scale = scale.data(),
                             .bias = shift.data(),
                             .relu = opts.relu,
                             .residual = r.defined() ? r.data<T>() : nullptr,
-                            .ldr = g.L()});
+                            .ldr = g.L()},
+                           {}, /*reuse_weights=*/true);
   });
   return y;
 }

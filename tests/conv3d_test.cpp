@@ -632,6 +632,51 @@ TEST(Conv3d, WinogradTemporalMatchesReference) {
   }
 }
 
+// Note [filter cache] (ops/cpu/conv3d_winograd.cpp): an inference conv keeps its Winograd
+// filter transform, and uses it only while the weights are bit for bit the same: a second
+// call gives the first's output exactly; after one weight value changes in place, or the
+// same weight memory is read as another shape, the output follows the new weights (against
+// the naive loops). Training convs keep nothing.
+TEST(Conv3d, InferenceFilterCacheFollowsTheWeights) {
+  const Conv3dOptions o = opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1);
+  cpu::set_winograd_temporal(true, 1);
+  cpu::clear_filter_cache();
+  Tensor x = randn({2, 24, 8, 5, 6}, 71, DType::kFloat32), w = randn({32, 24, 3, 1, 1}, 72, DType::kFloat32);
+  {  // training: nothing kept
+    Tensor wp = w.clone();
+    wp.set_requires_grad(true);
+    sum(conv3d(x, wp, {}, o)).backward();
+    EXPECT_EQ(cpu::filter_cache_bytes(), 0);
+  }
+  autograd::NoGradGuard no_grad;
+  const auto infer = [&](const Tensor& input, const Tensor& weight) {
+    const std::int64_t O = weight.shape()[0];
+    const Tensor ones = Tensor::ones({O}, DType::kFloat32), zeros = Tensor::zeros({O}, DType::kFloat32);
+    return conv3d_batch_norm_inference(input, weight, {}, ones, zeros, zeros, ones, 0.0, o);
+  };
+  const auto reference_close = [&](const Tensor& y, const Tensor& input, const Tensor& weight) {
+    return all_close(y, conv3d_reference(input, weight, {}, o), 1e-4, 1e-4);
+  };
+  const Tensor y1 = infer(x, w);
+  EXPECT_TRUE(reference_close(y1, x, w));
+  EXPECT_GT(cpu::filter_cache_bytes(), 0) << "the inference conv kept no transform";
+  const Tensor y2 = infer(x, w);
+  EXPECT_TRUE(all_close(y2, y1, 0, 0)) << "the kept transform gave another output";
+  w.data<float>()[5 * 24 * 3 + 7] += 0.5f;  // one tap of output channel 5, in place
+  const Tensor y3 = infer(x, w);
+  EXPECT_TRUE(reference_close(y3, x, w));
+  EXPECT_FALSE(all_close(y3, y1, 1e-3, 0)) << "a stale transform after the weights changed";
+  // The same memory as a (24, 32, 3) weight: another key, never the (32, 24, 3) transform.
+  const Tensor w_other = w.reshape({24, 32, 3, 1, 1});
+  Tensor x_other = randn({1, 32, 8, 5, 6}, 73, DType::kFloat32);
+  EXPECT_TRUE(reference_close(infer(x_other, w_other), x_other, w_other));
+  EXPECT_TRUE(all_close(infer(x, w), y3, 0, 0));
+  cpu::clear_filter_cache();
+  EXPECT_EQ(cpu::filter_cache_bytes(), 0);
+  EXPECT_TRUE(all_close(infer(x, w), y3, 0, 0));
+  cpu::set_winograd_temporal(true);
+}
+
 // Note [phases per item]: a strided grouped conv whose input gradient is over 8 MB takes
 // the phases item by item. Its input gradient must equal, sample for sample, the one
 // computed for each sample alone (under the threshold: the phases over the whole batch),

@@ -434,12 +434,12 @@ bool conv3d_takes_prologue(const Conv3dGeometry& g) {
 
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                    const InputPrologue<T>& pro) {
+                    const InputPrologue<T>& pro, bool reuse_weights) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   VG_CHECK(!ep.residual || (ep.ldr == L && fuses_residual(g)),
            "conv3d_forward: a residual epilogue needs a pointwise or temporal conv and row stride " << L);
   if (winograd_temporal(g)) {
-    winograd_temporal_forward(g, x, w, y, ep, pro);
+    winograd_temporal_forward(g, x, w, y, ep, pro, nullptr, reuse_weights);
     return;
   }
   if (direct_planes(g)) {
@@ -696,7 +696,7 @@ void set_conv_tile_elements(std::int64_t elements) {
 
 #define VIDGRAD_INSTANTIATE(T)                                                              \
   template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&,      \
-                                  const InputPrologue<T>&);                                                   \
+                                  const InputPrologue<T>&, bool);                                             \
   template void conv3d_forward_statistics<T>(const Conv3dGeometry&, const T*, const T*, T*,                     \
                                              const GemmEpilogue<T>&, const InputPrologue<T>&, double*, double*); \
   template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*, bool);                \

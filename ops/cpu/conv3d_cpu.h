@@ -75,10 +75,17 @@ bool conv3d_takes_prologue(const Conv3dGeometry& g);
 // y (N, O, To, Ho, Wo) = ep(conv(pro(x), w)): the epilogue (per output channel scale and
 // bias, then ReLU, each optional) is applied as the output is stored, with no extra pass;
 // pro (optional) as Note [input prologue]. A conv's bias is ep.bias; an inference batch
-// norm folds into ep.scale and ep.bias.
+// norm folds into ep.scale and ep.bias. reuse_weights (inference, where the same w comes
+// back every call): the Winograd convs keep w's transform and reuse it while w is bit for
+// bit the same (Note [filter cache] in conv3d_winograd.cpp); the result is the same.
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep = {},
-                    const InputPrologue<T>& pro = {});
+                    const InputPrologue<T>& pro = {}, bool reuse_weights = false);
+
+// The calling thread's kept filter transforms (conv3d_forward's reuse_weights): dropped,
+// and their size in bytes (copies of the weights included).
+void clear_filter_cache();
+std::int64_t filter_cache_bytes();
 
 // conv3d_forward, and the per-channel mean and biased variance of y over (N, To, Ho, Wo),
 // O values each: the batch statistics of a batch norm that follows. The row-GEMM convs
