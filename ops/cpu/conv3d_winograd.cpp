@@ -390,8 +390,8 @@ std::atomic<std::int64_t> winograd_min_channels{kWinogradMinChannels};
 // forward): 3x1x1 at 512 channels 4x4 2.89 / 2.78 (--cold), 4.16 / 2.46 (warm); 256 at
 // 7x7 2.16 / 2.10, 2.26 / 1.89; 128 at 14x14 2.43 / 2.25, 2.08 / 1.91. `vidgrad bench
 // --model sevnet_g8 --batch 4 --frames 8 --size 112 --threads 2 --inference`, 8
-// alternations: median 76.8 -> 74.7 ms a step, fastest 69.5 -> 67.4; peak RSS 98 -> 131 MB
-// (PyTorch's: 372 MiB).
+// alternations: median 76.8 -> 74.7 ms a step, fastest 69.5 -> 67.4; peak RSS 96 -> 128
+// MiB (PyTorch's 402 MiB in the same session's table).
 constexpr std::int64_t kFilterCacheBytes = std::int64_t{64} << 20;
 constexpr std::uint64_t kFilterCacheIdleCalls = 1024;
 
