@@ -677,6 +677,46 @@ TEST(Conv3d, InferenceFilterCacheFollowsTheWeights) {
   cpu::set_winograd_temporal(true);
 }
 
+// Note [filter cache]: the kept transforms stay within kFilterCacheBytes (a weight that
+// finds no room is transformed each call, with the same output), and entries unused for
+// kFilterCacheIdleCalls calls make way for a new one.
+TEST(Conv3d, InferenceFilterCacheStaysWithinItsBudget) {
+  const Conv3dOptions o = opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1);
+  cpu::set_winograd_temporal(true, 1);
+  cpu::clear_filter_cache();
+  autograd::NoGradGuard no_grad;
+  const auto infer = [&](const Tensor& input, const Tensor& weight) {
+    const std::int64_t O = weight.shape()[0];
+    const Tensor ones = Tensor::ones({O}, DType::kFloat32), zeros = Tensor::zeros({O}, DType::kFloat32);
+    return conv3d_batch_norm_inference(input, weight, {}, ones, zeros, zeros, ones, 0.0, o);
+  };
+  // An entry: the weight (O x C x 3) and its transform (6 x O x C), float32.
+  const std::int64_t C = 512, per = 9 * C * C * static_cast<std::int64_t>(sizeof(float));
+  const std::int64_t fit = cpu::kFilterCacheBytes / per;
+  ASSERT_GE(fit, 1);
+  Tensor x = randn({1, C, 4, 1, 2}, 81, DType::kFloat32);
+  std::vector<Tensor> ws;
+  for (std::int64_t i = 0; i < fit; ++i) {
+    ws.push_back(randn({C, C, 3, 1, 1}, 82 + static_cast<std::uint64_t>(i), DType::kFloat32));
+    infer(x, ws.back());
+    EXPECT_EQ(cpu::filter_cache_bytes(), (i + 1) * per);
+  }
+  const Tensor extra = randn({C, C, 3, 1, 1}, 99, DType::kFloat32);
+  const Tensor y = infer(x, extra);
+  EXPECT_EQ(cpu::filter_cache_bytes(), fit * per) << "an entry past the budget was kept";
+  EXPECT_TRUE(all_close(y, conv3d_reference(x, extra, {}, o), 1e-3, 1e-3));
+  EXPECT_TRUE(all_close(infer(x, extra), y, 0, 0));
+  // A small weight used kFilterCacheIdleCalls times more: the large entries are idle then.
+  Tensor xs = randn({1, 8, 4, 1, 2}, 100, DType::kFloat32), ws8 = randn({8, 8, 3, 1, 1}, 101, DType::kFloat32);
+  const std::int64_t small = 9 * 8 * 8 * static_cast<std::int64_t>(sizeof(float));
+  for (std::uint64_t i = 0; i <= cpu::kFilterCacheIdleCalls; ++i) infer(xs, ws8);
+  EXPECT_EQ(cpu::filter_cache_bytes(), fit * per + small);
+  EXPECT_TRUE(all_close(infer(x, extra), y, 0, 0));
+  EXPECT_EQ(cpu::filter_cache_bytes(), per + small) << "idle entries did not make way";
+  cpu::clear_filter_cache();
+  cpu::set_winograd_temporal(true);
+}
+
 // Note [phases per item]: a strided grouped conv whose input gradient is over 8 MB takes
 // the phases item by item. Its input gradient must equal, sample for sample, the one
 // computed for each sample alone (under the threshold: the phases over the whole batch),

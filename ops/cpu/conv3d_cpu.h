@@ -83,7 +83,11 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const
                     const InputPrologue<T>& pro = {}, bool reuse_weights = false);
 
 // The calling thread's kept filter transforms (conv3d_forward's reuse_weights): dropped,
-// and their size in bytes (copies of the weights included).
+// and their size in bytes (copies of the weights included). At most kFilterCacheBytes are
+// kept; an entry unused for kFilterCacheIdleCalls calls of the cache makes way for a new
+// one, and a transform that finds no room is made each call.
+inline constexpr std::int64_t kFilterCacheBytes = std::int64_t{64} << 20;
+inline constexpr std::uint64_t kFilterCacheIdleCalls = 1024;
 void clear_filter_cache();
 std::int64_t filter_cache_bytes();
 

@@ -392,9 +392,6 @@ std::atomic<std::int64_t> winograd_min_channels{kWinogradMinChannels};
 // --model sevnet_g8 --batch 4 --frames 8 --size 112 --threads 2 --inference`, 8
 // alternations: median 76.8 -> 74.7 ms a step, fastest 69.5 -> 67.4; peak RSS 96 -> 128
 // MiB (PyTorch's 402 MiB in the same session's table).
-constexpr std::int64_t kFilterCacheBytes = std::int64_t{64} << 20;
-constexpr std::uint64_t kFilterCacheIdleCalls = 1024;
-
 template <typename T>
 class FilterCache {
  public:
