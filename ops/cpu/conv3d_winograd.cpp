@@ -156,7 +156,13 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
         for (std::int64_t r = r0; r < r1; ++r) prefetch_l2(next[r].first, next[r].second);
         const std::int64_t rows = std::min(kMr, O - mp * kMr);
         // The output rows this group stores (8 channels x Mo frames, a few cache lines
-        // each) and their residual: requested now, while the micro-kernels run.
+        // each) and their residual: requested now, while the micro-kernels run. Into L2
+        // (prefetcht1), not L1 for writing (prefetchw), which stalled on a full queue of L1
+        // misses (11% of the 32-channel stem forward's transform samples, perf);
+        // conv3d_bench --batch=4 --frames=8 --size=112 --threads=2 --cold, median of 4
+        // alternations, ms, before / after: 32 channels at 56x56 forward 2.88 / 2.83, input
+        // gradient 2.88 / 2.76; 64 at 28x28 2.08 / 2.06, 2.13 / 2.06; 256 at 7x7 1.81 /
+        // 1.81, 1.92 / 1.80; 128 and 512 within 2% (2026-11-24, AMD VM).
         for (std::int64_t i = 0; i < rows; ++i)
           for (int ri = 0; ri < nruns; ++ri) {
             const Run& run = runs[ri];
@@ -164,7 +170,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
             const std::int64_t at = (run.n * O + mp * kMr + i) * vol + f0 * HW + run.pos;
             for (std::int64_t r = 0; r < nf; ++r)
               for (std::int64_t v = 0; v < run.len; v += 64 / static_cast<std::int64_t>(sizeof(T))) {
-                __builtin_prefetch(y + at + r * HW + v, 1, 3);
+                __builtin_prefetch(y + at + r * HW + v, 0, 2);
                 if (ep.residual) __builtin_prefetch(ep.residual + at + r * HW + v, 0, 3);
               }
           }
