@@ -75,10 +75,20 @@ class Block : public nn::Module {
     const bool relu_in_bn = downsample_ && !se_, join_in_bn = !downsample_ && !se_;
     Tensor h = x;
     if (evaluating(*bns_[0])) {  // each batch norm in its conv's output epilogue
-      for (std::size_t i = 0; i < convs_.size(); ++i) {
-        const bool last = i + 1 == convs_.size();
-        h = convs_[i]->forward_bn(h, *bns_[i], !last || relu_in_bn || join_in_bn, last && join_in_bn ? x : Tensor());
+      for (std::size_t i = 0; i + 1 < convs_.size(); ++i) h = convs_[i]->forward_bn(h, *bns_[i], true);
+      Conv3d& last = *convs_.back();
+      if (relu_in_bn && evaluating(*shortcut_bn_)) {
+        // The branch and the shortcut write their halves of the joined output (Note [concat
+        // in place] in ops/conv3d.cpp).
+        const std::int64_t C = last.config().out_channels;
+        Shape joined_shape = h.shape();
+        joined_shape[1] = C + shortcut_conv_->config().out_channels;
+        const Tensor joined = Tensor::empty(joined_shape, h.dtype(), h.device());
+        last.forward_bn_into(joined, 0, h, *bns_.back(), true);
+        shortcut_conv_->forward_bn_into(joined, C, pool_->forward(x), *shortcut_bn_, true);
+        return joined;
       }
+      h = last.forward_bn(h, *bns_.back(), relu_in_bn || join_in_bn, join_in_bn ? x : Tensor());
     } else {  // each batch norm but the last, with its ReLU, folded into the next conv's input
       // Each conv takes its output's batch statistics as it writes it, for its batch norm
       // (when that normalises with them).

@@ -65,6 +65,19 @@ Tensor Conv3d::forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Ten
   return y;
 }
 
+Tensor Conv3d::forward_bn_into(const Tensor& into, std::int64_t channel, const Tensor& x, BatchNorm3d& bn,
+                               bool relu) {
+  VG_CHECK(!bn.is_training() && !autograd::GradMode::enabled(),
+           "Conv3d::forward_bn_into: evaluation only (batch norm in eval mode, grad mode off)");
+  Conv3dOptions opts = cfg_.opts;
+  opts.relu = relu;
+  Tensor y = conv3d_batch_norm_inference_into(into, channel, x, weight, bias, bn.weight, bn.bias, bn.running_mean,
+                                              bn.running_var, bn.eps(), opts);
+  record_cost(y);
+  CostRecorder::record(&bn, 0, y.shape());
+  return y;
+}
+
 Tensor Conv3d::forward_after_bn_relu(const Tensor& x, BatchNorm3d& bn, const ChannelStatistics* x_stats,
                                      ChannelStatistics* y_stats) {
   const BatchNormOptions opts = bn.begin_batch(true);

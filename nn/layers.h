@@ -38,6 +38,10 @@ class Conv3d : public Module {
   // evaluation (bn in eval mode, grad mode off) one fused pass,
   // conv3d_batch_norm_inference; else the modules and ops one after the other.
   Tensor forward_bn(const Tensor& x, BatchNorm3d& bn, bool relu, const Tensor& residual = {});
+  // forward_bn(x, bn, relu) written into channels [channel, channel + out_channels) of
+  // `into` (conv3d_batch_norm_inference_into: a channel concatenation with no copy) and
+  // returned as that range. Evaluation only (bn in eval mode, grad mode off).
+  Tensor forward_bn_into(const Tensor& into, std::int64_t channel, const Tensor& x, BatchNorm3d& bn, bool relu);
   // forward(bn.forward_relu(x)) as one op, batch_norm_relu_conv3d: for a batch norm whose
   // output only this conv reads (on the CPU that output is then never stored). x_stats:
   // x's batch statistics where the module that wrote x took them (forward above), else

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <vector>
 
+#include "vidgrad/autograd/grad_mode.h"
 #include "vidgrad/autograd/node.h"
 #include "vidgrad/core/profile.h"
 #include "vidgrad/ops/batch_norm.h"
@@ -356,14 +357,23 @@ Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, cons
   return y;
 }
 
-Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
-                                   const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
-                                   const Tensor& running_var, double eps, const Conv3dOptions& opts,
-                                   const Tensor& residual) {
-  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias, &residual}),
-           "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
-           "and batch_norm to record a graph");
-  const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
+namespace {
+
+// Note [concat in place]: SEVNet's downsampling module joins its branch and its shortcut
+// along channels, relu(concat(h, s)), and concat copied both (2.1% of an inference step at
+// batch 4 8x112, 1.2% at batch 1 16x224, --profile). In evaluation the two convs that make
+// h and s write straight into their channel ranges of the joined tensor instead
+// (conv3d_batch_norm_inference_into): an NCDHW channel range is one block per sample, so
+// the kernels only need the distance between samples of their output (y_sample in
+// cpu::conv3d_forward), which the Winograd and row-GEMM convs (the module's 3x1x1 and
+// 1x1x1) take as they store; other convs, and other devices, write their own tensor and
+// copy it there.
+
+Tensor conv_bn_inference_impl(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
+                              const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                              const Tensor& running_var, double eps, const Conv3dOptions& opts,
+                              const Tensor& residual, const cpu::Conv3dGeometry& g, const Tensor* into,
+                              std::int64_t channel) {
   profile::Scope scope("conv3d+bn", profile_label(g));
   const std::int64_t O = g.O;
   ops_detail::check_same("conv3d_batch_norm_inference", {{"input", &input},
@@ -389,14 +399,19 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
     // Composed: the device's conv, then its fused BN (+ ReLU), then the residual join.
     Conv3dOptions plain = opts;
     plain.relu = false;
-    const Tensor y = batch_norm(conv3d(input, weight, conv_bias, plain), bn_weight, bn_bias, running_mean, running_var,
-                                {.training = false, .eps = eps, .relu = opts.relu && !residual.defined()});
-    if (!residual.defined()) return y;
-    return opts.relu ? add_relu(y, residual) : add(y, residual);
+    Tensor y = batch_norm(conv3d(input, weight, conv_bias, plain), bn_weight, bn_bias, running_mean, running_var,
+                          {.training = false, .eps = eps, .relu = opts.relu && !residual.defined()});
+    if (residual.defined()) y = opts.relu ? add_relu(y, residual) : add(y, residual);
+    if (!into) return y;
+    Tensor slice = into->narrow(1, channel, g.O);
+    slice.copy_(y);
+    return slice;
   }
   const Tensor r = residual.defined() ? residual.contiguous() : Tensor();
   const Tensor x = input.contiguous(), w = weight.contiguous();
-  Tensor y = Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
+  // Into *into: the channel range's first value, samples into->shape()[1] * L apart.
+  Tensor y = into ? into->narrow(1, channel, g.O) : Tensor::empty({g.N, g.O, g.To, g.Ho, g.Wo}, x.dtype(), x.device());
+  const std::int64_t y_sample = into ? into->shape()[1] * g.L() : 0;
   dispatch_floating(x.dtype(), "conv3d_batch_norm_inference", [&]<typename T>() {
     auto values = [&](const Tensor& t, double fallback) {
       std::vector<double> v(static_cast<std::size_t>(O), fallback);
@@ -425,9 +440,59 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
                             .relu = opts.relu,
                             .residual = r.defined() ? r.data<T>() : nullptr,
                             .ldr = g.L()},
-                           {}, /*reuse_weights=*/true);
+                           {}, /*reuse_weights=*/true, y_sample);
   });
   return y;
+}
+
+// conv3d_batch_norm_inference, into channels [channel, channel + O) of *into when into is
+// not null (checked), else into a tensor of its own; returns the result (the channel range
+// of *into: a view).
+Tensor conv_bn_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias, const Tensor& bn_weight,
+                         const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var, double eps,
+                         const Conv3dOptions& opts, const Tensor& residual, const Tensor* into, std::int64_t channel) {
+  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias, &residual}),
+           "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
+           "and batch_norm to record a graph");
+  const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
+  if (into) {
+    const char* op = "conv3d_batch_norm_inference_into";
+    VG_CHECK(into->defined(), op << ": the output tensor is undefined");
+    ops_detail::check_same(op, {{"input", &input}, {"output", into}});
+    const Shape& os = into->shape();
+    VG_CHECK(os.size() == 5 && os[0] == g.N && os[2] == g.To && os[3] == g.Ho && os[4] == g.Wo,
+             op << ": the output must have shape (" << g.N << ", C, " << g.To << ", " << g.Ho << ", " << g.Wo
+                << "), got " << shape_str(os));
+    VG_CHECK(channel >= 0 && channel + g.O <= os[1],
+             op << ": channels [" << channel << ", " << channel + g.O << ") do not fit in the output's " << os[1]);
+    VG_CHECK(into->is_contiguous(), op << ": the output must be contiguous");
+    VG_CHECK(!into->requires_grad() || !autograd::GradMode::enabled(),
+             op << ": the output requires grad; this forward-only op writes it in place");
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"input", &input}, {"weight", &weight},
+                                  {"residual", &residual}})
+      VG_CHECK(!t->defined() || t->storage() != into->storage(),
+               op << ": the output shares its storage with the " << name << ", which the conv still reads");
+  }
+  return conv_bn_inference_impl(input, weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps, opts,
+                                residual, g, into, channel);
+}
+
+}  // namespace
+
+Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
+                                   const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                                   const Tensor& running_var, double eps, const Conv3dOptions& opts,
+                                   const Tensor& residual) {
+  return conv_bn_inference(input, weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps, opts,
+                           residual, nullptr, 0);
+}
+
+Tensor conv3d_batch_norm_inference_into(const Tensor& into, std::int64_t channel, const Tensor& input,
+                                        const Tensor& weight, const Tensor& conv_bias, const Tensor& bn_weight,
+                                        const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
+                                        double eps, const Conv3dOptions& opts, const Tensor& residual) {
+  return conv_bn_inference(input, weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps, opts,
+                           residual, &into, channel);
 }
 
 }  // namespace vidgrad

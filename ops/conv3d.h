@@ -53,6 +53,16 @@ Tensor conv3d_batch_norm_inference(const Tensor& input, const Tensor& weight, co
                                    const Tensor& running_var, double eps, const Conv3dOptions& opts = {},
                                    const Tensor& residual = {});
 
+// The same, written into channels [channel, channel + O) of `into` (contiguous, shape (N,
+// C', To, Ho, Wo) with C' >= channel + O, the input's dtype and device, sharing no storage
+// with the input, weight or residual), and returned as that channel range (a view): convs
+// whose outputs are joined along channels write the joined tensor with no concat copy
+// (Note [concat in place] in ops/conv3d.cpp). Forward only, like the op above.
+Tensor conv3d_batch_norm_inference_into(const Tensor& into, std::int64_t channel, const Tensor& input,
+                                        const Tensor& weight, const Tensor& conv_bias, const Tensor& bn_weight,
+                                        const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
+                                        double eps, const Conv3dOptions& opts = {}, const Tensor& residual = {});
+
 // conv3d(batch_norm(x) with its ReLU, weight, bias, opts): a batch norm whose output only
 // this conv reads (SEVNet's 3x1x1 convs and their batch norms, in training). The same
 // values, gradients (x, bn_weight, bn_bias, weight, bias) and running-statistics update

@@ -771,6 +771,83 @@ TEST(Conv3d, BatchNormInferenceRefusesGraphsAndBadShapes) {
                    "conv3d_batch_norm_inference", "residual", "float64");
 }
 
+// Note [concat in place] (ops/conv3d.cpp): conv3d_batch_norm_inference_into writes the
+// conv into a channel range of a wider tensor, the same values as the op's own output bit
+// for bit (and the naive loops' within rounding), and leaves every other channel as it
+// was: Winograd (3x1x1), row GEMM (3x1x1 without Winograd, 1x1x1), which store at the
+// range's sample stride, and the direct-plane and im2col convs, which go through a buffer;
+// one and three samples, float32 and float64.
+TEST(Conv3d, BatchNormInferenceIntoChannelRanges) {
+  struct Case {
+    const char* name;
+    std::int64_t C, O, groups;
+    std::array<std::int64_t, 3> kernel;
+    Conv3dOptions opts;
+    bool winograd;
+  };
+  const Case cases[] = {
+      {"3x1x1 winograd", 16, 16, 1, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), true},
+      {"3x1x1 rows", 16, 24, 1, {3, 1, 1}, opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), false},
+      {"1x1x1 rows", 16, 8, 1, {1, 1, 1}, opt({1, 1, 1}, {0, 0, 0}, {1, 1, 1}, 1), true},
+      {"1x3x3 gw8 stride 2", 16, 16, 2, {1, 3, 3}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 2), true},
+      {"1x3x3 im2col", 8, 8, 1, {1, 3, 3}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 1), true},
+  };
+  autograd::NoGradGuard no_grad;
+  std::uint64_t seed = 300;
+  for (const Case& c : cases)
+    for (std::int64_t N : {1, 3})
+      for (DType dt : {DType::kFloat32, DType::kFloat64}) {
+        SCOPED_TRACE(std::string(c.name) + ", N " + std::to_string(N) + (dt == DType::kFloat32 ? ", float32" : ", float64"));
+        cpu::set_winograd_temporal(c.winograd, 1);
+        const Tensor x = randn({N, c.C, 6, 9, 8}, seed++, dt);
+        const Tensor w = randn({c.O, c.C / c.groups, c.kernel[0], c.kernel[1], c.kernel[2]}, seed++, dt);
+        const Tensor gamma = randn({c.O}, seed++, dt), beta = randn({c.O}, seed++, dt);
+        const Tensor mean = randn({c.O}, seed++, dt), var = Tensor::full({c.O}, 0.8, dt);
+        Conv3dOptions o = c.opts;
+        o.relu = true;
+        const Tensor own = conv3d_batch_norm_inference(x, w, {}, gamma, beta, mean, var, 1e-3, o);
+        const Tensor expect = relu(batch_norm(conv3d_reference(x, w, {}, c.opts), gamma.to(DType::kFloat64),
+                                              beta.to(DType::kFloat64), mean.to(DType::kFloat64),
+                                              var.to(DType::kFloat64), {.training = false, .eps = 1e-3}));
+        const double tol = dt == DType::kFloat32 ? 1e-4 : 1e-10;
+        ASSERT_TRUE(all_close(own, expect, tol, tol));
+        // Channels [2, 2 + O) of 2 + O + 3, the rest a sentinel that must stay.
+        const Shape& ys = own.shape();
+        const std::int64_t wide = c.O + 5;
+        Tensor into = Tensor::full({N, wide, ys[2], ys[3], ys[4]}, 7.0, dt);
+        const Tensor range = conv3d_batch_norm_inference_into(into, 2, x, w, {}, gamma, beta, mean, var, 1e-3, o);
+        EXPECT_EQ(range.shape(), own.shape());
+        EXPECT_TRUE(all_close(into.narrow(1, 2, c.O).contiguous(), own, 0, 0));
+        EXPECT_TRUE(all_close(range.contiguous(), own, 0, 0));
+        EXPECT_TRUE(all_close(into.narrow(1, 0, 2).contiguous(), Tensor::full({N, 2, ys[2], ys[3], ys[4]}, 7.0, dt), 0, 0));
+        EXPECT_TRUE(all_close(into.narrow(1, 2 + c.O, 3).contiguous(),
+                              Tensor::full({N, 3, ys[2], ys[3], ys[4]}, 7.0, dt), 0, 0));
+      }
+  cpu::set_winograd_temporal(true);
+}
+
+TEST(Conv3d, BatchNormInferenceIntoRefusesBadOutputs) {
+  Tensor x = randn({2, 8, 2, 4, 4}, 1, DType::kFloat32), w = randn({8, 8, 1, 1, 1}, 2, DType::kFloat32);
+  Tensor ones = Tensor::full({8}, 1.0, DType::kFloat32), zeros = Tensor::zeros({8}, DType::kFloat32);
+  auto into = [&](const Tensor& out, std::int64_t channel) {
+    return conv3d_batch_norm_inference_into(out, channel, x, w, {}, ones, zeros, zeros, ones, 1e-5);
+  };
+  autograd::NoGradGuard no_grad;
+  EXPECT_THROW_MSG(into(Tensor::zeros({2, 16, 2, 4, 3}, DType::kFloat32), 0), "conv3d_batch_norm_inference_into",
+                   "(2, C, 2, 4, 4)", "[2, 16, 2, 4, 3]");
+  EXPECT_THROW_MSG(into(Tensor::zeros({2, 12, 2, 4, 4}, DType::kFloat32), 6), "conv3d_batch_norm_inference_into",
+                   "[6, 14)", "12");
+  EXPECT_THROW_MSG(into(Tensor::zeros({2, 12, 2, 4, 4}, DType::kFloat32), -1), "conv3d_batch_norm_inference_into",
+                   "[-1, 7)");
+  EXPECT_THROW_MSG(into(Tensor::zeros({2, 16, 2, 4, 4}, DType::kFloat64), 0), "conv3d_batch_norm_inference_into",
+                   "output", "float64");
+  EXPECT_THROW_MSG(into(Tensor::zeros({2, 16, 2, 4, 8}, DType::kFloat32).narrow(4, 0, 4), 0),
+                   "conv3d_batch_norm_inference_into", "contiguous");
+  EXPECT_THROW_MSG(conv3d_batch_norm_inference_into(x, 0, x, w, {}, ones, zeros, zeros, ones, 1e-5),
+                   "conv3d_batch_norm_inference_into", "shares its storage", "input");
+  EXPECT_THROW_MSG(into(Tensor(), 0), "conv3d_batch_norm_inference_into", "undefined");
+}
+
 TEST(Conv3d, FloatAndDoubleAgree) {
   Tensor x = randn({1, 8, 4, 9, 9}, 7), w = randn({8, 1, 1, 3, 3}, 8);
   const Conv3dOptions o = opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 8);

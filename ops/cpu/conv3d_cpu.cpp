@@ -206,12 +206,16 @@ void shifted_rows_gemm(const PackedA<T>& a, std::int64_t kT, const std::int64_t*
 // GEMM of depth channels * kT per sample-group, with no im2col (Note [row GEMM]). The
 // forward's epilogue is applied as the output is stored (ep: all O channels). With
 // item_sums, item n * groups + gr's GEMM takes the row sums item_sums[item] (RowSums).
+// dst_sample: the distance between samples of dst (0: dense; Note [concat in place] in
+// ops/conv3d.cpp).
 template <typename T>
 void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool input_grad,
-               const GemmEpilogue<T>& ep = {}, bool accumulate = false, const RowSums<T>* item_sums = nullptr) {
+               const GemmEpilogue<T>& ep = {}, bool accumulate = false, const RowSums<T>* item_sums = nullptr,
+               std::int64_t dst_sample = 0) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), HW = g.H * g.W, items = g.N * g.groups;
   const std::int64_t src_ch = input_grad ? Og : Cg, dst_ch = input_grad ? Cg : Og;
   const std::int64_t src_vol = input_grad ? g.L() : g.in_volume(), dst_vol = input_grad ? g.in_volume() : g.L();
+  const std::int64_t dst_n = dst_sample ? dst_sample : g.groups * dst_ch * dst_vol;
   const std::int64_t src_frames = input_grad ? g.To : g.T, dst_frames = input_grad ? g.T : g.To;
   std::vector<std::int64_t> shift(static_cast<std::size_t>(g.kT));
   for (std::int64_t kt = 0; kt < g.kT; ++kt) shift[kt] = (input_grad ? -1 : 1) * (kt * g.dT - g.pT);
@@ -232,7 +236,7 @@ void rows_conv(const Conv3dGeometry& g, const T* w, const T* src, T* dst, bool i
     GemmEpilogue<T> group_ep = ep.from_row(gr * Og);
     if (group_ep.residual) group_ep.residual += n * g.O * dst_vol;  // laid out like dst
     shifted_rows_gemm(packed[gr], g.kT, shift.data(), src + (n * g.groups + gr) * src_ch * src_vol, src_vol,
-                      src_frames, HW, dst + (n * g.groups + gr) * dst_ch * dst_vol, dst_vol, dst_frames, group_ep,
+                      src_frames, HW, dst + n * dst_n + gr * dst_ch * dst_vol, dst_vol, dst_frames, group_ep,
                       accumulate, item_sums ? item_sums + item : nullptr);
   };
   // Small frames give each GEMM too few columns to split; then samples go to threads, each
@@ -434,12 +438,25 @@ bool conv3d_takes_prologue(const Conv3dGeometry& g) {
 
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                    const InputPrologue<T>& pro, bool reuse_weights) {
+                    const InputPrologue<T>& pro, bool reuse_weights, std::int64_t y_sample) {
   const std::int64_t Cg = g.Cg(), Og = g.Og(), K = g.K(), L = g.L(), items = g.N * g.groups;
   VG_CHECK(!ep.residual || (ep.ldr == L && fuses_residual(g)),
            "conv3d_forward: a residual epilogue needs a pointwise or temporal conv and row stride " << L);
+  VG_CHECK(y_sample == 0 || y_sample >= g.O * L,
+           "conv3d_forward: samples of y " << y_sample << " values apart overlap (each has " << g.O * L << ")");
+  if (g.N == 1 || y_sample == g.O * L) y_sample = 0;
   if (winograd_temporal(g)) {
-    winograd_temporal_forward(g, x, w, y, ep, pro, nullptr, reuse_weights);
+    winograd_temporal_forward(g, x, w, y, ep, pro, nullptr, reuse_weights, y_sample);
+    return;
+  }
+  const bool plain_rows = !direct_planes(g) && !pro.active() && (g.temporal_only() || g.pointwise());
+  if (y_sample != 0 && !plain_rows) {  // the other kernels write dense samples: a buffer, then copies
+    const std::int64_t per = g.O * L;
+    auto buf = std::make_unique<Storage>(static_cast<std::size_t>(g.N * per) * sizeof(T), Device::cpu());
+    const T* z = static_cast<const T*>(buf->data());
+    conv3d_forward(g, x, w, static_cast<T*>(buf->data()), ep, pro, reuse_weights);
+#pragma omp parallel for schedule(static) if (g.N * per >= kMinParallelWork)
+    for (std::int64_t n = 0; n < g.N; ++n) std::copy(z + n * per, z + (n + 1) * per, y + n * y_sample);
     return;
   }
   if (direct_planes(g)) {
@@ -455,7 +472,7 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const
     if (strided_rows_forward(g) && !g.temporal_only())
       strided_rows_conv(g, x, w, y, ep);
     else
-      rows_conv(g, w, x, y, false, ep);
+      rows_conv<T>(g, w, x, y, false, ep, false, nullptr, y_sample);
     return;
   }
   const bool outer = items_parallel(items, Og * K * L);
@@ -696,7 +713,7 @@ void set_conv_tile_elements(std::int64_t elements) {
 
 #define VIDGRAD_INSTANTIATE(T)                                                              \
   template void conv3d_forward<T>(const Conv3dGeometry&, const T*, const T*, T*, const GemmEpilogue<T>&,      \
-                                  const InputPrologue<T>&, bool);                                             \
+                                  const InputPrologue<T>&, bool, std::int64_t);                               \
   template void conv3d_forward_statistics<T>(const Conv3dGeometry&, const T*, const T*, T*,                     \
                                              const GemmEpilogue<T>&, const InputPrologue<T>&, double*, double*); \
   template void conv3d_backward_input<T>(const Conv3dGeometry&, const T*, const T*, T*, bool);                \

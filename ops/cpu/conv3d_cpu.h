@@ -78,9 +78,13 @@ bool conv3d_takes_prologue(const Conv3dGeometry& g);
 // norm folds into ep.scale and ep.bias. reuse_weights (inference, where the same w comes
 // back every call): the Winograd convs keep w's transform and reuse it while w is bit for
 // bit the same (Note [filter cache] in conv3d_winograd.cpp); the result is the same.
+// y_sample: the distance in values between y's samples, 0 for O * To * Ho * Wo (y dense);
+// more where y is a channel range of a wider tensor (Note [concat in place] in
+// ops/conv3d.cpp). The Winograd and row-GEMM convs store there directly, the others
+// through a buffer.
 template <typename T>
 void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep = {},
-                    const InputPrologue<T>& pro = {}, bool reuse_weights = false);
+                    const InputPrologue<T>& pro = {}, bool reuse_weights = false, std::int64_t y_sample = 0);
 
 // The calling thread's kept filter transforms (conv3d_forward's reuse_weights): dropped,
 // and their size in bytes (copies of the weights included). At most kFilterCacheBytes are

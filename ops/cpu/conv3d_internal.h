@@ -89,13 +89,13 @@ bool direct_strided_input_grad(const Conv3dGeometry& g, const T* gy, const T* w,
 // conv3d_winograd.cpp).
 bool winograd_temporal(const Conv3dGeometry& g);
 
-// y = ep(conv(x, w)) (ep, pro and reuse_weights as conv3d_forward's), and gx written from
+// y = ep(conv(x, w)) (ep, pro, reuse_weights and y_sample as conv3d_forward's), and gx written from
 // gy, for such a conv. With moments (O of them), the forward adds y's batch statistics to
 // them as it stores y (Note [output statistics] in row_gemm.cpp).
 template <typename T>
 void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
                                const InputPrologue<T>& pro = {}, ChannelMoments* moments = nullptr,
-                               bool reuse_weights = false);
+                               bool reuse_weights = false, std::int64_t y_sample = 0);
 template <typename T>
 void winograd_temporal_input_grad(const Conv3dGeometry& g, const T* gy, const T* w, T* gx);
 // gw written from gy and x (Note [Winograd weight gradient] in conv3d_winograd_grad.cpp),

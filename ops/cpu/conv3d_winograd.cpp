@@ -52,10 +52,12 @@ using namespace winograd;
 // With moments (O of them), each output channel's batch statistics are taken as the
 // outputs are stored (Note [output statistics] in row_gemm.cpp): vector sums per unit and
 // channel, reduced at the unit's end to one part per (block, channel), added in block order.
+// y_sample: the distance between samples of y (0: O * frames * HW, y dense; more: y is
+// part of a wider tensor, Note [concat in place] in ops/conv3d.cpp); a residual is dense.
 template <typename T, int Mo>
 void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int64_t frames, std::int64_t HW,
                         const T* x, const T* a, T* y, const GemmEpilogue<T>& ep, const InputPrologue<T>& pro = {},
-                        ChannelMoments* moments = nullptr) {
+                        ChannelMoments* moments = nullptr, std::int64_t y_sample = 0) {
   using W = Winograd<Mo>;
   using V = typename Vec<T>::type;
   constexpr int P = W::P;
@@ -64,6 +66,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   // (4x4 at stage 5 of an 8x112 clip: 32 columns a sample) still fill whole panels and A
   // streams once per block of the batch rather than once per sample.
   const std::int64_t vol = frames * HW, tiles = (frames + Mo - 1) / Mo, cols_per_sample = tiles * HW;
+  const std::int64_t y_n = y_sample ? y_sample : O * vol;
   const std::int64_t total_cols = N * cols_per_sample;
   const std::int64_t panels = (total_cols + NR - 1) / NR, m_panels = (O + kMr - 1) / kMr;
   // Panels packed together: all points of a block within about 384 KiB of L2, so A (all
@@ -167,11 +170,13 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
           for (int ri = 0; ri < nruns; ++ri) {
             const Run& run = runs[ri];
             const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
-            const std::int64_t at = (run.n * O + mp * kMr + i) * vol + f0 * HW + run.pos;
+            const std::int64_t at = (mp * kMr + i) * vol + f0 * HW + run.pos;
+            const T* yr = y + run.n * y_n + at;
+            const T* rr = ep.residual ? ep.residual + run.n * O * vol + at : nullptr;
             for (std::int64_t r = 0; r < nf; ++r)
               for (std::int64_t v = 0; v < run.len; v += 64 / static_cast<std::int64_t>(sizeof(T))) {
-                __builtin_prefetch(y + at + r * HW + v, 0, 2);
-                if (ep.residual) __builtin_prefetch(ep.residual + at + r * HW + v, 0, 3);
+                __builtin_prefetch(yr + r * HW + v, 0, 2);
+                if (rr) __builtin_prefetch(rr + r * HW + v, 0, 3);
               }
           }
         for (int p = 0; p < P; ++p)
@@ -191,7 +196,7 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
             for (int ri = 0; ri < nruns; ++ri) {
               const Run& run = runs[ri];
               const std::int64_t f0 = run.tile * Mo, nf = std::min<std::int64_t>(Mo, frames - f0);
-              T* out = y + (run.n * O + o) * vol + f0 * HW + run.pos;
+              T* out = y + run.n * y_n + o * vol + f0 * HW + run.pos;
               const T* res = ep.residual ? ep.residual + run.n * O * vol + o * ep.ldr + f0 * HW + run.pos : nullptr;
               for (std::int64_t v = 0; v < run.len; v += L) {
                 const std::uint32_t mask = first_lanes<T>(run.len - v);
@@ -474,12 +479,12 @@ FilterCache<T>& filter_cache() {
 
 template <typename T, int Mo>
 void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                  const InputPrologue<T>& pro, ChannelMoments* moments, bool reuse_weights) {
+                  const InputPrologue<T>& pro, ChannelMoments* moments, bool reuse_weights, std::int64_t y_sample) {
   const std::int64_t C = g.C;
   auto make = [&] { return transformed_filters<T, Mo>(g.O, C, w, true); };
   const std::int64_t size = Winograd<Mo>::P * ((g.O + kMr - 1) / kMr) * C * kMr;
   const T* a = reuse_weights ? filter_cache<T>().get(w, g.O, C, Mo, size, make) : make();
-  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep, pro, moments);
+  winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep, pro, moments, y_sample);
 }
 
 template <typename T, int Mo>
@@ -501,9 +506,10 @@ bool winograd_temporal(const Conv3dGeometry& g) {
 
 template <typename T>
 void winograd_temporal_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const GemmEpilogue<T>& ep,
-                               const InputPrologue<T>& pro, ChannelMoments* moments, bool reuse_weights) {
+                               const InputPrologue<T>& pro, ChannelMoments* moments, bool reuse_weights,
+                               std::int64_t y_sample) {
   with_tile_frames(g, [&](auto mo) {
-    forward_impl<T, decltype(mo)::value>(g, x, w, y, ep, pro, moments, reuse_weights);
+    forward_impl<T, decltype(mo)::value>(g, x, w, y, ep, pro, moments, reuse_weights, y_sample);
   });
 }
 
@@ -527,7 +533,7 @@ void set_winograd_temporal(bool enabled, std::int64_t min_channels) {
 #define VIDGRAD_INSTANTIATE(T)                                                                                \
   template void winograd_temporal_forward<T>(const Conv3dGeometry&, const T*, const T*, T*,                 \
                                              const GemmEpilogue<T>&, const InputPrologue<T>&, ChannelMoments*,  \
-                                             bool);                                                              \
+                                             bool, std::int64_t);                                                \
   template void winograd_temporal_input_grad<T>(const Conv3dGeometry&, const T*, const T*, T*);
 VIDGRAD_INSTANTIATE(float)
 VIDGRAD_INSTANTIATE(double)
