@@ -213,6 +213,17 @@ TEST(CudaParity, FusedConvReluAndInferenceBatchNorm) {
           const Tolerance tol = tolerance_for(dt);
           EXPECT_TRUE(all_close(on_gpu.to(Device::cpu()), on_cpu, tol.atol, tol.rtol))
               << "relu " << r << " residual " << with_residual;
+          // Into channels [3, 19) of a 21-channel tensor (Note [concat in place]): the same
+          // values, the other channels untouched.
+          const Shape& ys = on_cpu.shape();
+          Tensor into = Tensor::full({ys[0], 21, ys[2], ys[3], ys[4]}, 5.0, dt, kGpu);
+          conv3d_batch_norm_inference_into(into, 3, x.to(kGpu), w.to(kGpu), {}, gamma.to(kGpu), beta.to(kGpu),
+                                           mean.to(kGpu), var.to(kGpu), 1e-5, o,
+                                           with_residual ? res.to(kGpu) : Tensor());
+          const Tensor back = into.to(Device::cpu());
+          EXPECT_TRUE(all_close(back.narrow(1, 3, 16).contiguous(), on_cpu, tol.atol, tol.rtol));
+          EXPECT_TRUE(all_close(back.narrow(1, 19, 2).contiguous(),
+                                Tensor::full({ys[0], 2, ys[2], ys[3], ys[4]}, 5.0, dt), 0, 0));
         }
     }
   }
