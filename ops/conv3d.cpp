@@ -360,8 +360,8 @@ Tensor batch_norm_relu_conv3d(const Tensor& input, const Tensor& bn_weight, cons
 namespace {
 
 // Note [concat in place]: SEVNet's downsampling module joins its branch and its shortcut
-// along channels, relu(concat(h, s)), and concat copied both (2.1% of an inference step at
-// batch 4 8x112, 1.2% at batch 1 16x224, --profile). In evaluation the two convs that make
+// along channels, relu(concat(h, s)), and concat copied both (0.7-2.1% of an inference step
+// at batch 4 8x112, 1.2% at batch 1 16x224, --profile). In evaluation the two convs that make
 // h and s write straight into their channel ranges of the joined tensor instead
 // (conv3d_batch_norm_inference_into): an NCDHW channel range is one block per sample, so
 // the kernels only need the distance between samples of their output (y_sample in
