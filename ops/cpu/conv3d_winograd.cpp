@@ -300,6 +300,12 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
 // - input gradient (rows the inputs c, depth the outputs o, taps reversed): the taps of kL
 //   consecutive inputs for one output are one run too, and their combinations are already
 //   rows of the packed panels, stored eight at a time.
+// Values transformed_filters writes for `out` rows (panels of kMr) of depth `in`.
+template <int Mo>
+std::int64_t transformed_filters_size(std::int64_t out, std::int64_t in) {
+  return Winograd<Mo>::P * ((out + kMr - 1) / kMr) * in * kMr;
+}
+
 template <typename T, int Mo>
 const T* transformed_filters(std::int64_t O, std::int64_t C, const T* w, bool rows_are_outputs) {
   using W = Winograd<Mo>;
@@ -310,7 +316,7 @@ const T* transformed_filters(std::int64_t O, std::int64_t C, const T* w, bool ro
   const std::int64_t out = rows_are_outputs ? O : C, in = rows_are_outputs ? C : O;
   const std::int64_t m_panels = (out + kMr - 1) / kMr, a_point = m_panels * in * kMr;
   thread_local AlignedVector<T> buf;
-  buf.resize(static_cast<std::size_t>(P * a_point));
+  buf.resize(static_cast<std::size_t>(transformed_filters_size<Mo>(out, in)));
   T* a = buf.data();
   // r = sum over taps k of G[p][k] * taps[k] (the zeros and ones of G cost nothing).
   auto combine = [](int p, const V& t0, const V& t1, const V& t2) {
@@ -482,8 +488,8 @@ void forward_impl(const Conv3dGeometry& g, const T* x, const T* w, T* y, const G
                   const InputPrologue<T>& pro, ChannelMoments* moments, bool reuse_weights, std::int64_t y_sample) {
   const std::int64_t C = g.C;
   auto make = [&] { return transformed_filters<T, Mo>(g.O, C, w, true); };
-  const std::int64_t size = Winograd<Mo>::P * ((g.O + kMr - 1) / kMr) * C * kMr;
-  const T* a = reuse_weights ? filter_cache<T>().get(w, g.O, C, Mo, size, make) : make();
+  const T* a =
+      reuse_weights ? filter_cache<T>().get(w, g.O, C, Mo, transformed_filters_size<Mo>(g.O, C), make) : make();
   winograd_correlate<T, Mo>(g.N, g.C, g.O, g.T, g.H * g.W, x, a, y, ep, pro, moments, y_sample);
 }
 
