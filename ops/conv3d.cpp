@@ -369,11 +369,34 @@ namespace {
 // 1x1x1) take as they store; other convs, and other devices, write their own tensor and
 // copy it there.
 
-Tensor conv_bn_inference_impl(const Tensor& input, const Tensor& weight, const Tensor& conv_bias,
-                              const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
-                              const Tensor& running_var, double eps, const Conv3dOptions& opts,
-                              const Tensor& residual, const cpu::Conv3dGeometry& g, const Tensor* into,
-                              std::int64_t channel) {
+// conv3d_batch_norm_inference, into channels [channel, channel + O) of *into when into is
+// not null (checked), else into a tensor of its own; returns the result (the channel range
+// of *into: a view).
+Tensor conv_bn_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias, const Tensor& bn_weight,
+                         const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var, double eps,
+                         const Conv3dOptions& opts, const Tensor& residual, const Tensor* into, std::int64_t channel) {
+  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias, &residual}),
+           "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
+           "and batch_norm to record a graph");
+  const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
+  if (into) {
+    const char* op = "conv3d_batch_norm_inference_into";
+    VG_CHECK(into->defined(), op << ": the output tensor is undefined");
+    ops_detail::check_same(op, {{"input", &input}, {"output", into}});
+    const Shape& os = into->shape();
+    VG_CHECK(os.size() == 5 && os[0] == g.N && os[2] == g.To && os[3] == g.Ho && os[4] == g.Wo,
+             op << ": the output must have shape (" << g.N << ", C, " << g.To << ", " << g.Ho << ", " << g.Wo
+                << "), got " << shape_str(os));
+    VG_CHECK(channel >= 0 && channel + g.O <= os[1],
+             op << ": channels [" << channel << ", " << channel + g.O << ") do not fit in the output's " << os[1]);
+    VG_CHECK(into->is_contiguous(), op << ": the output must be contiguous");
+    VG_CHECK(!into->requires_grad() || !autograd::GradMode::enabled(),
+             op << ": the output requires grad; this forward-only op writes it in place");
+    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"input", &input}, {"weight", &weight},
+                                  {"residual", &residual}})
+      VG_CHECK(!t->defined() || t->storage() != into->storage(),
+               op << ": the output shares its storage with the " << name << ", which the conv still reads");
+  }
   profile::Scope scope("conv3d+bn", profile_label(g));
   const std::int64_t O = g.O;
   ops_detail::check_same("conv3d_batch_norm_inference", {{"input", &input},
@@ -443,38 +466,6 @@ Tensor conv_bn_inference_impl(const Tensor& input, const Tensor& weight, const T
                            {}, /*reuse_weights=*/true, y_sample);
   });
   return y;
-}
-
-// conv3d_batch_norm_inference, into channels [channel, channel + O) of *into when into is
-// not null (checked), else into a tensor of its own; returns the result (the channel range
-// of *into: a view).
-Tensor conv_bn_inference(const Tensor& input, const Tensor& weight, const Tensor& conv_bias, const Tensor& bn_weight,
-                         const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var, double eps,
-                         const Conv3dOptions& opts, const Tensor& residual, const Tensor* into, std::int64_t channel) {
-  VG_CHECK(!autograd::needs_graph({&input, &weight, &conv_bias, &bn_weight, &bn_bias, &residual}),
-           "conv3d_batch_norm_inference: forward-only op, but an input requires grad with grad mode on; use conv3d "
-           "and batch_norm to record a graph");
-  const cpu::Conv3dGeometry g = geometry(input, weight, conv_bias, opts);
-  if (into) {
-    const char* op = "conv3d_batch_norm_inference_into";
-    VG_CHECK(into->defined(), op << ": the output tensor is undefined");
-    ops_detail::check_same(op, {{"input", &input}, {"output", into}});
-    const Shape& os = into->shape();
-    VG_CHECK(os.size() == 5 && os[0] == g.N && os[2] == g.To && os[3] == g.Ho && os[4] == g.Wo,
-             op << ": the output must have shape (" << g.N << ", C, " << g.To << ", " << g.Ho << ", " << g.Wo
-                << "), got " << shape_str(os));
-    VG_CHECK(channel >= 0 && channel + g.O <= os[1],
-             op << ": channels [" << channel << ", " << channel + g.O << ") do not fit in the output's " << os[1]);
-    VG_CHECK(into->is_contiguous(), op << ": the output must be contiguous");
-    VG_CHECK(!into->requires_grad() || !autograd::GradMode::enabled(),
-             op << ": the output requires grad; this forward-only op writes it in place");
-    for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"input", &input}, {"weight", &weight},
-                                  {"residual", &residual}})
-      VG_CHECK(!t->defined() || t->storage() != into->storage(),
-               op << ": the output shares its storage with the " << name << ", which the conv still reads");
-  }
-  return conv_bn_inference_impl(input, weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps, opts,
-                                residual, g, into, channel);
 }
 
 }  // namespace
