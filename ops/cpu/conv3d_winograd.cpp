@@ -246,7 +246,9 @@ void winograd_correlate(std::int64_t N, std::int64_t C, std::int64_t O, std::int
   StealingRanges ranges(units, parallel ? static_cast<int>(threads) : 1);
 #pragma omp parallel if (parallel)
   {
-    thread_local AlignedVector<T> bpack, tile_buf;
+    // bpack: every panel a unit reads is packed first (Note [uninitialised scratch]).
+    thread_local UninitAlignedVector<T> bpack;
+    thread_local AlignedVector<T> tile_buf;
     thread_local std::vector<std::pair<const char*, std::int64_t>> next;
     thread_local std::vector<V> sums;  // a unit's sums of d and d^2 per channel
     thread_local AlignedVector<T> shift;
@@ -315,7 +317,7 @@ const T* transformed_filters(std::int64_t O, std::int64_t C, const T* w, bool ro
   static_assert(kMr == 8, "three rounds of zips transpose eight rows");
   const std::int64_t out = rows_are_outputs ? O : C, in = rows_are_outputs ? C : O;
   const std::int64_t m_panels = (out + kMr - 1) / kMr, a_point = m_panels * in * kMr;
-  thread_local AlignedVector<T> buf;
+  thread_local UninitAlignedVector<T> buf;  // every value written below (Note [uninitialised scratch])
   buf.resize(static_cast<std::size_t>(transformed_filters_size<Mo>(out, in)));
   T* a = buf.data();
   // r = sum over taps k of G[p][k] * taps[k] (the zeros and ones of G cost nothing).

@@ -294,7 +294,7 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
       const std::int64_t block_max = weight_grad_block(std::max(1, p1 - p0), C, O, sizeof(T));
       const std::int64_t nblocks = (total + block_max - 1) / block_max;
       const std::int64_t block = std::min(block_max, ((total + nblocks - 1) / nblocks + 15) / 16 * 16);
-      thread_local AlignedVector<T> scratch;
+      thread_local UninitAlignedVector<T> scratch;  // Note [uninitialised scratch]
       scratch.resize(static_cast<std::size_t>(scratch_size(p1 - p0, block)));
       const std::int64_t a_point = m_panels * kMr * block, b_point = n_panels * NR * block;
       T* u = scratch.data();
@@ -361,7 +361,7 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
       const std::int64_t c0 = total * t / nt, c1 = total * (t + 1) / nt;
       const std::int64_t nblocks = std::max<std::int64_t>(1, (c1 - c0 + block_max - 1) / block_max);
       const std::int64_t block = std::min(block_max, ((c1 - c0 + nblocks - 1) / nblocks + 15) / 16 * 16);
-      thread_local AlignedVector<T> scratch;
+      thread_local UninitAlignedVector<T> scratch;  // Note [uninitialised scratch]
       scratch.resize(static_cast<std::size_t>(scratch_size(P, block)));
       const std::int64_t a_point = m_panels * kMr * block, b_point = n_panels * NR * block;
       T* u = scratch.data();

@@ -399,7 +399,7 @@ void row_gemm_nt(std::int64_t M, std::int64_t N, std::int64_t K, const T* const*
   // rather than one packed run.
   const std::int64_t lda = M % kMr == 0 && M <= kRowsAMax ? even_spacing(a_rows, M) : 0;
   const bool rows_a = lda != 0;
-  thread_local AlignedVector<T> ap, bp;
+  thread_local UninitAlignedVector<T> ap, bp;  // Note [uninitialised scratch] in core/aligned_vector.h
   ap.resize(rows_a ? 0 : static_cast<std::size_t>(m_panels * kMr * kc_max));
   bp.resize(static_cast<std::size_t>(kc_max * NR));
   for (std::int64_t k0 = 0; k0 < K; k0 += kc_max) {
