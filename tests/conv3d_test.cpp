@@ -10,6 +10,8 @@
 #include "vidgrad/ops/cpu/row_gemm.h"
 #include "vidgrad/ops/cpu/simd.h"
 
+#include <cmath>
+#include <limits>
 #include <random>
 
 namespace vidgrad {
@@ -630,6 +632,48 @@ TEST(Conv3d, WinogradTemporalMatchesReference) {
     EXPECT_TRUE(all_close(gw, gw_direct, tol_gw, 1e-4));
     EXPECT_EQ(all_close(gw, gw_direct, 0, 0), !c.weight_grad) << "the expected weight gradient path did not run";
   }
+}
+
+// Note [uninitialised scratch] (core/aligned_vector.h): the Winograd filter transform's
+// buffer, its packed panels, its weight gradient's scratch and row_gemm_nt's packs keep
+// whatever a previous call left in them, including past their new size when they grow
+// back within their capacity. A larger call on NaN operands fills them with NaN; then a
+// smaller and a middle-sized call (3x1x1 through Winograd forward, input and weight
+// gradients, a partial last tile and output channels not a multiple of 8; 1x1x1 with 20
+// output rows, so that row_gemm_nt packs A) must match the same calls in float64 (their
+// own buffers) and stay finite: a value read that the call did not write shows as NaN.
+TEST(Conv3d, ScratchLeftByAnEarlierCallIsNeverRead) {
+  cpu::set_winograd_temporal(true, 1);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  struct Kind {
+    Conv3dOptions o;
+    std::int64_t kt;
+  };
+  for (const Kind& k : {Kind{opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1), 3}, Kind{Conv3dOptions{}, 1}}) {
+    auto run = [&](const Shape& xs, std::int64_t out, DType dtype, bool poison) {
+      const Shape ws{out, xs[1], k.kt, 1, 1};
+      Tensor x = poison ? Tensor::full(xs, nan, dtype) : randn(xs, 61, dtype);
+      Tensor w = poison ? Tensor::full(ws, nan, dtype) : randn(ws, 62, dtype);
+      x.set_requires_grad(true);
+      w.set_requires_grad(true);
+      Tensor y = conv3d(x, w, {}, k.o);
+      y.backward(poison ? Tensor::full(y.shape(), nan, dtype) : randn(y.shape(), 63, dtype));
+      return std::vector<Tensor>{y, x.grad(), w.grad()};
+    };
+    run({1, 40, 8, 12, 12}, 44, DType::kFloat32, true);
+    for (const auto& [xs, out] : {std::pair<Shape, std::int64_t>{{1, 16, 8, 12, 12}, 12}, {{1, 24, 5, 10, 13}, 20}}) {
+      SCOPED_TRACE("kT " + std::to_string(k.kt) + ", " + shape_str(xs) + " -> " + std::to_string(out));
+      const std::vector<Tensor> got = run(xs, out, DType::kFloat32, false);
+      const std::vector<Tensor> want = run(xs, out, DType::kFloat64, false);
+      const double depth[3] = {3.0 * static_cast<double>(xs[1]), 3.0 * static_cast<double>(out),
+                               static_cast<double>(xs[2] * xs[3] * xs[4])};
+      for (int i = 0; i < 3; ++i) {
+        SCOPED_TRACE(i == 0 ? "forward" : i == 1 ? "input gradient" : "weight gradient");
+        EXPECT_TRUE(all_close(got[i], want[i], std::max(1e-4, 2e-5 * std::sqrt(depth[i])), 1e-4));
+      }
+    }
+  }
+  cpu::set_winograd_temporal(true);
 }
 
 // Note [phases per item]: a strided grouped conv whose input gradient is over 8 MB takes
