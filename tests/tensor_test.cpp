@@ -1,6 +1,7 @@
 // Tensor storage, views, copies, the random generator, and the shape ops' gradients.
 #include "test_util.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <random>
@@ -248,6 +249,32 @@ TEST(CpuMemory, BlockCacheReusesSplitsAndMergesWithoutOverlap) {
   EXPECT_EQ(cm::stats().cached_bytes, 0u);
   void* small = cm::allocate(1000);  // below 128 KiB: the C library's
   cm::release(small, 1000);
+}
+
+// Note [recently freed first]: of free blocks of the size asked for, the one released last
+// is handed out, not the one at the lowest address; a larger free block is not taken
+// while one of the right size is free.
+TEST(CpuMemory, TheBlockFreedLastIsHandedOutFirst) {
+  namespace cm = vidgrad::cpu_memory;
+  cm::set_caching(true);
+  cm::empty_cache();
+  const std::size_t MiB = std::size_t{1} << 20;
+  std::vector<void*> blocks;
+  for (int i = 0; i < 3; ++i) blocks.push_back(cm::allocate(2 * MiB));  // a segment each
+  void* larger = cm::allocate(4 * MiB);
+  std::sort(blocks.begin(), blocks.end());
+  // Lowest address first, so that the lowest-address rule would give a different block.
+  for (void* p : blocks) cm::release(p, 2 * MiB);
+  cm::release(larger, 4 * MiB);
+  void* again = cm::allocate(2 * MiB);
+  EXPECT_EQ(again, blocks.back());
+  void* next = cm::allocate(2 * MiB);
+  EXPECT_EQ(next, blocks[1]);
+  cm::release(again, 2 * MiB);  // now the most recent again
+  EXPECT_EQ(cm::allocate(2 * MiB), again);
+  cm::release(again, 2 * MiB);
+  cm::release(next, 2 * MiB);
+  cm::empty_cache();
 }
 
 // Note [scratch blocks]: tensors from 128 KiB come from the cache, the kernels' scratch
