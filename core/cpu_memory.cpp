@@ -24,7 +24,7 @@
 // last is handed out (it was the lowest address): the memory a step's fresh tensors are
 // written into (each conv's input gradient above all, the size of one just released) is
 // then more likely still in L2 or L3, and a store to it needs no read from memory first.
-// Training steps alternated call by call in one process (2 threads, steps in ABBA order,
+// Training steps alternated step by step in one process (2 threads, ABBA order,
 // the AMD EPYC VM, 2026-11-25): batch 1 16x224 SEVNet-G8, recently-freed first faster in
 // 10 of 12, 15 of 24 and 13 of 24 pairs of steps, mean step 0.4360 -> 0.4304, 0.4121 ->
 // 0.4095 and 0.4104 -> 0.4075 s; batch 4 8x112 even (15 and 14 of 30 pairs, 0.2132 ->
