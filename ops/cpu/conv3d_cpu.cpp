@@ -452,9 +452,9 @@ void conv3d_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, const
   const bool plain_rows = !direct_planes(g) && !pro.active() && (g.temporal_only() || g.pointwise());
   if (y_sample != 0 && !plain_rows) {  // the other kernels write dense samples: a buffer, then copies
     const std::int64_t per = g.O * L;
-    auto buf = std::make_unique<Storage>(static_cast<std::size_t>(g.N * per) * sizeof(T), Device::cpu());
-    const T* z = static_cast<const T*>(buf->data());
-    conv3d_forward(g, x, w, static_cast<T*>(buf->data()), ep, pro, reuse_weights);
+    const Storage buf(static_cast<std::size_t>(g.N * per) * sizeof(T), Device::cpu());  // block cache
+    T* const z = static_cast<T*>(buf.data());
+    conv3d_forward(g, x, w, z, ep, pro, reuse_weights);
 #pragma omp parallel for schedule(static) if (g.N * per >= kMinParallelWork)
     for (std::int64_t n = 0; n < g.N; ++n) std::copy(z + n * per, z + (n + 1) * per, y + n * y_sample);
     return;
