@@ -634,6 +634,49 @@ TEST(Conv3d, WinogradTemporalMatchesReference) {
   }
 }
 
+// Note [Winograd weight gradient on one thread] (conv3d_winograd_grad.cpp): with a team of
+// one, the Winograd weight gradient runs from one column per twelve channels in and out
+// (20 columns for 104 channels here, which two threads leave to the direct GEMM: the case
+// above), and 3 columns for 104 stay direct. Each against the direct GEMM: close, and
+// bitwise equal exactly where the direct path is expected; the float64 gradient of the
+// first against finite differences on one thread too.
+TEST(Conv3d, WinogradWeightGradientOnOneThread) {
+  struct Case {
+    Shape input;
+    std::int64_t out;
+    bool winograd;
+  };
+  const Conv3dOptions o = opt({1, 1, 1}, {1, 0, 0}, {1, 1, 1}, 1);
+  const int saved = get_num_threads();
+  set_num_threads(1);
+  cpu::set_winograd_temporal(true, 1);
+  for (const Case& c : {Case{{1, 64, 4, 4, 5}, 40, true}, Case{{1, 64, 2, 1, 3}, 40, false}}) {
+    SCOPED_TRACE(shape_str(c.input) + " -> " + std::to_string(c.out));
+    const Shape ws{c.out, c.input[1], 3, 1, 1};
+    Tensor x = randn(c.input, 71, DType::kFloat32), w = randn(ws, 72, DType::kFloat32);
+    Tensor gy = randn({c.input[0], c.out, c.input[2], c.input[3], c.input[4]}, 73, DType::kFloat32);
+    auto weight_grad = [&] {
+      Tensor wg = w.clone();
+      wg.set_requires_grad(true);
+      conv3d(x, wg, {}, o).backward(gy);
+      return wg.grad();
+    };
+    const Tensor gw = weight_grad();
+    cpu::set_winograd_temporal(false);
+    const Tensor gw_direct = weight_grad();
+    cpu::set_winograd_temporal(true, 1);
+    const double depth = static_cast<double>(c.input[0] * c.input[2] * c.input[3] * c.input[4]);
+    EXPECT_TRUE(all_close(gw, gw_direct, std::max(1e-4, 2e-5 * std::sqrt(depth)), 1e-4));
+    EXPECT_EQ(all_close(gw, gw_direct, 0, 0), !c.winograd) << "the expected weight gradient path did not run";
+    if (c.winograd) {
+      std::vector<Tensor> in{param({1, 3, 4, 2, 2}, 74), param({2, 3, 3, 1, 1}, 75)};
+      EXPECT_GRADCHECK([o](const std::vector<Tensor>& t) { return conv3d(t[0], t[1], {}, o); }, in);
+    }
+  }
+  cpu::set_winograd_temporal(true);
+  set_num_threads(saved);
+}
+
 // Note [uninitialised scratch] (core/aligned_vector.h): the Winograd filter transform's
 // buffer, its packed panels, its weight gradient's scratch and row_gemm_nt's packs keep
 // whatever a previous call left in them, including past their new size when they grow

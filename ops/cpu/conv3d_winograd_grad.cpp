@@ -415,11 +415,24 @@ void weight_grad_impl(const Conv3dGeometry& g, const T* gy, const T* x, T* gw, c
 
 }  // namespace
 
+// Note [Winograd weight gradient on one thread]: the column split's thresholds (Note
+// [Winograd weight gradient]) were measured on two threads, where each thread's partial Qs
+// are added up at the end and its share of the columns is half the batch's. A team of one
+// (one thread, or a call from inside a parallel region) has no partials and all the
+// columns, and there the Winograd weight gradient pays down to about the point split's
+// depth. conv3d_bench --threads=1, two alternations, direct / Winograd ms (2026-11-25, AMD
+// VM): 4 x 8x112 stage 4 (256 channels, 392 columns) 6.49-6.72 / 4.68-5.34, stage 5 (512,
+// 128) 8.84-8.88 / 5.78-6.67; 1 x 16x224 stage 4 (256, 784) 12.5-12.8 / 9.2-10.2, stage 5
+// (512, 196) 14.0-16.2 / 8.25-8.49; 1 x 8x112 stage 4 (256, 98) 1.56-1.89 / 1.19-1.33, and
+// stage 5 (512, 32 columns: a thirty-second of a column per channel) 2.13-2.49 / 2.65-2.66,
+// where it loses. Until then the four where it wins took the direct GEMM on one thread.
 bool winograd_temporal_weight_grad_pays(const Conv3dGeometry& g) {
   const std::int64_t Mo = tile_frames(g), cols = g.N * ((g.To + Mo - 1) / Mo) * g.H * g.W;
-  // Split by points: at least one column per kPointSplitDepth channels in and out (Note
-  // [Winograd weight-gradient points]).
-  if (split_points(g, omp_in_parallel() ? 1 : omp_get_max_threads())) return kPointSplitDepth * cols >= g.C + g.O;
+  // Split by points, or one thread: at least one column per kPointSplitDepth channels in
+  // and out (Notes [Winograd weight-gradient points], [Winograd weight gradient on one
+  // thread]).
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (split_points(g, threads) || threads == 1) return kPointSplitDepth * cols >= g.C + g.O;
   const bool in_l2 = weight_grad_l2_columns(Mo + 2, g.C, g.O, sizeof(float)) >= 128;
   return in_l2 ? 2 * cols >= 3 * (g.C + g.O) : cols >= 3 * (g.C + g.O);
 }
