@@ -677,6 +677,63 @@ TEST(Conv3d, WinogradWeightGradientOnOneThread) {
   set_num_threads(saved);
 }
 
+// Note [direct weights per call] (ops/cpu/conv3d_internal.h): from 228 grouped channels
+// the direct kernels' reordered (and, for the input gradient, flipped) weights are filled
+// by both threads into the calling thread's buffers. 256 channels, 8 a group: the frame
+// pairs at 4x4, the planes at 9x9, the stride-2 input gradient in lanes from 7x7. On one
+// and two threads: the forward against the naive loop, and the input gradient by its
+// adjoint identity <gx, d> = <gy, conv(d)> (the conv is linear in x) for a random d, the
+// two threads' results equal to one thread's. A smaller conv first leaves the buffers
+// holding other values.
+TEST(Conv3d, WideGroupedConvWeightsFilledByThreads) {
+  struct Case {
+    Shape input;
+    Conv3dOptions o;
+  };
+  const int saved = get_num_threads();
+  for (const Case& c : {Case{{1, 256, 3, 4, 4}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 32)},
+                        Case{{1, 256, 2, 9, 9}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 32)},
+                        Case{{1, 256, 2, 7, 7}, opt({1, 2, 2}, {0, 1, 1}, {1, 1, 1}, 32)}}) {
+    SCOPED_TRACE(shape_str(c.input) + " stride " + std::to_string(c.o.stride[1]));
+    const Tensor x = randn(c.input, 81, DType::kFloat32), w = randn({256, 8, 1, 3, 3}, 82, DType::kFloat32);
+    const Tensor d = randn(c.input, 83, DType::kFloat32);
+    const Tensor expect = conv3d_reference(x, w, {}, c.o), conv_d = conv3d_reference(d, w, {}, c.o);
+    const Tensor gy = randn(expect.shape(), 84, DType::kFloat32);
+    std::vector<double> first_y, first_gx;
+    for (const int threads : {1, 2}) {
+      set_num_threads(threads);
+      {  // other values in the buffers
+        const Tensor xs = randn({1, 16, 2, 4, 4}, 85, DType::kFloat32), ws = randn({16, 8, 1, 3, 3}, 86, DType::kFloat32);
+        Tensor xg = xs.clone();
+        xg.set_requires_grad(true);
+        sum(conv3d(xg, ws, {}, opt({1, 1, 1}, {0, 1, 1}, {1, 1, 1}, 2))).backward();
+      }
+      Tensor xg = x.clone();
+      xg.set_requires_grad(true);
+      const Tensor y = conv3d(xg, w, {}, c.o);
+      y.backward(gy);
+      EXPECT_TRUE(all_close(y, expect, 2e-5 * std::sqrt(72.0), 1e-4)) << threads << " threads";
+      const std::vector<double> gx = xg.grad().to_vector<double>(), dv = d.to_vector<double>();
+      const std::vector<double> gyv = gy.to_vector<double>(), cd = conv_d.to_vector<double>();
+      double lhs = 0, rhs = 0, scale = 0;
+      for (std::size_t i = 0; i < gx.size(); ++i) lhs += gx[i] * dv[i];
+      for (std::size_t i = 0; i < gyv.size(); ++i) {
+        rhs += gyv[i] * cd[i];
+        scale += std::abs(gyv[i] * cd[i]);
+      }
+      EXPECT_NEAR(lhs, rhs, 1e-5 * scale) << threads << " threads";
+      if (threads == 1) {
+        first_y = y.to_vector<double>();
+        first_gx = gx;
+      } else {
+        EXPECT_EQ(y.to_vector<double>(), first_y);
+        EXPECT_EQ(gx, first_gx);
+      }
+    }
+  }
+  set_num_threads(saved);
+}
+
 // Note [uninitialised scratch] (core/aligned_vector.h): the Winograd filter transform's
 // buffer, its packed panels, its weight gradient's scratch and row_gemm_nt's packs keep
 // whatever a previous call left in them, including past their new size when they grow

@@ -578,14 +578,19 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
   }
   if (const auto t = transposed_geometry(g)) {
     // w'[g][c][o][kh][kw] = w[g][o][c][kH-1-kh][kW-1-kw]: per group, (Cg, Og, 1, kH, kW).
-    std::vector<T> wt(static_cast<std::size_t>(g.O * K));
+    // Into the calling thread's buffer, by both threads (Note [direct weights per call]).
+    // (A pointer: inside the parallel loop the buffer's name would be each thread's own.)
+    thread_local UninitAlignedVector<T> wt_buf;  // every value written below
+    wt_buf.resize(static_cast<std::size_t>(g.O * K));
+    T* const wt = wt_buf.data();
     const std::int64_t taps = g.kH * g.kW;
+#pragma omp parallel for collapse(2) schedule(static) if (weights_parallel(g.O * K))
     for (std::int64_t gr = 0; gr < g.groups; ++gr)
       for (std::int64_t o = 0; o < Og; ++o)
         for (std::int64_t c = 0; c < Cg; ++c)
           for (std::int64_t k = 0; k < taps; ++k)
             wt[((gr * Cg + c) * Og + o) * taps + (taps - 1 - k)] = w[((gr * Og + o) * Cg + c) * taps + k];
-    conv3d_forward<T>(*t, gy, wt.data(), gx, {});
+    conv3d_forward<T>(*t, gy, wt, gx, {});
     return;
   }
   if (winograd_temporal(g)) {

@@ -569,8 +569,12 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
   };
   // Note [scale in the weights]: the weight of each block of 8 output channels reordered to
   // (Cg, kH, kW, 8), times the epilogue's scale (inference batch norm): scale * conv(x, w) =
-  // conv(x, scale * w), so the kernels' epilogue is the bias and the ReLU only.
-  std::vector<T> wt(static_cast<std::size_t>(g.O * K));
+  // conv(x, scale * w), so the kernels' epilogue is the bias and the ReLU only. Into the
+  // calling thread's buffer, by both threads (Note [direct weights per call]).
+  thread_local UninitAlignedVector<T> wt_buf;  // every value written below
+  wt_buf.resize(static_cast<std::size_t>(g.O * K));
+  T* const wt = wt_buf.data();
+#pragma omp parallel for schedule(static) if (weights_parallel(g.O * K))
   for (std::int64_t o = 0; o < g.O; ++o)
     for (std::int64_t k = 0; k < K; ++k)
       wt[(o / kDirectOg * K + k) * kDirectOg + o % kDirectOg] = ep.scale ? w[o * K + k] * ep.scale[o] : w[o * K + k];
@@ -581,10 +585,15 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     if (pair_frames(g)) {  // Note [frame pairs in lanes]: items of (sample, group)
       // wtab[gr][c][tap][2o + k] = the (scaled) weight of output o of group gr: wt holds the
       // 8 outputs of each (group, c, tap) side by side, each doubled here by one zip.
-      AlignedVector<float> wtab(static_cast<std::size_t>(g.groups * 8 * 9 * 16));
+      // The calling thread's buffer, through a pointer: inside the parallel loops the name
+      // would be each thread's own.
+      thread_local UninitAlignedVector<float> wtab_buf;  // every value written below
+      wtab_buf.resize(static_cast<std::size_t>(g.groups * 8 * 9 * 16));
+      float* const wtab = wtab_buf.data();
+#pragma omp parallel for schedule(static) if (weights_parallel(g.groups * 8 * 9 * 16))
       for (std::int64_t q = 0; q < g.groups * 8 * 9; ++q) {
-        const V16 v = load_lanes(wt.data() + q * 8, first_lanes<float>(8));
-        store_vec(wtab.data() + q * 16, zip_low<float>(v, v));
+        const V16 v = load_lanes(wt + q * 8, first_lanes<float>(8));
+        store_vec(wtab + q * 16, zip_low<float>(v, v));
       }
       const std::int64_t items = g.N * g.groups, runs = direct_sum_runs(g);
       const std::int64_t scratch = (g.H + 2) * (g.W + 2) * 16;
@@ -598,7 +607,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
         // pack would otherwise wait on memory for it (static shares: a thread's next item
         // is item + 1).
         if (item + 1 < items) prefetch_l2(xg + vol, vol * static_cast<std::int64_t>(sizeof(float)));
-        const float* wg = wtab.data() + gr * 8 * 9 * 16;
+        const float* wg = wtab + gr * 8 * 9 * 16;
         float* buf = col_buffer<float>(scratch);
         const GemmEpilogue<float> gep = ep_unscaled.from_row(gr * 8);
         const InputPrologue<float> gpro = pro.from_channel(gr * 8);
@@ -627,7 +636,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     const std::int64_t blocks = g.O / kDirectOg, items = g.N * blocks;
     auto run_item = [&](std::int64_t item) {
       const std::int64_t n = item / blocks, o0 = item % blocks * kDirectOg, gr = o0 / Og;
-      direct_frames(g, x + (n * g.C + gr * Cg) * g.in_volume(), wt.data() + o0 * K, y + (n * g.O + o0) * L,
+      direct_frames(g, x + (n * g.C + gr * Cg) * g.in_volume(), wt + o0 * K, y + (n * g.O + o0) * L,
                     col_buffer<T>(Cg * stack_shape<T>(g).per_c), ep_unscaled.from_row(o0), pro.from_channel(gr * Cg));
       if (plane_sums) plane_parts(n, o0, kDirectOg, 0);  // all frames at once
     };
@@ -646,7 +655,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
   auto run_item = [&](std::int64_t item) {
     const std::int64_t n = item / g.groups, gr = item % g.groups;
     const T* xg = x + (n * g.C + gr * Cg) * g.in_volume();
-    const T* wg = wt.data() + gr * Og * K;
+    const T* wg = wt + gr * Og * K;
     T* yg = y + (n * g.O + gr * Og) * L;
     const GemmEpilogue<T> group_ep = ep_unscaled.from_row(gr * Og);
     const InputPrologue<T> group_pro = pro.from_channel(gr * Cg);

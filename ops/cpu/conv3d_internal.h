@@ -55,6 +55,22 @@ inline bool items_parallel(std::int64_t items, std::int64_t work_per_item) {
   return omp_get_max_threads() > 1 && items >= 2 * omp_get_max_threads() && items * work_per_item >= kMinParallelWork;
 }
 
+// Note [direct weights per call]: the direct kernels take their weights reordered per call
+// (the input gradient's also flipped first, Note [scale in the weights] in
+// conv3d_direct.cpp). Those copies were std::vectors: at 512 channels 147 KB, and 295 KB
+// for the frame pairs' table, above malloc's mmap threshold, so each call mapped fresh
+// pages, faulted and zeroed them and then filled them on one thread while the other
+// waited: memset 13.8% and OpenMP waits 22.6% of the perf samples of the 512-channel 4x4
+// grouped input gradient at batch 4 8x112 (conv3d_bench, 2026-11-25). They are now
+// buffers of the calling thread, kept between calls (each call writes every value), filled
+// by all threads where large enough. conv3d_bench --batch=4 --frames=8 --size=112
+// --threads=2, three alternations, ms: that input gradient 0.46-0.57 -> 0.32-0.40, its
+// forward 0.35-0.45 -> 0.34-0.37 (256 channels at 7x7 and the stride-2 input gradients
+// within the noise); in the step (--profile) every grouped conv together about 1.5 ms less.
+inline bool weights_parallel(std::int64_t values) {
+  return values >= (std::int64_t{1} << 14) && omp_get_max_threads() > 1 && !omp_in_parallel();
+}
+
 // A multiple of 8 output channels per group, at most 16 input channels per group,
 // 1 x kH x kW, not pointwise: the direct-plane kernels take it (Notes [direct grouped
 // conv] and [output-channel blocks] in direct_planes.h).

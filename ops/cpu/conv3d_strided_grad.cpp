@@ -248,7 +248,12 @@ void lanes_stride2_input_grad_impl(const Conv3dGeometry& g, const T* gy, const T
   const std::int64_t cblocks = Cg / kC;
   // wt[((gr * cblocks + cb) * Og + o) * 9 + kh * 3 + kw][c]: the 8 input channels' weights
   // for one (o, kh, kw) side by side, broadcast one at a time.
-  std::vector<T> wt(static_cast<std::size_t>(g.groups * Cg * Og * 9));
+  // Into the calling thread's buffer, by both threads (Note [direct weights per call]).
+  // (A pointer: inside the parallel loops the buffer's name would be each thread's own.)
+  thread_local UninitAlignedVector<T> wt_buf;  // every value written below
+  wt_buf.resize(static_cast<std::size_t>(g.groups * Cg * Og * 9));
+  T* const wt = wt_buf.data();
+#pragma omp parallel for collapse(2) schedule(static) if (weights_parallel(g.groups * Cg * Og * 9))
   for (std::int64_t gr = 0; gr < g.groups; ++gr)
     for (std::int64_t o = 0; o < Og; ++o)
       for (std::int64_t c = 0; c < Cg; ++c)
@@ -260,7 +265,7 @@ void lanes_stride2_input_grad_impl(const Conv3dGeometry& g, const T* gy, const T
     const std::int64_t cb = b % cblocks, ng = b / cblocks, n = ng / g.groups, gr = ng % g.groups;
     const T* gyf = gy + (n * g.O + gr * Og) * L + t * HoWo;          // output channel o at o * L
     T* gxf = gx + (n * g.C + gr * Cg + cb * kC) * g.T * HW + t * HW;  // input channel c at c * T * HW
-    const T* wb = wt.data() + (gr * cblocks + cb) * Og * 9 * kC;
+    const T* wb = wt + (gr * cblocks + cb) * Og * 9 * kC;
     for (std::int64_t h = 0; h < g.H; ++h) {
       std::int64_t taps[2], rows[2], n_taps = 0;  // kernel rows kh and the gy rows they read
       for (std::int64_t kh = 0; kh < 3; ++kh) {
