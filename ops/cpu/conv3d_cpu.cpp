@@ -578,11 +578,8 @@ void conv3d_backward_input(const Conv3dGeometry& g, const T* gy, const T* w, T* 
   }
   if (const auto t = transposed_geometry(g)) {
     // w'[g][c][o][kh][kw] = w[g][o][c][kH-1-kh][kW-1-kw]: per group, (Cg, Og, 1, kH, kW).
-    // Into the calling thread's buffer, by both threads (Note [direct weights per call]).
-    // (A pointer: inside the parallel loop the buffer's name would be each thread's own.)
-    thread_local UninitAlignedVector<T> wt_buf;  // every value written below
-    wt_buf.resize(static_cast<std::size_t>(g.O * K));
-    T* const wt = wt_buf.data();
+    // Filled by all threads (Note [direct weights per call]).
+    T* const wt = weight_buffer<T, WeightSlot::kFlipped>(g.O * K);
     const std::int64_t taps = g.kH * g.kW;
 #pragma omp parallel for collapse(2) schedule(static) if (weights_parallel(g.O * K))
     for (std::int64_t gr = 0; gr < g.groups; ++gr)

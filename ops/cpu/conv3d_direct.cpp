@@ -569,11 +569,9 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
   };
   // Note [scale in the weights]: the weight of each block of 8 output channels reordered to
   // (Cg, kH, kW, 8), times the epilogue's scale (inference batch norm): scale * conv(x, w) =
-  // conv(x, scale * w), so the kernels' epilogue is the bias and the ReLU only. Into the
-  // calling thread's buffer, by both threads (Note [direct weights per call]).
-  thread_local UninitAlignedVector<T> wt_buf;  // every value written below
-  wt_buf.resize(static_cast<std::size_t>(g.O * K));
-  T* const wt = wt_buf.data();
+  // conv(x, scale * w), so the kernels' epilogue is the bias and the ReLU only. Filled by
+  // all threads (Note [direct weights per call]).
+  T* const wt = weight_buffer<T, WeightSlot::kReordered>(g.O * K);
 #pragma omp parallel for schedule(static) if (weights_parallel(g.O * K))
   for (std::int64_t o = 0; o < g.O; ++o)
     for (std::int64_t k = 0; k < K; ++k)
@@ -585,11 +583,7 @@ void direct_conv_forward(const Conv3dGeometry& g, const T* x, const T* w, T* y, 
     if (pair_frames(g)) {  // Note [frame pairs in lanes]: items of (sample, group)
       // wtab[gr][c][tap][2o + k] = the (scaled) weight of output o of group gr: wt holds the
       // 8 outputs of each (group, c, tap) side by side, each doubled here by one zip.
-      // The calling thread's buffer, through a pointer: inside the parallel loops the name
-      // would be each thread's own.
-      thread_local UninitAlignedVector<float> wtab_buf;  // every value written below
-      wtab_buf.resize(static_cast<std::size_t>(g.groups * 8 * 9 * 16));
-      float* const wtab = wtab_buf.data();
+      float* const wtab = weight_buffer<float, WeightSlot::kPairTable>(g.groups * 8 * 9 * 16);
 #pragma omp parallel for schedule(static) if (weights_parallel(g.groups * 8 * 9 * 16))
       for (std::int64_t q = 0; q < g.groups * 8 * 9; ++q) {
         const V16 v = load_lanes(wt + q * 8, first_lanes<float>(8));

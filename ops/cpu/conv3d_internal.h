@@ -71,6 +71,19 @@ inline bool weights_parallel(std::int64_t values) {
   return values >= (std::int64_t{1} << 14) && omp_get_max_threads() > 1 && !omp_in_parallel();
 }
 
+// The calling thread's weight buffer `S`, at least n values, kept between calls and left
+// uninitialised (Note [uninitialised scratch] in core/aligned_vector.h: the caller writes
+// every value). Use it through the returned pointer: inside a parallel loop a thread_local's
+// name is each thread's own. Buffers in use at once take different slots (the input
+// gradient's flipped weights go to the forward, which reorders them into its own).
+enum class WeightSlot { kFlipped, kReordered, kPairTable };
+template <typename T, WeightSlot S>
+inline T* weight_buffer(std::int64_t n) {
+  thread_local UninitAlignedVector<T> buf;
+  buf.resize(static_cast<std::size_t>(n));
+  return buf.data();
+}
+
 // A multiple of 8 output channels per group, at most 16 input channels per group,
 // 1 x kH x kW, not pointwise: the direct-plane kernels take it (Notes [direct grouped
 // conv] and [output-channel blocks] in direct_planes.h).

@@ -248,11 +248,8 @@ void lanes_stride2_input_grad_impl(const Conv3dGeometry& g, const T* gy, const T
   const std::int64_t cblocks = Cg / kC;
   // wt[((gr * cblocks + cb) * Og + o) * 9 + kh * 3 + kw][c]: the 8 input channels' weights
   // for one (o, kh, kw) side by side, broadcast one at a time.
-  // Into the calling thread's buffer, by both threads (Note [direct weights per call]).
-  // (A pointer: inside the parallel loops the buffer's name would be each thread's own.)
-  thread_local UninitAlignedVector<T> wt_buf;  // every value written below
-  wt_buf.resize(static_cast<std::size_t>(g.groups * Cg * Og * 9));
-  T* const wt = wt_buf.data();
+  // Filled by all threads (Note [direct weights per call]).
+  T* const wt = weight_buffer<T, WeightSlot::kReordered>(g.groups * Cg * Og * 9);
 #pragma omp parallel for collapse(2) schedule(static) if (weights_parallel(g.groups * Cg * Og * 9))
   for (std::int64_t gr = 0; gr < g.groups; ++gr)
     for (std::int64_t o = 0; o < Og; ++o)
