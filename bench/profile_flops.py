@@ -15,6 +15,14 @@ below counts them at --winograd times the direct FLOPs (0.5; 1 with --no-winogra
 
 Then the step's arithmetic floor: every conv at --peak, the rest of the step (batch norm,
 pools, SGD, ...) as measured. --waste N lists the N convs furthest above their floor.
+
+--peer R (the peer's clips/s for the same configuration, from bench/compare_cpu.sh or
+bench/pytorch_sevnet.py) adds what --target times its speed (default 2) asks of this
+step: the longest step that reaches it, and, with the rest of the step as measured, the
+share of --peak the convs would need on average (over 100%: out of reach with these
+FLOPs). It also prints the share of --peak the peer's convs reach at least, counting
+them at the direct FLOPs (oneDNN's 3x1x1 convs do all of them) against the peer's whole
+step.
 """
 import argparse
 import re
@@ -42,9 +50,15 @@ def main():
     ap.add_argument("--peak", type=float, required=True, help="FMA peak of the same threads, GFLOP/s (bench/fma_peak)")
     ap.add_argument("--winograd", type=float, default=0.5, help="multiplications of the 3x1x1 convs per direct one")
     ap.add_argument("--waste", type=int, default=0, help="list the N convs furthest above their floor")
+    ap.add_argument("--peer", type=float, help="the peer's clips/s for the same configuration")
+    ap.add_argument("--target", type=float, default=2.0, help="speed-up over the peer to bound (with --peer)")
     args = ap.parse_args()
     if args.peak <= 0:
         sys.exit(f"profile_flops: --peak must be positive, got {args.peak}")
+    if args.peer is not None and args.peer <= 0:
+        sys.exit(f"profile_flops: --peer must be positive clips/s, got {args.peer}")
+    if args.target <= 0:
+        sys.exit(f"profile_flops: --target must be positive, got {args.target}")
     try:
         if args.profile == "-":
             text = sys.stdin.read().splitlines()
@@ -57,7 +71,7 @@ def main():
     if head is None:
         sys.exit(f"profile_flops: {args.profile}: no 'batch B, TxHxW' line; is it `vidgrad bench --profile` output?")
     batch, frames = int(head.group(1)), int(head.group(2))
-    step = conv_ms = floor_ms = 0.0
+    step = conv_ms = floor_ms = direct_ms = 0.0
     rows = []
     for line in text:
         m = LINE.match(line.rstrip())
@@ -74,6 +88,7 @@ def main():
         floor = flops * (args.winograd if kt == 3 else 1.0) / args.peak / 1e6
         conv_ms += ms
         floor_ms += floor
+        direct_ms += flops / args.peak / 1e6
         rows.append((name, ms, rate, floor))
     if not rows:
         sys.exit(f"profile_flops: {args.profile}: no conv3d lines")
@@ -83,6 +98,20 @@ def main():
     print(f"\nstep {step:.1f} ms: convs {conv_ms:.1f} ms, the rest {step - conv_ms:.1f} ms")
     print(f"convs at {args.peak:g} GFLOP/s (3x1x1 at {args.winograd:g} of the direct FLOPs): {floor_ms:.1f} ms; "
           f"step floor {floor_ms + step - conv_ms:.1f} ms; above the floor {conv_ms - floor_ms:.1f} ms")
+    if args.peer is not None:
+        peer_step = 1e3 * batch / args.peer
+        need = peer_step / args.target
+        budget = need - (step - conv_ms)  # for the convs, the rest of the step as measured
+        print(f"\n{args.target:g}x the peer's {args.peer:g} clips/s ({peer_step:.1f} ms a step of {batch}): "
+              f"a step of at most {need:.1f} ms", end="")
+        if budget <= 0:
+            print(f", less than the rest of the step ({step - conv_ms:.1f} ms): out of reach")
+        else:
+            share = floor_ms / budget
+            print(f": the convs in {budget:.1f} ms, at {100 * share:.0f}% of the peak on average "
+                  f"(now {100 * floor_ms / conv_ms:.0f}%){': out of reach' if share > 1 else ''}")
+        print(f"the peer's convs at the direct FLOPs take {direct_ms:.1f} ms at the peak: at least "
+              f"{100 * direct_ms / peer_step:.0f}% of the peak over its whole step")
     if args.waste:
         print(f"\nfurthest above their floor:")
         for name, ms, _, floor in sorted(rows, key=lambda r: r[3] - r[1])[: args.waste]:
