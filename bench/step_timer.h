@@ -35,6 +35,7 @@ struct StepBenchOptions {
 
 struct StepBenchResult {
   double median_s = 0;
+  double fastest_s = 0, slowest_s = 0;  // of the timed steps: how steady the machine was
   double clips_per_s = 0;
   std::size_t peak_device_bytes = 0;  // CUDA only: the caching allocator's peak
 };
@@ -98,12 +99,16 @@ inline StepBenchResult run_step_benchmark(const StepBenchOptions& a) {
   std::sort(times.begin(), times.end());
   StepBenchResult r;
   r.median_s = times[times.size() / 2];
+  r.fastest_s = times.front();
+  r.slowest_s = times.back();
   r.clips_per_s = static_cast<double>(a.batch) / r.median_s;
   if (device.is_cuda()) r.peak_device_bytes = cuda::memory_stats(device.index).peak_allocated;
-  std::printf("%s %s on %s, batch %lld, %lldx%lldx%lld, %d threads: median %.4f s/step over %d steps, %.3f clips/s",
+  std::printf("%s %s on %s, batch %lld, %lldx%lldx%lld, %d threads: median %.4f s/step over %d steps (%.4f-%.4f), "
+              "%.3f clips/s",
               a.model.c_str(), a.inference ? "inference" : "training", a.device.c_str(),
               static_cast<long long>(a.batch), static_cast<long long>(a.frames), static_cast<long long>(a.size),
-              static_cast<long long>(a.size), get_num_threads(), r.median_s, a.steps, r.clips_per_s);
+              static_cast<long long>(a.size), get_num_threads(), r.median_s, a.steps, r.fastest_s, r.slowest_s,
+              r.clips_per_s);
   if (device.is_cuda())
     std::printf(", peak device memory %.0f MiB", static_cast<double>(r.peak_device_bytes) / (1 << 20));
   std::printf("\n");

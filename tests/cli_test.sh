@@ -63,7 +63,8 @@ expect_error "bad views" "--views must be TxS" "$VG" eval --checkpoint "$WORK/st
 check "predict" bash -c "'$VG' predict --checkpoint '$WORK/straight/last.safetensors' '$WORK/data/videos/1.webm' | grep -q '%'"
 printf 'not a video' > "$WORK/bad.webm"
 expect_error "predict on a bad file" "bad.webm" "$VG" predict --checkpoint "$WORK/straight/last.safetensors" "$WORK/bad.webm"
-check "bench" "$VG" bench --model sevnet_g6 --batch 1 --frames 2 --size 32 --steps 1 --warmup 0
+check "bench prints the median, the spread and clips/s" bash -c "'$VG' bench --model sevnet_g6 --batch 1 --frames 2 \
+  --size 32 --steps 3 --warmup 0 | grep -Eq 'median [0-9.]+ s/step over 3 steps \([0-9.]+-[0-9.]+\), [0-9.]+ clips/s'"
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
