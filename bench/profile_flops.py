@@ -85,10 +85,11 @@ def main():
         flops, kt = conv_flops(name, batch, frames)
         flops *= calls
         rate = flops / ms / 1e6
-        floor = flops * (args.winograd if kt == 3 else 1.0) / args.peak / 1e6
+        at_peak = flops / args.peak / 1e6  # ms at the peak, direct FLOPs
+        floor = at_peak * (args.winograd if kt == 3 else 1.0)
         conv_ms += ms
         floor_ms += floor
-        direct_ms += flops / args.peak / 1e6
+        direct_ms += at_peak
         rows.append((name, ms, rate, floor))
     if not rows:
         sys.exit(f"profile_flops: {args.profile}: no conv3d lines")
